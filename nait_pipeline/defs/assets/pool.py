@@ -1,0 +1,94 @@
+"""The instruction-tuning pool: every pool file, validated, de-duplicated and sharded."""
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nait_pipeline.defs.metadata import markdown_table, path_value, table_schema
+from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import ingest
+from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+
+
+class PoolConfig(dg.Config):
+    max_chars: int = ingest.DEFAULT_MAX_CHARS
+    """Rows with an instruction, input or output longer than this go to quarantine."""
+    shard_size: int = ingest.DEFAULT_SHARD_SIZE
+    """Kept rows per featurization shard (a `pool_shards` partition)."""
+
+
+@dg.asset(
+    group_name="pool",
+    kinds={"parquet"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("every_row_accounted_for", asset="it_pool", blocking=True),
+        dg.AssetCheckSpec("unique_example_ids", asset="it_pool", blocking=True),
+    ],
+)
+def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Every pool file under `$NAIT_DATA_DIR/pools` (Parquet, JSONL or JSON with instruction/input/output)
+    in one normalized table with stable ids, source and content hash.
+
+    Invalid rows go to the quarantine table with file, row and reason; exact duplicates on
+    (instruction, input) within and across pools are flagged; kept rows are cut into shards and each
+    new shard is registered as a `pool_shards` partition. kept + duplicates + sampled out + quarantined = read.
+    """
+    settings = pipeline.settings
+    files = ingest.discover_pool_files(settings.data_dir / "pools")
+    context.log.info(f"ingesting {len(files)} pool file(s): {[f.name for f in files]}")
+    result = ingest.ingest_pools(files, max_chars=config.max_chars, sample=settings.pool_sample,
+                                 shard_size=config.shard_size)
+    pool_table = result.pool_table()
+    quarantine = result.quarantine_table()
+    files_table = pa.table({"file": list(result.rows_read), "rows_read": list(result.rows_read.values())})
+    layout = LakeLayout(settings.lake_dir)
+    version = result.pool_version()
+    params = {"pool_version": version, "pool_sample": settings.pool_sample, "max_chars": config.max_chars,
+              "shard_size": config.shard_size}
+    write_parquet(quarantine, layout.pool_quarantine, params)
+    write_parquet(files_table, layout.pool_files, params)
+    write_parquet(pool_table, layout.pool_examples, params)
+
+    shards = sorted({s for s in pool_table.column("shard").to_pylist() if s})
+    existing = set(context.instance.get_dynamic_partitions(POOL_SHARDS_NAME))
+    new_shards = [s for s in shards if s not in existing]
+    if new_shards:
+        context.instance.add_dynamic_partitions(POOL_SHARDS_NAME, new_shards)
+
+    counts = result.counts()
+    accounted = counts["kept"] + counts["duplicate"] + counts["sampled_out"] + counts["quarantined"]
+    ids = pool_table.column("example_id")
+    kept_rows = pool_table.filter(pc.equal(pool_table["status"], "kept"))
+    return dg.MaterializeResult(
+        metadata={
+            "pool_version": version,
+            "rows_read": counts["read"],
+            "row_count": counts["kept"],
+            "duplicates": counts["duplicate"],
+            "sampled_out": counts["sampled_out"],
+            "quarantined": counts["quarantined"],
+            "rows_read_per_file": dg.MetadataValue.json(result.rows_read),
+            "shards": len(shards),
+            "new_shards": len(new_shards),
+            "path": path_value(layout.pool_examples),
+            "preview": markdown_table(kept_rows.select(["example_id", "source", "instruction", "input", "output"])),
+            "quarantine_preview": markdown_table(quarantine.select(["file", "row_index", "example_id", "reason"]), 10),
+            "dagster/column_schema": table_schema(pool_table),
+        },
+        data_version=dg.DataVersion(version),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_row_accounted_for",
+                passed=accounted == counts["read"],
+                metadata={**counts, "accounted": accounted},
+            ),
+            dg.AssetCheckResult(
+                check_name="unique_example_ids",
+                passed=len(ids) == len(pc.unique(ids)),
+                metadata={"ids": len(ids)},
+            ),
+        ],
+    )

@@ -1,0 +1,1 @@
+"""Dagster-free building blocks: storage, ingestion, featurization, scoring and selection."""

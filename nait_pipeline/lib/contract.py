@@ -1,0 +1,70 @@
+"""The tables of the SQL contract that later stages fill: scores, subsets and their lineage.
+
+Each lives as a folder of Parquet files in the lake; an empty file with the schema is written
+first, so the warehouse views bind (and answer with zero rows) before any method has run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.targets import TARGET_SCHEMA
+
+SCORES_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),
+        ("capability", pa.string()),
+        ("example_id", pa.string()),
+        ("score", pa.float64()),
+        ("score_version", pa.string()),
+        ("pool_version", pa.string()),
+        ("model_id", pa.string()),
+    ]
+)
+SUBSETS_SCHEMA = pa.schema(
+    [
+        ("subset_version", pa.string()),
+        ("method", pa.string()),
+        ("capability", pa.string()),
+        ("budget_ratio", pa.float64()),
+        ("rank", pa.int64()),
+        ("example_id", pa.string()),
+        ("score", pa.float64()),
+    ]
+)
+LINEAGE_SCHEMA = pa.schema(
+    [
+        ("subset_version", pa.string()),
+        ("pool_version", pa.string()),
+        ("model_id", pa.string()),
+        ("template_hash", pa.string()),
+        ("method", pa.string()),
+        ("capability", pa.string()),
+        ("params_json", pa.string()),
+        ("n_pool", pa.int64()),
+        ("n_selected", pa.int64()),
+        ("selected_ids_sha256", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA}
+# Folders read through a glob: each needs at least one file for its view to bind.
+GLOBBED_FOLDERS = {
+    **CONTRACT_TABLES,
+    "targets/selection": TARGET_SCHEMA,
+    "targets/test": TARGET_SCHEMA,
+}
+EMPTY_FILE = "_schema.parquet"
+
+
+def ensure_contract_tables(lake_dir: Path) -> list[Path]:
+    """Create the schema-only file of each globbed table where it is missing."""
+    written = []
+    for name, schema in GLOBBED_FOLDERS.items():
+        path = lake_dir / name / EMPTY_FILE
+        if not path.exists():
+            written.append(write_parquet(schema.empty_table(), path))
+    return written

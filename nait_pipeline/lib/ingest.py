@@ -1,0 +1,279 @@
+"""Pool ingestion: read pool files, validate rows, quarantine bad ones, flag duplicates, shard.
+
+Every row read ends in exactly one place: ``kept``, ``duplicate`` or ``sampled_out`` in the pool
+table, or the quarantine table with a reason. File-level problems (unreadable file, missing
+required columns) raise :class:`PoolFileError` naming the file, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.hashing import sha256_lines, sha256_text
+
+POOL_SUFFIXES = (".parquet", ".jsonl", ".json")
+REQUIRED_FIELDS = ("instruction", "output")
+TEXT_FIELDS = ("instruction", "input", "output")
+DEFAULT_MAX_CHARS = 30_000
+DEFAULT_SHARD_SIZE = 2048
+SAMPLE_SEED = 0
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("pool", pa.string()),
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("row_index", pa.int64()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("content_hash", pa.string()),
+        ("status", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("shard", pa.string()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("pool", pa.string()),
+        ("file", pa.string()),
+        ("row_index", pa.int64()),
+        ("example_id", pa.string()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+
+class PoolFileError(ValueError):
+    """A pool file that cannot be ingested at all (unreadable, wrong format, missing columns)."""
+
+
+@dataclass
+class IngestResult:
+    pool_rows: list[dict] = field(default_factory=list)
+    quarantine_rows: list[dict] = field(default_factory=list)
+    rows_read: dict[str, int] = field(default_factory=dict)
+
+    def pool_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.pool_rows, schema=POOL_SCHEMA)
+
+    def quarantine_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.quarantine_rows, schema=QUARANTINE_SCHEMA)
+
+    def counts(self) -> dict[str, int]:
+        by_status = {"kept": 0, "duplicate": 0, "sampled_out": 0}
+        for row in self.pool_rows:
+            by_status[row["status"]] += 1
+        return {"read": sum(self.rows_read.values()), "quarantined": len(self.quarantine_rows), **by_status}
+
+    def pool_version(self) -> str:
+        """Content hash of what downstream assets consume: the kept rows and their shards."""
+        return sha256_lines(
+            f"{r['example_id']}\t{r['content_hash']}\t{r['shard']}" for r in self.pool_rows if r["status"] == "kept"
+        )[:16]
+
+
+def pool_name(path: Path) -> str:
+    """A partition-key-safe name for a pool file (its stem, lower-cased, [a-z0-9_] only)."""
+    return re.sub(r"[^a-z0-9_]+", "_", path.stem.lower()).strip("_") or "pool"
+
+
+def discover_pool_files(pools_dir: Path) -> list[Path]:
+    if not pools_dir.is_dir():
+        raise FileNotFoundError(f"pool folder {pools_dir} does not exist (set NAIT_DATA_DIR to a folder with pools/)")
+    files = sorted(p for p in pools_dir.iterdir() if p.is_file() and p.suffix in POOL_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no pool files ({', '.join(POOL_SUFFIXES)}) in {pools_dir}")
+    names = [pool_name(p) for p in files]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise PoolFileError(f"pool files in {pools_dir} map to the same pool name(s) {clashes}: rename one of them")
+    return files
+
+
+def content_hash(instruction: str, input_text: str, output: str) -> str:
+    return sha256_text("\x1f".join((instruction, input_text, output)))
+
+
+def _read_records(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield ``(row_index, record, problem)``; ``problem`` is set for rows that cannot be parsed."""
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise PoolFileError(f"{path}: not a readable Parquet file ({exc})") from exc
+        _require_columns(path, table.column_names)
+        for index, record in enumerate(table.to_pylist()):
+            yield index, record, None
+    elif path.suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    else:
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PoolFileError(f"{path}: not a valid JSON file ({exc})") from exc
+        if not isinstance(records, list):
+            raise PoolFileError(f"{path}: a .json pool must hold a list of records, got {type(records).__name__}")
+        _require_columns(path, {key for record in records if isinstance(record, dict) for key in record})
+        for index, record in enumerate(records):
+            yield (index, record, None) if isinstance(record, dict) else (index, None, "record is not a JSON object")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    parsed: list[tuple[int, dict | None, str | None]] = []
+    seen_keys: set[str] = set()
+    with open(path, "rb") as handle:
+        index = -1
+        for raw in handle:
+            if not raw.strip():
+                continue
+            index += 1
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                parsed.append((index, None, "line is not valid UTF-8"))
+                continue
+            except json.JSONDecodeError as exc:
+                parsed.append((index, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            if not isinstance(record, dict):
+                parsed.append((index, None, "line is not a JSON object"))
+                continue
+            seen_keys.update(record)
+            parsed.append((index, record, None))
+    if parsed and not any(problem is None for _, _, problem in parsed):
+        raise PoolFileError(f"{path}: no line is a valid JSON object (first problem: {parsed[0][2]})")
+    _require_columns(path, seen_keys)
+    yield from parsed
+
+
+def _require_columns(path: Path, columns: Sequence[str] | set[str]) -> None:
+    missing = [name for name in REQUIRED_FIELDS if name not in columns]
+    if missing:
+        raise PoolFileError(f"{path}: missing required column(s) {missing}; found {sorted(columns)}")
+
+
+def _check_text(record: dict, name: str, max_chars: int) -> tuple[str | None, str | None]:
+    """Return ``(value, problem)`` for one text field of a record."""
+    value = record.get(name)
+    if value is None:
+        return ("", None) if name == "input" else (None, "missing")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not valid UTF-8"
+    if not isinstance(value, str):
+        return None, f"not a string ({type(value).__name__})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "not valid UTF-8 (lone surrogate)"
+    if name != "input" and not value.strip():
+        return None, "empty"
+    if len(value) > max_chars:
+        return None, f"longer than {max_chars} characters ({len(value)})"
+    return value, None
+
+
+def _raw_preview(record: dict | None, limit: int = 500) -> str:
+    if record is None:
+        return ""
+    text = json.dumps(record, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def ingest_pools(
+    files: Sequence[Path],
+    *,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    sample: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> IngestResult:
+    """Validate, de-duplicate, sample and shard every row of ``files`` (processed in the given order)."""
+    result = IngestResult()
+    first_seen: dict[tuple[str, str], str] = {}
+    seen_ids: set[str] = set()
+    for path in files:
+        pool = pool_name(path)
+        count = 0
+        for row_index, record, problem in _read_records(path):
+            count += 1
+            example_id = _example_id(record, pool, row_index)
+            quarantine = dict(pool=pool, file=path.name, row_index=row_index, example_id=example_id,
+                              raw=_raw_preview(record))
+            if problem is not None:
+                result.quarantine_rows.append({**quarantine, "field": None, "reason": problem})
+                continue
+            values: dict[str, str] = {}
+            for name in TEXT_FIELDS:
+                value, field_problem = _check_text(record, name, max_chars)
+                if field_problem is not None:
+                    result.quarantine_rows.append({**quarantine, "field": name, "reason": f"{name}: {field_problem}"})
+                    break
+                values[name] = value
+            else:
+                if example_id in seen_ids:
+                    result.quarantine_rows.append(
+                        {**quarantine, "field": "id", "reason": f"id: {example_id!r} already used by an earlier row"}
+                    )
+                    continue
+                seen_ids.add(example_id)
+                key = (values["instruction"], values["input"])
+                duplicate_of = first_seen.setdefault(key, example_id)
+                source = record.get("source")
+                result.pool_rows.append(
+                    dict(
+                        example_id=example_id,
+                        pool=pool,
+                        source=source if isinstance(source, str) and source else pool,
+                        file=path.name,
+                        row_index=row_index,
+                        **values,
+                        content_hash=content_hash(values["instruction"], values["input"], values["output"]),
+                        status="kept" if duplicate_of == example_id else "duplicate",
+                        duplicate_of=None if duplicate_of == example_id else duplicate_of,
+                        shard=None,
+                    )
+                )
+        result.rows_read[path.name] = count
+    _sample_and_shard(result.pool_rows, sample, shard_size)
+    return result
+
+
+def _example_id(record: dict | None, pool: str, row_index: int) -> str:
+    given = record.get("id") if record else None
+    if isinstance(given, str) and given.strip():
+        return given.strip()
+    return f"{pool}-{row_index:06d}"
+
+
+def _sample_and_shard(rows: list[dict], sample: int | None, shard_size: int) -> None:
+    """Mark rows beyond the seeded per-pool sample, then cut each pool's kept rows into shards.
+
+    The sample keeps the rows with the smallest hash of (seed, id): adding rows to a pool never
+    swaps out rows already sampled unless a new row hashes lower. Shards follow file order, so
+    appended rows fill the last shard and then add new ones.
+    """
+    by_pool: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "kept":
+            by_pool.setdefault(row["pool"], []).append(row)
+    for pool, kept in by_pool.items():
+        if sample is not None and len(kept) > sample:
+            ranked = sorted(kept, key=lambda r: (sha256_text(f"{SAMPLE_SEED}:{r['example_id']}"), r["example_id"]))
+            for row in ranked[sample:]:
+                row["status"] = "sampled_out"
+            kept = [row for row in kept if row["status"] == "kept"]
+        for position, row in enumerate(kept):
+            row["shard"] = f"{pool}-{position // shard_size:04d}"

@@ -1,0 +1,51 @@
+"""Where each table lives in the lake. One place, so assets, views and the CLI agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LakeLayout:
+    root: Path
+
+    @property
+    def model_record(self) -> Path:
+        return self.root / "model" / "base_model.json"
+
+    @property
+    def pool_examples(self) -> Path:
+        return self.root / "pool" / "examples.parquet"
+
+    @property
+    def pool_quarantine(self) -> Path:
+        return self.root / "pool" / "quarantine.parquet"
+
+    @property
+    def pool_files(self) -> Path:
+        return self.root / "pool" / "files.parquet"
+
+    def target_selection(self, capability: str) -> Path:
+        return self.root / "targets" / "selection" / f"{capability}.parquet"
+
+    def target_test(self, capability: str) -> Path:
+        return self.root / "targets" / "test" / f"{capability}.parquet"
+
+    def pool_activations(self, shard: str) -> Path:
+        return self.root / "features" / "pool_activations" / f"{shard}.parquet"
+
+    def target_activations(self, capability: str) -> Path:
+        return self.root / "features" / "target_activations" / f"{capability}.parquet"
+
+    def directions(self, capability: str) -> Path:
+        return self.root / "directions" / f"{capability}.parquet"
+
+    def scores(self, method: str, capability: str) -> Path:
+        return self.root / "scores" / f"{method}__{capability}.parquet"
+
+    def subset(self, subset_version: str) -> Path:
+        return self.root / "subsets" / f"{subset_version}.parquet"
+
+    def lineage(self, subset_version: str) -> Path:
+        return self.root / "subset_lineage" / f"{subset_version}.parquet"

@@ -1,0 +1,92 @@
+"""SQL files in ``sql/``: the warehouse views and the analysts' named queries.
+
+Values in queries are bound as parameters. The one exception is the lake's location inside the
+view definitions: DuckDB cannot bind parameters in DDL, and a view must carry its path so that an
+analyst opening the file read-only sees the data. That path is inserted as an escaped string
+literal at the single ``{{lake}}`` token, never by formatting arbitrary SQL.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from nait_pipeline.lib.hashing import sha256_tree
+from nait_pipeline.lib.settings import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+LAKE_TOKEN = "{{lake}}"
+# Example values for the named queries that take parameters: documentation and a smoke test.
+QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {}
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    return sorted((sql_dir / "views").glob("*.sql"))
+
+
+def query_names(sql_dir: Path = SQL_DIR) -> list[str]:
+    return sorted(p.stem for p in (sql_dir / "queries").glob("*.sql"))
+
+
+def load_query(name: str, sql_dir: Path = SQL_DIR) -> str:
+    """The text of ``sql/queries/<name>.sql``; ``name`` must be one of :func:`query_names`."""
+    if name not in query_names(sql_dir):
+        raise KeyError(f"no query named {name!r}; available: {query_names(sql_dir)}")
+    return (sql_dir / "queries" / f"{name}.sql").read_text()
+
+
+def sql_version(sql_dir: Path = SQL_DIR) -> str:
+    return sha256_tree(list((sql_dir / "views").glob("*.sql")) + list((sql_dir / "queries").glob("*.sql")), sql_dir)[:16]
+
+
+def render_views(lake_dir: Path, sql_dir: Path = SQL_DIR) -> list[tuple[str, str]]:
+    lake = sql_literal(str(lake_dir.resolve()))
+    return [(path.name, path.read_text().replace(LAKE_TOKEN, lake)) for path in view_files(sql_dir)]
+
+
+def build_warehouse(db_path: Path, lake_dir: Path, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Build the DuckDB file in a temporary file, then rename it into place.
+
+    Readers holding the old file keep reading it; new connections see the new views. No process
+    ever waits on DuckDB's single-writer lock of the live file.
+    """
+    import duckdb
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{db_path.name}.", suffix=".tmp", dir=db_path.parent)
+    os.close(fd)
+    os.unlink(tmp_name)  # DuckDB must create the file itself
+    try:
+        with duckdb.connect(tmp_name) as con:
+            for file_name, text in render_views(lake_dir, sql_dir):
+                try:
+                    con.execute(text)
+                except duckdb.Error as exc:
+                    raise RuntimeError(f"sql/views/{file_name} failed: {exc}") from exc
+            views = [row[0] for row in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()]
+            con.execute("CHECKPOINT")
+        os.replace(tmp_name, db_path)
+    finally:
+        for leftover in (Path(tmp_name), Path(tmp_name + ".wal")):
+            leftover.unlink(missing_ok=True)
+    return views
+
+
+def connect_read_only(db_path: Path):
+    import duckdb
+
+    if not db_path.exists():
+        raise FileNotFoundError(f"no warehouse at {db_path}: materialize the `warehouse` asset first")
+    return duckdb.connect(str(db_path), read_only=True)
+
+
+def run_query(db_path: Path, name: str, params: dict[str, object] | list | None = None):
+    """Run a named query read-only; returns a pyarrow Table."""
+    with connect_read_only(db_path) as con:
+        return con.execute(load_query(name), params or []).fetch_arrow_table()

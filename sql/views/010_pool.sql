@@ -1,0 +1,21 @@
+-- Pool rows as ingested by the it_pool asset. Every row read from a pool file is in exactly one of:
+-- pool_examples (kept), pool_duplicates, pool_sampled_out, pool_quarantine.
+CREATE OR REPLACE VIEW pool_rows AS
+SELECT * FROM read_parquet({{lake}} || '/pool/examples.parquet');
+
+CREATE OR REPLACE VIEW pool_examples AS
+SELECT example_id, pool, source, file, row_index, instruction, input, output, content_hash, shard
+FROM pool_rows WHERE status = 'kept';
+
+CREATE OR REPLACE VIEW pool_duplicates AS
+SELECT example_id, pool, file, row_index, duplicate_of, instruction, input
+FROM pool_rows WHERE status = 'duplicate';
+
+CREATE OR REPLACE VIEW pool_sampled_out AS
+SELECT example_id, pool, file, row_index FROM pool_rows WHERE status = 'sampled_out';
+
+CREATE OR REPLACE VIEW pool_quarantine AS
+SELECT * FROM read_parquet({{lake}} || '/pool/quarantine.parquet');
+
+CREATE OR REPLACE VIEW pool_files AS
+SELECT * FROM read_parquet({{lake}} || '/pool/files.parquet');

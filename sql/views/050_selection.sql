@@ -1,0 +1,11 @@
+-- Per-example scores of every method and capability (one file per method and capability).
+CREATE OR REPLACE VIEW scores AS
+SELECT * FROM read_parquet({{lake}} || '/scores/*.parquet', union_by_name = true);
+
+-- Selected subsets: one row per selected example, rank 1 = best.
+CREATE OR REPLACE VIEW subsets AS
+SELECT * FROM read_parquet({{lake}} || '/subsets/*.parquet', union_by_name = true);
+
+-- Where every subset came from: pool version, model, template, method and parameters.
+CREATE OR REPLACE VIEW subset_lineage AS
+SELECT * FROM read_parquet({{lake}} || '/subset_lineage/*.parquet', union_by_name = true);
