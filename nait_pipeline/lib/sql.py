@@ -89,4 +89,4 @@ def connect_read_only(db_path: Path):
 def run_query(db_path: Path, name: str, params: dict[str, object] | list | None = None):
     """Run a named query read-only; returns a pyarrow Table."""
     with connect_read_only(db_path) as con:
-        return con.execute(load_query(name), params or []).fetch_arrow_table()
+        return con.execute(load_query(name), params or []).to_arrow_table()

@@ -1,0 +1,33 @@
+"""The code location loads, validates, and shows the expected asset graph with partitions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from nait_pipeline.definitions import defs
+from nait_pipeline.lib.settings import CAPABILITIES, PROJECT_ROOT
+
+
+def test_asset_graph_and_partitions():
+    definitions = defs()
+    graph = definitions.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse"} <= keys
+    target_sets = graph.get(dg.AssetKey("target_sets"))
+    assert list(target_sets.partitions_def.get_partition_keys()) == list(CAPABILITIES)
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.code_version, f"{key} has no code_version"
+        assert node.description, f"{key} has no docstring"
+
+
+def test_dg_check_defs_passes():
+    env = {**os.environ, "DAGSTER_HOME": str(PROJECT_ROOT / "dagster_home")}
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    done = subprocess.run([dg_cli, "check", "defs"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,62 @@
+"""The warehouse: views from sql/, read-only access, parameters, atomic rebuilds."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from nait_pipeline.lib import sql
+from nait_pipeline.lib.contract import ensure_contract_tables
+from nait_pipeline.lib.ingest import POOL_SCHEMA, QUARANTINE_SCHEMA
+from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+
+
+def small_lake(root):
+    layout = LakeLayout(root)
+    rows = [dict(example_id=f"p-{i}", pool="p", source="p", file="p.jsonl", row_index=i, instruction=f"Q{i}",
+                 input="", output="A", content_hash=str(i), status="kept" if i < 3 else "duplicate",
+                 duplicate_of=None if i < 3 else "p-0", shard="p-0000" if i < 3 else None) for i in range(4)]
+    write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples)
+    quarantine = [dict(pool="p", file="p.jsonl", row_index=4, example_id="p-4", field="output",
+                       reason="output: empty", raw="{}")]
+    write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), layout.pool_quarantine)
+    write_parquet(pa.table({"file": ["p.jsonl"], "rows_read": [5]}), layout.pool_files)
+    ensure_contract_tables(root)
+    return layout
+
+
+def test_views_answer_the_contract_and_queries_run_read_only(tmp_path):
+    lake = tmp_path / "it's lake"  # a quote in the path must not break the view SQL
+    small_lake(lake)
+    db = tmp_path / "warehouse.duckdb"
+    views = sql.build_warehouse(db, lake)
+    assert {"pool_examples", "pool_quarantine", "target_examples", "scores", "subsets", "subset_lineage"} <= set(views)
+    with sql.connect_read_only(db) as con:
+        assert con.execute("SELECT count(*) FROM pool_examples").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == 0
+        assert con.execute("SELECT reason FROM pool_quarantine WHERE example_id = ?", ["p-4"]).fetchone() == (
+            "output: empty",)
+        with pytest.raises(duckdb.Error):
+            con.execute("CREATE TABLE x (a INT)")
+    accounting = sql.run_query(db, "pool_accounting").to_pylist()
+    assert accounting == [dict(file="p.jsonl", rows_read=5, kept=3, duplicates=1, sampled_out=0, quarantined=1,
+                               balanced=True)]
+    for name in sql.query_names():
+        sql.run_query(db, name, sql.QUERY_EXAMPLE_PARAMS.get(name))
+
+
+def test_rebuild_while_an_analyst_is_connected(tmp_path):
+    small_lake(tmp_path / "lake")
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, tmp_path / "lake")
+    with sql.connect_read_only(db) as analyst:
+        sql.build_warehouse(db, tmp_path / "lake")  # does not wait on the analyst's connection
+        assert analyst.execute("SELECT count(*) FROM pool_examples").fetchone()[0] == 3
+    assert not list(tmp_path.glob(".warehouse.duckdb.*"))
+
+
+def test_unknown_query_name_is_a_clear_error():
+    with pytest.raises(KeyError, match="no query named 'nope'"):
+        sql.load_query("nope")
