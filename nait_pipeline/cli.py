@@ -50,9 +50,26 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
                 raise SystemExit(f"materialization of {label} failed (run {result.run_id}); see the log above")
 
 
+def nait_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
+    """NAIT over every shard of the current pool (shards already featurized are reused, not recomputed)."""
+    from nait_pipeline.lib.layout import LakeLayout
+    import pyarrow.parquet as pq
+
+    kept = pq.read_table(LakeLayout(settings.lake_dir).pool_examples, columns=["shard"],
+                         filters=[("status", "=", "kept")])
+    shards = sorted(set(kept.column("shard").to_pylist()))
+    return [
+        (["pool_activations"], shards),
+        (["target_activations", "capability_directions", "nait_scores"], list(CAPABILITIES)),
+        (["nait_subsets"], None),
+    ]
+
+
 def cmd_materialize(args: argparse.Namespace) -> None:
-    run_steps(FOUNDATION_STEPS)
     settings = Settings.from_env()
+    run_steps(FOUNDATION_STEPS)
+    if args.stage == "all":
+        run_steps(nait_steps(settings))
     print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
 
 
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     materialize = commands.add_parser("materialize", help="materialize the pipeline on the configured data and model")
+    materialize.add_argument("--stage", choices=["foundation", "all"], default="all",
+                             help="foundation: model, pool, targets, warehouse; all: also NAIT (default)")
     materialize.set_defaults(func=cmd_materialize)
 
     query = commands.add_parser("query", help="run a named query from sql/queries read-only")

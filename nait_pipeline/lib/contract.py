@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from nait_pipeline.lib.feature_store import EMPTY_SCHEMA as FEATURES_SCHEMA
 from nait_pipeline.lib.lake import write_parquet
 from nait_pipeline.lib.targets import TARGET_SCHEMA
 
@@ -52,8 +53,20 @@ LINEAGE_SCHEMA = pa.schema(
 )
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
+DIRECTIONS_SCHEMA = pa.schema(
+    [
+        ("capability", pa.string()),
+        ("layer", pa.int64()),
+        ("direction", pa.list_(pa.float32())),
+        ("explained_variance_ratio", pa.float64()),
+        ("sign_flipped", pa.bool_()),
+    ]
+)
 GLOBBED_FOLDERS = {
     **CONTRACT_TABLES,
+    "features/pool_activations": FEATURES_SCHEMA,
+    "features/target_activations": FEATURES_SCHEMA,
+    "directions": DIRECTIONS_SCHEMA,
     "targets/selection": TARGET_SCHEMA,
     "targets/test": TARGET_SCHEMA,
 }

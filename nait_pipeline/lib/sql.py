@@ -18,7 +18,10 @@ from nait_pipeline.lib.settings import PROJECT_ROOT
 SQL_DIR = PROJECT_ROOT / "sql"
 LAKE_TOKEN = "{{lake}}"
 # Example values for the named queries that take parameters: documentation and a smoke test.
-QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {}
+QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {
+    "top_subset_examples": {"method": "nait", "capability": "math", "k": 20},
+    "lineage_of_subset": {"subset_version": "nait-math-000000000000"},
+}
 
 
 def sql_literal(text: str) -> str:

@@ -1,0 +1,147 @@
+"""Activation stores: one forward pass per example over pool shards and target sets."""
+
+import functools
+import json
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nait_pipeline.defs.metadata import markdown_table, path_value
+from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import featurize as fz
+from nait_pipeline.lib.feature_store import write_features
+from nait_pipeline.lib.hashing import sha256_json, sha256_lines
+from nait_pipeline.lib.lake import read_metadata
+from nait_pipeline.lib.layout import LakeLayout
+
+
+class FeaturizerConfig(dg.Config):
+    max_length: int = 512
+    """Tokens per example; longer examples are truncated (and marked `truncated`)."""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16: auto picks bf16 only where the hardware computes it natively."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    batch_tokens: int = 2048
+    """Padded tokens per forward batch."""
+    hidden_states: str = fz.HF_OUTPUT
+    """hf_output (HF output_hidden_states; last layer after the final norm) | prenorm_last."""
+
+    def spec(self, keep_last_token: bool) -> fz.FeaturizerSpec:
+        return fz.FeaturizerSpec(max_length=self.max_length,
+                                 dtype=fz.resolve_dtype(self.dtype, fz.resolve_device(self.device)),
+                                 batch_tokens=self.batch_tokens, keep_last_token=keep_last_token,
+                                 hidden_states=self.hidden_states)
+
+
+def read_model_record(layout: LakeLayout) -> dict:
+    if not layout.model_record.exists():
+        raise FileNotFoundError(f"{layout.model_record} is missing: materialize base_model first")
+    return json.loads(layout.model_record.read_text())
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model_path: str, dtype: str, device: str):
+    """One model per process: Dagster runs many shard steps in the same process with `materialize`."""
+    from nait_pipeline.lib import model_io
+    from nait_pipeline.lib.template import ChatTemplate
+
+    model = model_io.load_causal_lm(Path(model_path), dtype=dtype, device=device)
+    return model, ChatTemplate(model_io.load_tokenizer(Path(model_path)))
+
+
+def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], config: FeaturizerConfig,
+                   keep_last_token: bool, destination: Path, input_version: str) -> dg.MaterializeResult:
+    """Featurize ``rows`` into ``destination`` unless an identical store is already there."""
+    spec = config.spec(keep_last_token)
+    identity = {"model_id": model["model_id"], "template_hash": model["template_hash"],
+                "featurizer": spec.identity(), "input_version": input_version}
+    version = sha256_json(identity)[:16]
+    if destination.exists() and read_metadata(destination).get("store_version") == version:
+        context.log.info(f"{destination.name} is up to date (store version {version}); not recomputed")
+        table = pq.read_table(destination, columns=["example_id", "n_tokens", "truncated", "response_loss"])
+        return _result(table, destination, version, {"reused": True})
+
+    lm, template = _load(model["path"], spec.dtype, fz.resolve_device(config.device))
+    step = max(1, len(rows) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done // step != (done - 1) // step or done == total:
+            context.log.info(f"featurized {done}/{total} examples")
+
+    features = fz.featurize(lm, template, rows, spec, ids, progress=progress)
+    write_features(destination, ids, features, {**identity, "store_version": version, "stats": features.stats})
+    table = pq.read_table(destination, columns=["example_id", "n_tokens", "truncated", "response_loss"])
+    return _result(table, destination, version, {"reused": False, **features.stats})
+
+
+def _result(table: pa.Table, path: Path, version: str, extra: dict) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "row_count": len(table),
+            "tokens": int(pc.sum(table["n_tokens"]).as_py() or 0),
+            "truncated": int(pc.sum(table["truncated"]).as_py() or 0),
+            "mean_response_loss": float(pc.mean(table["response_loss"]).as_py() or float("nan")),
+            "store_version": version,
+            "path": path_value(path),
+            "bytes": path.stat().st_size,
+            "preview": markdown_table(table),
+            **{k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))},
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"torch", "parquet"},
+    code_version=fz.FEATURIZER_VERSION,
+    partitions_def=pool_shard_partitions,
+    deps=["it_pool", "base_model"],
+    pool="cpu_heavy",
+)
+def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
+                     pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Forward features of one pool shard: per decoder layer the token mean of the residual stream
+    and the first-token state, plus the RDS+ position-weighted last-layer mean and the response loss.
+
+    A shard whose store already matches (same rows, model, template and featurizer) is not recomputed,
+    so a killed backfill resumes where it stopped; new pool data only adds shards.
+    """
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    shard = context.partition_key
+    pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
+                         columns=["example_id", "instruction", "input", "output", "content_hash"])
+    if len(pool) == 0:
+        raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
+    rows = pool.to_pylist()
+    ids = [r["example_id"] for r in rows]
+    input_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}" for r in rows)[:16]
+    return featurize_rows(context, read_model_record(layout), rows, ids, config, False,
+                          layout.pool_activations(shard), input_version)
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"torch", "parquet"},
+    code_version=fz.FEATURIZER_VERSION,
+    partitions_def=capability_partitions,
+    deps=["target_sets", "base_model"],
+    pool="cpu_heavy",
+)
+def target_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
+                       pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Forward features of one capability's in-domain set, rendered in the same IT template
+    (prompt as instruction, reference answer as output), with last-token states for the R1 drift."""
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    capability = context.partition_key
+    targets = pq.read_table(layout.target_selection(capability)).to_pylist()
+    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
+    ids = [r["example_id"] for r in targets]
+    input_version = sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
+    return featurize_rows(context, read_model_record(layout), rows, ids, config, True,
+                          layout.target_activations(capability), input_version)

@@ -1,0 +1,29 @@
+"""Plots for asset metadata: saved as PNG beside the data and embedded in the UI as markdown."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+
+from nait_pipeline.lib.lake import atomic_path
+
+
+def bar_plot(values, labels, title: str, ylabel: str, destination: Path) -> dg.MarkdownMetadataValue:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3), dpi=90)
+    axis.bar([str(label) for label in labels], values, color="#4f6db8")
+    axis.set_title(title)
+    axis.set_ylabel(ylabel)
+    axis.tick_params(axis="x", labelsize=7)
+    figure.tight_layout()
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    encoded = base64.b64encode(destination.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")

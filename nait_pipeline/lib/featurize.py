@@ -1,0 +1,232 @@
+"""One forward pass per example that yields every forward-only feature the methods need.
+
+For every decoder layer: the token mean of the residual stream (padding masked, fp32
+accumulation) and the first-token state (plus the last-token state when asked, for NAIT's R1
+drift). From the same pass: the RDS+ position-weighted mean of the last layer and the mean
+response-token loss (LP's P0, the perplexity baseline), so no later method needs a second pass.
+
+Speed comes from tokenizing once, sorting by length so batches carry little padding, bounding
+each batch by a token budget, running the decoder without the LM head, and applying the LM head
+only to response positions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from nait_pipeline.lib.template import ChatTemplate, TokenizedExample
+
+FEATURIZER_VERSION = "1"  # bump when the features computed below change
+HF_OUTPUT = "hf_output"  # HF output_hidden_states: the last entry is taken after the final norm
+PRENORM_LAST = "prenorm_last"  # the last decoder layer's own output, before the final norm
+
+
+@dataclass(frozen=True)
+class FeaturizerSpec:
+    max_length: int = 512
+    dtype: str = "auto"  # resolved by resolve_dtype before use
+    batch_tokens: int = 2048  # padded tokens per forward batch (2k measured fastest on 2 CPU cores)
+    max_batch_size: int = 64
+    keep_last_token: bool = False
+    hidden_states: str = HF_OUTPUT
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "featurizer_version": FEATURIZER_VERSION}
+
+    def identity(self) -> dict:
+        """What makes two stores comparable (batching does not change the features)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("batch_tokens", "max_batch_size")}
+
+
+@dataclass
+class Features:
+    """Per-example features, aligned with the input order."""
+
+    layer_mean: np.ndarray  # [N, L, d] float32
+    first_token: np.ndarray  # [N, L, d] float32
+    last_token: np.ndarray | None  # [N, L, d] float32, when requested
+    rds_embedding: np.ndarray  # [N, d] float32, position-weighted mean of the last layer
+    response_loss: np.ndarray  # [N] float64, NaN where truncation left no response token
+    n_tokens: np.ndarray  # [N] int32, tokens fed to the model
+    n_response_tokens: np.ndarray  # [N] int32
+    full_length: np.ndarray  # [N] int32, tokens before truncation
+    truncated: np.ndarray  # [N] bool
+    stats: dict = field(default_factory=dict)
+
+
+class NonFiniteFeatureError(ValueError):
+    """NaN or inf in activations: the run stops and names the examples."""
+
+
+def tokenize_rows(template: ChatTemplate, rows: Sequence[dict], max_length: int) -> list[TokenizedExample]:
+    return [template.tokenize(r["instruction"], r["input"], r["output"], max_length) for r in rows]
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices, longest first, so that batch_size * longest <= batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * width > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def featurize(
+    model,
+    template: ChatTemplate,
+    rows: Sequence[dict],
+    spec: FeaturizerSpec,
+    ids: Sequence[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> Features:
+    """Run ``model`` (a HF causal LM) once over ``rows`` (dicts with instruction/input/output)."""
+    import torch
+
+    tokens = tokenize_rows(template, rows, spec.max_length)
+    n = len(tokens)
+    config = model.config
+    n_layers, width = config.num_hidden_layers, config.hidden_size
+    out = Features(
+        layer_mean=np.zeros((n, n_layers, width), np.float32),
+        first_token=np.zeros((n, n_layers, width), np.float32),
+        last_token=np.zeros((n, n_layers, width), np.float32) if spec.keep_last_token else None,
+        rds_embedding=np.zeros((n, width), np.float32),
+        response_loss=np.full(n, np.nan, np.float64),
+        n_tokens=np.array([len(t.input_ids) for t in tokens], np.int32),
+        n_response_tokens=np.array([len(t.input_ids) - t.response_start for t in tokens], np.int32),
+        full_length=np.array([t.full_length for t in tokens], np.int32),
+        truncated=np.array([t.truncated for t in tokens], bool),
+    )
+    if n == 0:
+        return out
+    device = next(model.parameters()).device
+    dtype_name = resolve_dtype(spec.dtype, device.type)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    if next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
+    pad_id = template.tokenizer.pad_token_id if template.tokenizer.pad_token_id is not None else 0
+    captured: dict[str, torch.Tensor] = {}
+    hook = None
+    if spec.hidden_states == PRENORM_LAST:
+        hook = model.model.layers[-1].register_forward_hook(
+            lambda _m, _i, output: captured.__setitem__("last", output[0] if isinstance(output, tuple) else output)
+        )
+    elif spec.hidden_states != HF_OUTPUT:
+        raise ValueError(f"hidden_states must be {HF_OUTPUT!r} or {PRENORM_LAST!r}, got {spec.hidden_states!r}")
+
+    started = time.perf_counter()
+    done = 0
+    try:
+        with torch.inference_mode():
+            for batch in plan_batches(out.n_tokens.tolist(), spec.batch_tokens, spec.max_batch_size):
+                _run_batch(model, tokens, batch, out, pad_id, device, captured)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, n)
+    finally:
+        if hook is not None:
+            hook.remove()
+    elapsed = time.perf_counter() - started
+    out.stats = {"dtype": dtype_name, "examples": n, "tokens": int(out.n_tokens.sum()), "seconds": elapsed,
+                 "tokens_per_s": float(out.n_tokens.sum() / elapsed) if elapsed else math.inf}
+    check_finite(out, ids)
+    return out
+
+
+def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, captured: dict) -> None:
+    import torch
+
+    lengths = [len(tokens[i].input_ids) for i in batch]
+    width = max(lengths)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.float32)
+    for row, index in enumerate(batch):
+        ids = tokens[index].input_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1.0
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    result = model.model(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
+    hidden = list(result.hidden_states[1:])  # L entries, one per decoder layer
+    final_normed = result.hidden_states[-1]  # what the LM head reads
+    if "last" in captured:
+        hidden[-1] = captured.pop("last")
+    counts = mask.sum(1, keepdim=True)
+    rows = torch.arange(len(batch), device=device)
+    last_pos = torch.tensor(lengths, device=device) - 1
+    means, firsts, lasts = [], [], []
+    for layer_states in hidden:
+        states = layer_states.float()
+        means.append((states * mask.unsqueeze(-1)).sum(1) / counts)
+        firsts.append(states[:, 0])
+        lasts.append(states[rows, last_pos])
+    index = np.asarray(batch)
+    out.layer_mean[index] = torch.stack(means, 1).cpu().numpy()
+    out.first_token[index] = torch.stack(firsts, 1).cpu().numpy()
+    if out.last_token is not None:
+        out.last_token[index] = torch.stack(lasts, 1).cpu().numpy()
+
+    # RDS+: weights k / sum_j j over the K real tokens (SGPT position weighting) on the last layer.
+    positions = torch.arange(1, width + 1, device=device, dtype=torch.float32).unsqueeze(0) * mask
+    weights = positions / positions.sum(1, keepdim=True)
+    out.rds_embedding[index] = (hidden[-1].float() * weights.unsqueeze(-1)).sum(1).cpu().numpy()
+
+    # Response loss: position t predicts token t+1; only response tokens are scored.
+    lm_head = model.get_output_embeddings()
+    for row, example in enumerate(batch):
+        start, length = max(tokens[example].response_start, 1), lengths[row]
+        if length - start <= 0:
+            continue
+        logits = lm_head(final_normed[row, start - 1 : length - 1]).float()
+        target = input_ids[row, start:length]
+        out.response_loss[example] = float(torch.nn.functional.cross_entropy(logits, target))
+
+
+def check_finite(features: Features, ids: Sequence[str]) -> None:
+    for name in ("layer_mean", "first_token", "last_token", "rds_embedding"):
+        values = getattr(features, name)
+        if values is None:
+            continue
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
+        if bad.any():
+            named = [ids[i] for i in np.flatnonzero(bad)[:20]]
+            raise NonFiniteFeatureError(f"non-finite {name} for {int(bad.sum())} example(s): {named}")
+    bad_loss = np.isinf(features.response_loss)
+    if bad_loss.any():
+        raise NonFiniteFeatureError(f"infinite response loss for: {[ids[i] for i in np.flatnonzero(bad_loss)[:20]]}")
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bf16 where the hardware computes it natively (GPU, AMX or AVX512-BF16 CPUs), else fp32.
+
+    On CPUs without native bf16 (such as the 2-core AVX-512 machines this project is developed on)
+    bf16 matrix products are emulated and run about 4x slower than fp32.
+    """
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

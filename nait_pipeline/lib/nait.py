@@ -1,0 +1,117 @@
+"""NAIT: capability directions from in-domain activations, and pool scores by projection.
+
+Spec: methods.md section 4 with the section 11 corrections.
+- drift per example and layer: R1 = last - first token, R2 = token mean - first token (default),
+  R3 = token mean;
+- direction per layer: first principal component of the mean-centred drifts (unit norm), its sign
+  fixed so that it points along the mean drift;
+- score of a pool example: sum over layers of (token-mean activation . direction), the published
+  dot product; per-layer z-scoring, cosine and layer subsets are documented variants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DRIFTS = ("R1", "R2", "R3")
+AGGREGATIONS = ("sum", "zscore", "cosine")
+
+
+class NaitInputError(ValueError):
+    """Unusable in-domain data (too few rows, no variance) or scores that are not finite."""
+
+
+@dataclass(frozen=True)
+class Directions:
+    vectors: np.ndarray  # [L, d] unit rows
+    explained_variance_ratio: np.ndarray  # [L]
+    sign_flipped: np.ndarray  # [L] bool: the raw PC pointed against the mean drift
+    n_rows: int
+
+
+def drift(layer_mean: np.ndarray, first_token: np.ndarray, last_token: np.ndarray | None, variant: str) -> np.ndarray:
+    """Per-example per-layer activation drift, [n, L, d]."""
+    if variant == "R1":
+        if last_token is None:
+            raise NaitInputError("drift R1 needs last-token states; featurize targets with keep_last_token")
+        return last_token - first_token
+    if variant == "R2":
+        return layer_mean - first_token
+    if variant == "R3":
+        return layer_mean
+    raise NaitInputError(f"drift must be one of {DRIFTS}, got {variant!r}")
+
+
+def fit_directions(drifts: np.ndarray, min_rows: int = 2, capability: str = "") -> Directions:
+    """First principal component per layer, sign-fixed by the mean drift."""
+    n = drifts.shape[0]
+    label = f" for capability {capability!r}" if capability else ""
+    if n == 0:
+        raise NaitInputError(f"the in-domain set{label} is empty: materialize target_sets or add target rows")
+    if n < max(min_rows, 2):
+        raise NaitInputError(f"the in-domain set{label} has {n} row(s); PCA needs at least {max(min_rows, 2)}")
+    x = drifts.astype(np.float64)
+    mean = x.mean(axis=0)  # [L, d]
+    centred = x - mean
+    n_layers = x.shape[1]
+    vectors = np.zeros((n_layers, x.shape[2]))
+    ratio = np.zeros(n_layers)
+    flipped = np.zeros(n_layers, bool)
+    for layer in range(n_layers):
+        _, singular, vt = np.linalg.svd(centred[:, layer, :], full_matrices=False)
+        total = float((singular**2).sum())
+        if total <= 0.0:
+            raise NaitInputError(f"layer {layer + 1}{label}: every in-domain drift is identical, no direction")
+        direction = vt[0]
+        if float(mean[layer] @ direction) < 0.0:
+            direction, flipped[layer] = -direction, True
+        vectors[layer], ratio[layer] = direction, singular[0] ** 2 / total
+    return Directions(vectors=vectors, explained_variance_ratio=ratio, sign_flipped=flipped, n_rows=n)
+
+
+def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """a_l(y) . v_l for every example and layer: [N, L] float64 (chunked to bound memory)."""
+    out = np.empty((layer_mean.shape[0], layer_mean.shape[1]), np.float64)
+    v = directions.astype(np.float32)
+    for start in range(0, len(layer_mean), chunk):
+        block = layer_mean[start : start + chunk]
+        out[start : start + chunk] = np.einsum("nld,ld->nl", block, v, dtype=np.float32, optimize=True)
+    return out
+
+
+def aggregate(projections: np.ndarray, aggregation: str = "sum", layers: Sequence[int] | None = None,
+              layer_norms: np.ndarray | None = None) -> np.ndarray:
+    """Combine per-layer projections into one score per example.
+
+    sum:    the published score, sum_l a_l . v_l.
+    zscore: each layer's projection standardised over the pool first, so late layers with large
+            activations do not dominate.
+    cosine: a_l . v_l / |a_l| per layer (needs ``layer_norms`` = |a_l|, [N, L]).
+    ``layers`` (1-based) restricts the sum to a subset of layers.
+    """
+    columns = np.arange(projections.shape[1]) if layers is None else np.asarray(layers) - 1
+    if len(columns) == 0 or columns.min() < 0 or columns.max() >= projections.shape[1]:
+        raise NaitInputError(f"layers must be within 1..{projections.shape[1]}, got {layers}")
+    selected = projections[:, columns]
+    if aggregation == "sum":
+        return selected.sum(axis=1)
+    if aggregation == "zscore":
+        std = selected.std(axis=0)
+        std[std == 0] = 1.0
+        return ((selected - selected.mean(axis=0)) / std).sum(axis=1)
+    if aggregation == "cosine":
+        if layer_norms is None:
+            raise NaitInputError("cosine aggregation needs the per-layer activation norms")
+        norms = np.maximum(layer_norms[:, columns], 1e-12)
+        return (selected / norms).sum(axis=1)
+    raise NaitInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def require_finite(scores: np.ndarray, ids: Sequence[str], what: str = "scores") -> None:
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        named = [ids[i] for i in np.flatnonzero(bad)[:20]]
+        raise NaitInputError(f"non-finite {what} for {int(bad.sum())} example(s), e.g. {named}")
