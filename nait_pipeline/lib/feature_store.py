@@ -38,9 +38,9 @@ EMPTY_SCHEMA = pa.schema(
 )
 
 
-def _vector_array(values: np.ndarray) -> pa.Array:
+def _vector_array(values: np.ndarray, allow_half: bool = True) -> pa.Array:
     flat = values.reshape(len(values), -1)
-    dtype = np.float16 if np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
+    dtype = np.float16 if allow_half and np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
     offsets = np.arange(len(flat) + 1, dtype=np.int32) * flat.shape[1]
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(dtype).ravel()))
 
@@ -55,7 +55,8 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
         "response_loss": pa.array(features.response_loss, pa.float64(), from_pandas=True),
         "layer_mean": _vector_array(features.layer_mean),
         "first_token": _vector_array(features.first_token),
-        "rds_embedding": _vector_array(features.rds_embedding.astype(np.float32)),
+        # Kept in float32: cosine retrieval (RDS+) on one small vector gains nothing from halving it.
+        "rds_embedding": _vector_array(features.rds_embedding, allow_half=False),
     }
     if features.last_token is not None:
         columns["last_token"] = _vector_array(features.last_token)

@@ -1,0 +1,110 @@
+"""The featurizer on the real model and real pool rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nait_pipeline.lib import featurize as fz
+from nait_pipeline.lib import model_io
+from nait_pipeline.lib.feature_store import read_features, write_features
+from nait_pipeline.lib.template import ChatTemplate
+
+
+@pytest.fixture(scope="module")
+def model_and_template(model_dir):
+    return model_io.load_causal_lm(model_dir), ChatTemplate(model_io.load_tokenizer(model_dir))
+
+
+@pytest.fixture(scope="module")
+def pool_rows(shared_data):
+    table = pq.read_table(shared_data / "pools" / "alpaca_cleaned.parquet").slice(0, 6)
+    return table.to_pylist()
+
+
+def test_batched_features_equal_one_example_at_a_time(model_and_template, pool_rows):
+    model, template = model_and_template
+    ids = [r["id"] for r in pool_rows]
+    spec = fz.FeaturizerSpec(dtype="float32", keep_last_token=True)
+    batched = fz.featurize(model, template, pool_rows, spec, ids)
+    single = fz.featurize(model, template, pool_rows, fz.FeaturizerSpec(dtype="float32", keep_last_token=True,
+                                                                         max_batch_size=1), ids)
+    assert len(set(batched.n_tokens.tolist())) > 1  # padding really happened in the batched run
+    for name in ("layer_mean", "first_token", "last_token", "rds_embedding"):
+        np.testing.assert_allclose(getattr(batched, name), getattr(single, name), rtol=1e-3, atol=2e-3)
+    np.testing.assert_allclose(batched.response_loss, single.response_loss, rtol=1e-4)
+
+
+def test_features_match_a_direct_computation(model_and_template, pool_rows):
+    model, template = model_and_template
+    row = pool_rows[0]
+    features = fz.featurize(model, template, [row], fz.FeaturizerSpec(dtype="float32"), [row["id"]])
+    tokens = template.tokenize(row["instruction"], row["input"], row["output"], 512)
+    ids = torch.tensor([tokens.input_ids])
+    labels = ids.clone()
+    labels[0, : tokens.response_start] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels, output_hidden_states=True)
+    hidden = torch.stack(out.hidden_states[1:], 1)[0]  # [L, K, d]
+    np.testing.assert_allclose(features.layer_mean[0], hidden.mean(1).numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(features.first_token[0], hidden[:, 0].numpy(), rtol=1e-4, atol=1e-3)
+    k = hidden.shape[1]
+    weights = torch.arange(1, k + 1, dtype=torch.float32) / (k * (k + 1) / 2)
+    np.testing.assert_allclose(features.rds_embedding[0], (hidden[-1] * weights[:, None]).sum(0).numpy(),
+                               rtol=1e-4, atol=1e-3)
+    assert features.response_loss[0] == pytest.approx(out.loss.item(), rel=1e-5)
+    assert features.n_response_tokens[0] == len(tokens.input_ids) - tokens.response_start
+    assert features.layer_mean.shape == (1, 30, 576)
+
+
+def test_prenorm_switch_changes_only_the_last_layer(model_and_template, pool_rows):
+    model, template = model_and_template
+    rows, ids = pool_rows[:2], [r["id"] for r in pool_rows[:2]]
+    normed = fz.featurize(model, template, rows, fz.FeaturizerSpec(dtype="float32"), ids)
+    prenorm = fz.featurize(model, template, rows, fz.FeaturizerSpec(dtype="float32", hidden_states=fz.PRENORM_LAST), ids)
+    np.testing.assert_allclose(normed.layer_mean[:, :-1], prenorm.layer_mean[:, :-1], rtol=1e-5, atol=1e-4)
+    assert np.abs(normed.layer_mean[:, -1] - prenorm.layer_mean[:, -1]).max() > 1.0
+
+
+def test_long_examples_are_truncated_and_marked(model_and_template, pool_rows):
+    model, template = model_and_template
+    rows, ids = pool_rows[:3], [r["id"] for r in pool_rows[:3]]
+    features = fz.featurize(model, template, rows, fz.FeaturizerSpec(dtype="float32", max_length=40), ids)
+    assert features.n_tokens.max() <= 40
+    assert features.truncated.all() and (features.full_length > 40).all()
+    # The system prompt alone is ~30 tokens, so some response tokens remain and the loss is defined.
+    assert np.isfinite(features.response_loss).all()
+
+
+def test_store_round_trip_keeps_values(model_and_template, pool_rows, tmp_path):
+    model, template = model_and_template
+    ids = [r["id"] for r in pool_rows]
+    features = fz.featurize(model, template, pool_rows, fz.FeaturizerSpec(dtype="float32"), ids)
+    path = write_features(tmp_path / "s.parquet", ids, features, {"model_id": "m", "template_hash": "t",
+                                                                  "featurizer": {}})
+    stored = read_features([path], vectors=("layer_mean", "first_token", "rds_embedding"), scalars=("truncated",))
+    assert stored.ids == ids
+    # float16 storage: relative error below 1e-3 of each value's magnitude.
+    np.testing.assert_allclose(stored.vectors["layer_mean"], features.layer_mean, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(stored.vectors["first_token"], features.first_token, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(stored.vectors["rds_embedding"], features.rds_embedding, rtol=1e-6)
+
+
+def test_non_finite_activations_stop_the_run_naming_examples():
+    features = fz.Features(
+        layer_mean=np.array([[[1.0]], [[np.nan]]], np.float32), first_token=np.zeros((2, 1, 1), np.float32),
+        last_token=None, rds_embedding=np.zeros((2, 1), np.float32), response_loss=np.zeros(2),
+        n_tokens=np.ones(2, np.int32), n_response_tokens=np.ones(2, np.int32), full_length=np.ones(2, np.int32),
+        truncated=np.zeros(2, bool))
+    with pytest.raises(fz.NonFiniteFeatureError, match=r"non-finite layer_mean for 1 example\(s\): \['x2'\]"):
+        fz.check_finite(features, ["x1", "x2"])
+
+
+def test_batches_respect_the_token_budget():
+    lengths = [10, 50, 30, 50, 5]
+    batches = fz.plan_batches(lengths, batch_tokens=100, max_batch_size=8)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches)
+    assert batches[0] == [1, 3]  # longest first, ties by position
