@@ -1,0 +1,130 @@
+"""NAIT assets end to end on a small slice of the real pools with the real model: scores, subsets,
+lineage, determinism, resuming a killed featurization, and scoring without a model forward."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nait_pipeline.defs.assets import features as features_module
+from nait_pipeline.defs.assets.features import pool_activations, target_activations
+from nait_pipeline.defs.assets.model import base_model
+from nait_pipeline.defs.assets.nait import capability_directions, nait_scores, nait_subsets
+from nait_pipeline.defs.assets.pool import it_pool
+from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
+from nait_pipeline.defs.assets.warehouse import warehouse
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import sql
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.settings import CAPABILITIES
+
+ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
+          capability_directions, nait_scores, nait_subsets]
+SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
+
+
+def run(instance, resource, selection, partition_key=None, run_config=None):
+    result = dg.materialize(ASSETS, selection=selection, partition_key=partition_key, instance=instance,
+                            resources={"pipeline": resource}, run_config=run_config or {})
+    assert result.success
+    return result
+
+
+def shard_keys(layout: LakeLayout) -> list[str]:
+    table = pq.read_table(layout.pool_examples, columns=["shard"], filters=[("status", "=", "kept")])
+    return sorted(set(table.column("shard").to_pylist()))
+
+
+@pytest.fixture(scope="module")
+def pipeline(shared_data, model_dir, tmp_path_factory):
+    store = tmp_path_factory.mktemp("nait_store")
+    resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=6)
+    layout = LakeLayout(store / "lake")
+    with dg.instance_for_test() as instance:
+        run(instance, resource, ["base_model", "it_pool"])
+        for capability in CAPABILITIES:
+            run(instance, resource, ["target_sets"], capability, SMALL)
+        for shard in shard_keys(layout):
+            run(instance, resource, ["pool_activations"], shard)
+        for capability in CAPABILITIES:
+            run(instance, resource, ["target_activations", "capability_directions", "nait_scores"], capability)
+        first = run(instance, resource, ["nait_subsets"])
+        run(instance, resource, ["warehouse"])
+        yield instance, resource, layout, first
+
+
+def test_scores_and_subsets_land_in_the_warehouse(pipeline):
+    _, resource, layout, first = pipeline
+    db = resource.settings.warehouse_path
+    with sql.connect_read_only(db) as con:
+        assert con.execute("SELECT count(*) FROM pool_examples").fetchone()[0] == 24
+        per_capability = dict(con.execute("SELECT capability, count(*) FROM scores GROUP BY ALL").fetchall())
+        assert per_capability == dict.fromkeys(CAPABILITIES, 24)
+        sizes = con.execute("SELECT capability, count(*) FROM subsets GROUP BY ALL ORDER BY 1").fetchall()
+        assert sizes == [(c, 3) for c in sorted([*CAPABILITIES, "all"])]  # ceil(0.1 * 24)
+        lineage = con.execute("SELECT method, model_id, template_hash, pool_version, params_json, n_pool "
+                              "FROM subset_lineage WHERE capability = 'math'").fetchone()
+        assert lineage[0] == "nait" and lineage[1].startswith("SmolLM2-135M-Instruct@") and lineage[5] == 24
+        assert '"budget_ratio": 0.1' in lineage[4] and '"aggregation": "sum"' in lineage[4]
+    top = sql.run_query(db, "top_subset_examples", {"method": "nait", "capability": "math", "k": 20}).to_pylist()
+    assert [r["rank"] for r in top] == [1, 2, 3] and all(r["instruction"] for r in top)
+    math_scores = pq.read_table(layout.scores("nait", "math"))
+    best = math_scores.sort_by([("score", "descending"), ("example_id", "ascending")]).column("example_id")[:3]
+    assert [r["example_id"] for r in top] == best.to_pylist()
+    assert first.get_asset_check_evaluations()[0].passed
+
+
+def test_same_inputs_give_the_same_subsets(pipeline):
+    instance, resource, layout, first = pipeline
+    again = run(instance, resource, ["nait_subsets"])
+    versions = lambda result: result.asset_materializations_for_node("nait_subsets")[0].metadata[  # noqa: E731
+        "subset_versions"].value
+    assert versions(again) == versions(first)
+    assert len(list((layout.root / "subsets").glob("nait-*.parquet"))) == 6
+
+
+def test_killed_featurization_resumes_only_unfinished_shards(pipeline):
+    instance, resource, layout, _ = pipeline
+    shards = shard_keys(layout)
+    before = pq.read_table(layout.scores("nait", "math")).column("score").to_numpy()
+    victim = layout.pool_activations(shards[1])
+    victim.unlink()  # a run killed mid-shard leaves no file (writes are temp file + rename) ...
+    (victim.parent / f".{victim.name}.abc.parquet.tmp").write_bytes(b"half")  # ... at most a temp file
+    reused = {}
+    for shard in shards:
+        result = run(instance, resource, ["pool_activations"], shard)
+        reused[shard] = result.asset_materializations_for_node("pool_activations")[0].metadata["reused"].value
+    assert reused == {s: s != shards[1] for s in shards}
+    run(instance, resource, ["nait_scores"], "math")
+    after = pq.read_table(layout.scores("nait", "math")).column("score").to_numpy()
+    np.testing.assert_array_equal(before, after)
+
+
+def test_scoring_reads_the_store_and_never_runs_the_model(pipeline, monkeypatch):
+    instance, resource, layout, _ = pipeline
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("scoring must not load the model")
+
+    monkeypatch.setattr(features_module, "_load", no_model)
+    result = run(instance, resource, ["capability_directions", "nait_scores"], "reasoning",
+                 {"ops": {"capability_directions": {"config": {"drift": "R3"}}}})
+    meta = result.asset_materializations_for_node("nait_scores")[0].metadata
+    assert meta["row_count"].value == 24
+
+
+def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
+    instance, resource, layout, _ = pipeline
+    shard = shard_keys(layout)[0]
+    path = layout.pool_activations(shard)
+    path.rename(tmp_path / "moved.parquet")
+    try:
+        result = dg.materialize(ASSETS, selection=["nait_scores"], partition_key="math", instance=instance,
+                                resources={"pipeline": resource}, raise_on_error=False)
+        assert not result.success
+        message = result.get_step_failure_events()[0].step_failure_data.error.to_string()
+        assert "not featurized yet" in message and shard in message
+    finally:
+        (tmp_path / "moved.parquet").rename(path)
