@@ -84,6 +84,37 @@ def cmd_query(args: argparse.Namespace) -> None:
         print(pl.from_arrow(table))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.audit import export_subset
+    from nait_pipeline.lib.layout import LakeLayout
+
+    count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out))
+    print(f"wrote {count} examples of {args.subset_version} to {args.out} ({args.format})")
+
+
+def cmd_dump(args: argparse.Namespace) -> None:
+    import json
+
+    from nait_pipeline.lib import model_io
+    from nait_pipeline.lib.audit import dump_nait_selection
+    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.template import ChatTemplate
+
+    layout = LakeLayout(Settings.from_env().lake_dir)
+    model = json.loads(layout.model_record.read_text())
+    template = ChatTemplate(model_io.load_tokenizer(Path(model["path"])))
+    manifest = dump_nait_selection(layout, args.subset_version, Path(args.out), template)
+    print(f"wrote {manifest} and the files it lists")
+
+
+def cmd_subsets(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib import sql
+
+    with sql.connect_read_only(Settings.from_env().warehouse_path) as con:
+        print(con.sql("SELECT subset_version, method, capability, n_selected, n_pool, created_at "
+                      "FROM subset_lineage ORDER BY created_at DESC, subset_version"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nait-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--param", action="append", default=[], help="NAME=VALUE bound as a query parameter")
     query.add_argument("--limit", type=int, default=25, help="rows to print")
     query.set_defaults(func=cmd_query)
+
+    subsets = commands.add_parser("subsets", help="list subset versions with their lineage")
+    subsets.set_defaults(func=cmd_subsets)
+
+    export = commands.add_parser("export", help="export a subset for a training framework")
+    export.add_argument("subset_version")
+    export.add_argument("--format", choices=["alpaca", "chat", "parquet"], default="alpaca")
+    export.add_argument("--out", required=True, help="output file (.jsonl or .parquet)")
+    export.set_defaults(func=cmd_export)
+
+    dump = commands.add_parser("dump", help="dump the arrays a NAIT selection consumed and produced, with a manifest")
+    dump.add_argument("subset_version")
+    dump.add_argument("--out", required=True, help="output folder")
+    dump.set_defaults(func=cmd_dump)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -3,6 +3,8 @@ lineage, determinism, resuming a killed featurization, and scoring without a mod
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
@@ -128,3 +130,41 @@ def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
         assert "not featurized yet" in message and shard in message
     finally:
         (tmp_path / "moved.parquet").rename(path)
+
+
+def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
+    import json
+
+    from nait_pipeline.lib import model_io
+    from nait_pipeline.lib.audit import dump_nait_selection, export_subset
+    from nait_pipeline.lib.template import ChatTemplate
+
+    _, resource, layout, first = pipeline
+    versions = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value
+    for capability in ("math", "all"):
+        version = versions[capability]
+        out = tmp_path / capability
+        template = ChatTemplate(model_io.load_tokenizer(Path(resource.model)))
+        manifest = json.loads(dump_nait_selection(layout, version, out, template).read_text())
+        assert set(manifest["files"]) <= {p.name for p in out.iterdir()}
+        ids = json.loads((out / "pool_ids.json").read_text())
+        features = np.load(out / "pool_layer_mean.npy")
+        caps = list(CAPABILITIES) if capability == "all" else [capability]
+        per_cap = [np.einsum("nld,ld->n", features, np.load(out / f"directions_{c}.npy")) for c in caps]
+        for c, recomputed in zip(caps, per_cap):
+            np.testing.assert_allclose(recomputed, np.load(out / f"scores_{c}.npy"), rtol=1e-4)
+        score = per_cap[0] if capability != "all" else sum((s - s.mean()) / s.std() for s in per_cap)
+        order = sorted(range(len(ids)), key=lambda i: (-score[i], ids[i]))
+        assert [ids[i] for i in order[:3]] == json.loads((out / "selected_ids.json").read_text())
+        texts = [json.loads(line) for line in (out / "pool_texts.jsonl").read_text().splitlines()]
+        assert len(texts) == 24 and texts[0]["prompt_text"].startswith("<|im_start|>system")
+
+    exported = tmp_path / "math.jsonl"
+    assert export_subset(layout, versions["math"], "alpaca", exported) == 3
+    records = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert set(records[0]) == {"id", "instruction", "input", "output"}
+    chat = tmp_path / "math_chat.jsonl"
+    export_subset(layout, versions["math"], "chat", chat)
+    assert json.loads(chat.read_text().splitlines()[0])["messages"][1]["role"] == "assistant"
+    export_subset(layout, versions["math"], "parquet", tmp_path / "math.parquet")
+    assert pq.read_table(tmp_path / "math.parquet").column("rank").to_pylist() == [1, 2, 3]

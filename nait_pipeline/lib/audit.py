@@ -1,0 +1,156 @@
+"""Export subsets for training frameworks, and dump everything a selection consumed and produced.
+
+A dump holds plain .npy/.json/.jsonl files and a ``manifest.json`` that says what each one is, so a
+selection can be re-run or audited with NumPy alone, outside the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.feature_store import read_features
+from nait_pipeline.lib.lake import atomic_path, read_metadata, write_json, write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.template import user_message
+
+EXPORT_FORMATS = ("alpaca", "chat", "parquet")
+
+
+def subset_rows(layout: LakeLayout, subset_version: str) -> pa.Table:
+    """The subset's rows in rank order, joined with their pool text."""
+    path = layout.subset(subset_version)
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.parquet") if not p.name.startswith("_"))
+        raise FileNotFoundError(f"no subset {subset_version!r}; available: {available}")
+    subset = pq.read_table(path).sort_by("rank")
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output", "source"])
+    joined = subset.join(pool, "example_id", join_type="left outer").sort_by("rank")
+    missing = pc.sum(pc.is_null(joined["instruction"])).as_py()
+    if missing:
+        raise ValueError(f"{missing} selected example(s) of {subset_version} are no longer in the pool table")
+    return joined
+
+
+def export_subset(layout: LakeLayout, subset_version: str, fmt: str, destination: Path) -> int:
+    """Write the subset as Alpaca JSONL, chat-messages JSONL or Parquet; returns the row count."""
+    rows = subset_rows(layout, subset_version)
+    if fmt == "parquet":
+        write_parquet(rows.select(["rank", "example_id", "score", "source", "instruction", "input", "output"]),
+                      destination, {"subset_version": subset_version})
+        return len(rows)
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    with atomic_path(destination, ".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows.to_pylist():
+            if fmt == "alpaca":
+                record = {"id": row["example_id"], "instruction": row["instruction"], "input": row["input"],
+                          "output": row["output"]}
+            else:
+                record = {"id": row["example_id"], "messages": [
+                    {"role": "user", "content": user_message(row["instruction"], row["input"])},
+                    {"role": "assistant", "content": row["output"]}]}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+class _Dump:
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.files: dict[str, dict] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def array(self, name: str, values: np.ndarray, description: str) -> None:
+        with atomic_path(self.out_dir / name, ".npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, values)
+        self.files[name] = {"shape": list(values.shape), "dtype": str(values.dtype), "description": description}
+
+    def json(self, name: str, value, description: str) -> None:
+        write_json(value, self.out_dir / name)
+        self.files[name] = {"description": description}
+
+    def jsonl(self, name: str, records: list[dict], description: str) -> None:
+        with atomic_path(self.out_dir / name, ".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.files[name] = {"rows": len(records), "description": description}
+
+
+def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, template) -> Path:
+    """Dump the arrays behind a NAIT subset: features, directions, scores, ids and rendered texts."""
+    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    if lineage["method"] != "nait":
+        raise ValueError(f"{subset_version} was made by {lineage['method']!r}; dump supports NAIT subsets")
+    params = json.loads(lineage["params_json"])
+    capabilities = list(CAPABILITIES) if lineage["capability"] == "all" else [lineage["capability"]]
+    dump = _Dump(out_dir)
+
+    score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
+    pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
+    shards = sorted({s for s in pq.read_table(layout.pool_examples, columns=["shard", "status"],
+                                              filters=[("status", "=", "kept")]).column("shard").to_pylist()})
+    store = read_features([layout.pool_activations(s) for s in shards], scalars=("n_tokens", "truncated"))
+    if store.ids != pool_ids:
+        raise ValueError("pool activations no longer match the stored scores: re-materialize nait_scores")
+    dump.json("pool_ids.json", pool_ids, "pool example ids; row i of every pool array is this id")
+    dump.array("pool_layer_mean.npy", store.vectors["layer_mean"],
+               "[N, L, d] token-mean residual stream per decoder layer (as read from the store, float32)")
+    for capability in capabilities:
+        table = score_tables[capability]
+        dump.array(f"scores_{capability}.npy", table.column("score").to_numpy(),
+                   f"[N] NAIT score per pool example for {capability}")
+        dump.array(f"layer_projections_{capability}.npy",
+                   np.stack(table.column("layer_projections").to_numpy(zero_copy_only=False)),
+                   f"[N, L] a_l . v_l per layer for {capability}; scores = sum over the layers in params")
+        directions = pq.read_table(layout.directions(capability))
+        dump.array(f"directions_{capability}.npy",
+                   np.stack(directions.column("direction").to_numpy(zero_copy_only=False)).astype(np.float32),
+                   f"[L, d] unit direction per layer for {capability} (PC1 of the drift, sign fixed by its mean)")
+        dump.array(f"explained_variance_{capability}.npy",
+                   directions.column("explained_variance_ratio").to_numpy(), f"[L] PC1 variance share ({capability})")
+        target = read_features([layout.target_activations(capability)], vectors=("layer_mean", "first_token"))
+        dump.json(f"target_ids_{capability}.json", target.ids, f"in-domain example ids for {capability}")
+        dump.array(f"target_layer_mean_{capability}.npy", target.vectors["layer_mean"],
+                   f"[n, L, d] token means of the {capability} in-domain set")
+        dump.array(f"target_first_token_{capability}.npy", target.vectors["first_token"],
+                   f"[n, L, d] first-token states of the {capability} in-domain set")
+        targets = pq.read_table(layout.target_selection(capability)).to_pylist()
+        dump.jsonl(f"target_texts_{capability}.jsonl", [
+            dict(zip(("prompt_text", "response_text"), template.render(t["prompt"], "", t["answer"])),
+                 example_id=t["example_id"]) for t in targets],
+            f"the {capability} in-domain examples exactly as rendered for the model")
+
+    subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
+    dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
+    dump.array("selected_scores.npy", subset.column("score").to_numpy(), "the score each selected id was ranked by")
+    pool = pq.read_table(layout.pool_examples, filters=[("status", "=", "kept")]).to_pylist()
+    by_id = {r["example_id"]: r for r in pool}
+    texts = []
+    for example_id, n_tokens, truncated in zip(pool_ids, store.scalars["n_tokens"], store.scalars["truncated"]):
+        row = by_id[example_id]
+        prompt_text, response_text = template.render(row["instruction"], row["input"], row["output"])
+        texts.append({"example_id": example_id, "prompt_text": prompt_text, "response_text": response_text,
+                      "n_tokens": int(n_tokens), "truncated": bool(truncated)})
+    dump.jsonl("pool_texts.jsonl", texts, "pool examples as rendered for the model (before truncation to n_tokens)")
+
+    manifest = {
+        "subset_version": subset_version,
+        "lineage": {k: str(v) for k, v in lineage.items()},
+        "params": params,
+        "store": {k: read_metadata(layout.pool_activations(shards[0])).get(k)
+                  for k in ("model_id", "template_hash", "featurizer", "layers")},
+        "recipe": (
+            "score_c = sum over layers l of pool_layer_mean[:, l] @ directions_c[l] (aggregation 'sum'); "
+            "for capability 'all' with merge 'zsum': sum over capabilities of (score_c - mean) / std; "
+            "rank by descending score, ties by ascending id; keep the first ceil(budget_ratio * N)."
+        ),
+        "files": dump.files,
+    }
+    return write_json(manifest, out_dir / "manifest.json")
