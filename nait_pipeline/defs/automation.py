@@ -40,5 +40,5 @@ def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: Pipe
     )
 
 
-nightly_refresh = dg.ScheduleDefinition(job=refresh_job, cron_schedule="0 2 * * *",
+nightly_refresh = dg.ScheduleDefinition(name="nightly_refresh", job=refresh_job, cron_schedule="0 2 * * *",
                                         default_status=dg.DefaultScheduleStatus.RUNNING)
