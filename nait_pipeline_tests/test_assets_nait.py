@@ -70,6 +70,7 @@ def test_scores_and_subsets_land_in_the_warehouse(pipeline):
                               "FROM subset_lineage WHERE capability = 'math'").fetchone()
         assert lineage[0] == "nait" and lineage[1].startswith("SmolLM2-135M-Instruct@") and lineage[5] == 24
         assert '"budget_ratio": 0.1' in lineage[4] and '"aggregation": "sum"' in lineage[4]
+        assert '"score_versions": {"math": ' in lineage[4]
     top = sql.run_query(db, "top_subset_examples", {"method": "nait", "capability": "math", "k": 20}).to_pylist()
     assert [r["rank"] for r in top] == [1, 2, 3] and all(r["instruction"] for r in top)
     math_scores = pq.read_table(layout.scores("nait", "math"))
@@ -110,11 +111,13 @@ def test_scoring_reads_the_store_and_never_runs_the_model(pipeline, monkeypatch)
     def no_model(*_args, **_kwargs):
         raise AssertionError("scoring must not load the model")
 
+    before = pq.read_table(layout.scores("nait", "reasoning")).column("score").to_numpy()
+    (layout.root / "scores" / "nait__reasoning.parquet").unlink()
     monkeypatch.setattr(features_module, "_load", no_model)
-    result = run(instance, resource, ["capability_directions", "nait_scores"], "reasoning",
-                 {"ops": {"capability_directions": {"config": {"drift": "R3"}}}})
+    result = run(instance, resource, ["capability_directions", "nait_scores"], "reasoning")
     meta = result.asset_materializations_for_node("nait_scores")[0].metadata
     assert meta["row_count"].value == 24
+    np.testing.assert_array_equal(pq.read_table(layout.scores("nait", "reasoning")).column("score").to_numpy(), before)
 
 
 def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
@@ -168,3 +171,31 @@ def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
     assert json.loads(chat.read_text().splitlines()[0])["messages"][1]["role"] == "assistant"
     export_subset(layout, versions["math"], "parquet", tmp_path / "math.parquet")
     assert pq.read_table(tmp_path / "math.parquet").column("rank").to_pylist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("config", [{"merge": "pooled", "drift": "R1"}, {"merge": "quota"}])
+def test_other_all_capability_merges_make_their_own_versions(pipeline, config):
+    instance, resource, layout, first = pipeline
+    result = run(instance, resource, ["nait_subsets"], run_config={"ops": {"nait_subsets": {"config": config}}})
+    versions = result.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value
+    baseline = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value
+    assert versions["math"] == baseline["math"]  # per-capability subsets do not depend on the merge
+    lineage = pq.read_table(layout.lineage(versions["all"])).to_pylist()[0]
+    assert f'"merge": "{config["merge"]}"' in lineage["params_json"] and lineage["n_selected"] == 3
+
+
+def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
+    from nait_pipeline.lib import model_io
+    from nait_pipeline.lib.audit import dump_nait_selection
+    from nait_pipeline.lib.template import ChatTemplate
+
+    instance, resource, layout, _ = pipeline
+    old = run(instance, resource, ["nait_subsets"]).asset_materializations_for_node("nait_subsets")[0]
+    old_math = old.metadata["subset_versions"].value["math"]
+    run(instance, resource, ["nait_scores"], "math", {"ops": {"nait_scores": {"config": {"aggregation": "zscore"}}}})
+    try:
+        template = ChatTemplate(model_io.load_tokenizer(Path(resource.model)))
+        with pytest.raises(ValueError, match="was selected from math score version"):
+            dump_nait_selection(layout, old_math, tmp_path / "dump", template)
+    finally:
+        run(instance, resource, ["nait_scores"], "math")

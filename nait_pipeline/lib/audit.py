@@ -92,6 +92,12 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
     capabilities = list(CAPABILITIES) if lineage["capability"] == "all" else [lineage["capability"]]
     dump = _Dump(out_dir)
 
+    for capability in capabilities:
+        current = read_metadata(layout.scores("nait", capability))["score_version"]
+        if params["score_versions"][capability] != current:
+            raise ValueError(f"{subset_version} was selected from {capability} score version "
+                             f"{params['score_versions'][capability]}, but the lake now holds {current}: "
+                             "dump a subset made from the current scores (re-materialize nait_subsets)")
     score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
     pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
     shards = sorted({s for s in pq.read_table(layout.pool_examples, columns=["shard", "status"],

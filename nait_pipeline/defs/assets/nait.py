@@ -58,6 +58,18 @@ def load_directions(layout: LakeLayout, capability: str) -> tuple[np.ndarray, di
     return np.stack(table.column("direction").to_numpy(zero_copy_only=False)).astype(np.float32), read_metadata(path)
 
 
+def target_drifts(layout: LakeLayout, capability: str, drift: str) -> tuple[np.ndarray, dict]:
+    """The in-domain activation drifts of one capability, and its store's metadata."""
+    source = layout.target_activations(capability)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is missing: materialize target_activations[{capability}] first")
+    vectors = ("layer_mean", "first_token") + (("last_token",) if drift == "R1" else ())
+    stored = read_features([source], vectors=vectors)
+    drifts = nait.drift(stored.vectors["layer_mean"], stored.vectors["first_token"],
+                        stored.vectors.get("last_token"), drift)
+    return drifts, stored.metadata
+
+
 def current_shards(layout: LakeLayout) -> tuple[list[str], str]:
     """The shards of the current pool version, and that version."""
     table = pq.read_table(layout.pool_examples, columns=["shard", "status"], filters=[("status", "=", "kept")])
@@ -88,13 +100,7 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
     capability, sign-fixed to point along the mean drift: NAIT's reusable capability feature."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     capability = context.partition_key
-    source = layout.target_activations(capability)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} is missing: materialize target_activations[{capability}] first")
-    vectors = ("layer_mean", "first_token") + (("last_token",) if config.drift == "R1" else ())
-    stored = read_features([source], vectors=vectors)
-    drifts = nait.drift(stored.vectors["layer_mean"], stored.vectors["first_token"],
-                        stored.vectors.get("last_token"), config.drift)
+    drifts, store_meta = target_drifts(layout, capability, config.drift)
     fitted = nait.fit_directions(drifts, config.min_rows, capability)
     n_layers = fitted.vectors.shape[0]
     table = pa.table({
@@ -104,12 +110,12 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
         "explained_variance_ratio": fitted.explained_variance_ratio,
         "sign_flipped": fitted.sign_flipped,
     })
-    version = sha256_json({"store": stored.metadata["store_version"], "drift": config.drift,
+    version = sha256_json({"store": store_meta["store_version"], "drift": config.drift,
                            "code": NAIT_CODE_VERSION})[:16]
     path = write_parquet(table, layout.directions(capability), {
         "directions_version": version, "drift": config.drift, "n_rows": fitted.n_rows,
-        "model_id": stored.metadata["model_id"], "template_hash": stored.metadata["template_hash"],
-        "target_store_version": stored.metadata["store_version"]})
+        "model_id": store_meta["model_id"], "template_hash": store_meta["template_hash"],
+        "target_store_version": store_meta["store_version"]})
     plot = bar_plot(fitted.explained_variance_ratio, range(1, n_layers + 1),
                     f"{capability}: PC1 explained variance per layer ({config.drift})", "ratio",
                     path.with_suffix(".png"))
@@ -213,12 +219,7 @@ def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[
 
 def _pooled_scores(layout: LakeLayout, drift: str) -> tuple[np.ndarray, list[str]]:
     """Merge (b): one direction per layer fitted on all capabilities' in-domain sets together."""
-    drifts = []
-    vectors = ("layer_mean", "first_token") + (("last_token",) if drift == "R1" else ())
-    for capability in CAPABILITIES:
-        stored = read_features([layout.target_activations(capability)], vectors=vectors)
-        drifts.append(nait.drift(stored.vectors["layer_mean"], stored.vectors["first_token"],
-                                 stored.vectors.get("last_token"), drift))
+    drifts = [target_drifts(layout, capability, drift)[0] for capability in CAPABILITIES]
     fitted = nait.fit_directions(np.concatenate(drifts), capability="all (pooled)")
     pool, _ = read_pool_features(layout)
     return nait.aggregate(nait.layer_projections(pool.vectors["layer_mean"], fitted.vectors)), pool.ids
@@ -239,6 +240,7 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
     layout = LakeLayout(pipeline.settings.lake_dir)
     model = read_model_record(layout)
     per_capability: dict[str, np.ndarray] = {}
+    score_versions: dict[str, str] = {}
     ids: list[str] | None = None
     pool_version = score_params = None
     for capability in CAPABILITIES:
@@ -252,6 +254,7 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
         elif table.column("example_id").to_pylist() != ids or meta["pool_version"] != pool_version:
             raise ValueError(f"nait_scores[{capability}] was computed on another pool version: re-materialize it")
         per_capability[capability] = table.column("score").to_numpy()
+        score_versions[capability] = meta["score_version"]
     assert ids is not None
     k = selection.budget(len(ids), config.budget_ratio)
     written = []
@@ -259,9 +262,12 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
         written.append(write_subset(
             layout, method=METHOD, capability=capability, ids=ids, scores=scores,
             chosen=selection.top_k(ids, scores, k), budget_ratio=config.budget_ratio,
-            params={"budget_ratio": config.budget_ratio, **score_params}, pool_version=pool_version, model=model))
+            params={"budget_ratio": config.budget_ratio, **score_params,
+                    "score_versions": {capability: score_versions[capability]}},
+            pool_version=pool_version, model=model))
 
-    merge_params = {"budget_ratio": config.budget_ratio, "merge": config.merge, **score_params}
+    merge_params = {"budget_ratio": config.budget_ratio, "merge": config.merge, **score_params,
+                    "score_versions": score_versions}
     if config.merge == "zsum":
         merged = selection.zsum_scores(per_capability)
         chosen = selection.top_k(ids, merged, k)
