@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nait_pipeline.defs.assets import features as features_module
+from nait_pipeline.defs.assets.baselines import random_subsets
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions, nait_scores, nait_subsets
@@ -23,7 +24,7 @@ from nait_pipeline.lib.layout import LakeLayout
 from nait_pipeline.lib.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
-          capability_directions, nait_scores, nait_subsets]
+          capability_directions, nait_scores, nait_subsets, random_subsets]
 SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
 
 
@@ -199,3 +200,17 @@ def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
             dump_nait_selection(layout, old_math, tmp_path / "dump", template)
     finally:
         run(instance, resource, ["nait_scores"], "math")
+
+
+def test_random_subsets_and_full_pool_reference(pipeline):
+    instance, resource, layout, _ = pipeline
+    first = run(instance, resource, ["random_subsets"])
+    again = run(instance, resource, ["random_subsets"])
+    versions = first.asset_materializations_for_node("random_subsets")[0].metadata["subset_versions"].value
+    assert versions == again.asset_materializations_for_node("random_subsets")[0].metadata["subset_versions"].value
+    selected = {v: set(pq.read_table(layout.subset(v)).column("example_id").to_pylist()) for v in versions}
+    random_sets = [selected[v] for v in versions if v.startswith("random-")]
+    assert len(random_sets) == 3 and all(len(s) == 3 for s in random_sets)
+    assert len({frozenset(s) for s in random_sets}) > 1  # seeds differ
+    full = [v for v in versions if v.startswith("full-")]
+    assert len(full) == 1 and len(selected[full[0]]) == 24

@@ -45,3 +45,17 @@ def test_zsum_and_equal_quota():
 def test_selected_ids_hash_ignores_order():
     assert selection.selected_ids_sha256(["b", "a"]) == selection.selected_ids_sha256(["a", "b"])
     assert selection.selected_ids_sha256(["a"]) != selection.selected_ids_sha256(["a", "b"])
+
+
+def test_seeded_random_is_uniform_reproducible_and_order_free():
+    ids = [f"id{i}" for i in range(200)]
+    first = {ids[i] for i in selection.seeded_random(ids, 20, seed=0)}
+    reversed_ids = ids[::-1]
+    assert {reversed_ids[i] for i in selection.seeded_random(reversed_ids, 20, seed=0)} == first
+    assert len(first) == 20 and first != {ids[i] for i in selection.seeded_random(ids, 20, seed=1)}
+    # Uniform: over many seeds every id is picked about k/N = 10 % of the time.
+    counts = dict.fromkeys(ids, 0)
+    for seed in range(300):
+        for i in selection.seeded_random(ids, 20, seed):
+            counts[ids[i]] += 1
+    assert 10 <= min(counts.values()) and max(counts.values()) <= 55

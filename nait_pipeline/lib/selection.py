@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nait_pipeline.lib.hashing import sha256_lines
+from nait_pipeline.lib.hashing import sha256_lines, sha256_text
 from nait_pipeline.lib.nait import require_finite
 
 MERGES = ("zsum", "quota", "pooled")
@@ -59,6 +59,12 @@ def equal_quota(ids: Sequence[str], per_capability: Mapping[str, np.ndarray], k:
                 chosen.append(index)
                 taken.add(index)
     return chosen
+
+
+def seeded_random(ids: Sequence[str], k: int, seed: int) -> list[int]:
+    """k indices drawn uniformly by ranking ids on a hash of (seed, id): independent of row order."""
+    keys = [sha256_text(f"{seed}:{example_id}") for example_id in ids]
+    return sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))[:k]
 
 
 def selected_ids_sha256(selected_ids: Sequence[str]) -> str:

@@ -1,8 +1,6 @@
 """NAIT: capability directions, pool scores and versioned subsets (methods.md sections 4 and 11)."""
 
-import json
 import time
-from datetime import datetime, timezone
 
 import dagster as dg
 import numpy as np
@@ -15,12 +13,12 @@ from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import nait, selection
-from nait_pipeline.lib.contract import LINEAGE_SCHEMA, SUBSETS_SCHEMA
 from nait_pipeline.lib.feature_store import read_features
 from nait_pipeline.lib.hashing import sha256_json
 from nait_pipeline.lib.lake import read_metadata, write_parquet
 from nait_pipeline.lib.layout import LakeLayout
 from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.subsets import write_subset
 
 METHOD = "nait"
 NAIT_CODE_VERSION = "1"
@@ -187,34 +185,6 @@ def nait_scores(context: dg.AssetExecutionContext, config: ScoreConfig,
         },
         data_version=dg.DataVersion(version),
     )
-
-
-def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[str], scores: np.ndarray,
-                 chosen: list[int], budget_ratio: float, params: dict, pool_version: str, model: dict) -> dict:
-    """Write a subset and its lineage under a version derived from everything that determined it.
-
-    Re-running with the same inputs yields the same version; an existing version is left as it is,
-    so its `created_at` records when it was first made.
-    """
-    selected = [ids[i] for i in chosen]
-    digest = selection.selected_ids_sha256(selected)
-    version = f"{method}-{capability}-" + sha256_json({
-        "method": method, "capability": capability, "params": params, "pool_version": pool_version,
-        "model_id": model["model_id"], "template_hash": model["template_hash"], "selected": digest})[:12]
-    if not layout.subset(version).exists():
-        write_parquet(pa.Table.from_pylist([
-            dict(subset_version=version, method=method, capability=capability, budget_ratio=budget_ratio,
-                 rank=rank, example_id=ids[i], score=float(scores[i]))
-            for rank, i in enumerate(chosen, start=1)], schema=SUBSETS_SCHEMA), layout.subset(version))
-    if not layout.lineage(version).exists():
-        write_parquet(pa.Table.from_pylist([dict(
-            subset_version=version, pool_version=pool_version, model_id=model["model_id"],
-            template_hash=model["template_hash"], method=method, capability=capability,
-            params_json=json.dumps(params, sort_keys=True), n_pool=len(ids), n_selected=len(selected),
-            selected_ids_sha256=digest, created_at=datetime.now(timezone.utc))], schema=LINEAGE_SCHEMA),
-            layout.lineage(version))
-    return {"subset_version": version, "capability": capability, "n_selected": len(selected),
-            "selected_ids_sha256": digest, "ids": set(selected)}
 
 
 def _pooled_scores(layout: LakeLayout, drift: str) -> tuple[np.ndarray, list[str]]:

@@ -1,0 +1,43 @@
+"""Versioned subsets and their lineage, shared by every selection method."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from nait_pipeline.lib import selection
+from nait_pipeline.lib.contract import LINEAGE_SCHEMA, SUBSETS_SCHEMA
+from nait_pipeline.lib.hashing import sha256_json
+from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+
+
+def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[str], scores: np.ndarray | None,
+                 chosen: list[int], budget_ratio: float, params: dict, pool_version: str, model: dict) -> dict:
+    """Write a subset and its lineage under a version derived from everything that determined it.
+
+    Re-running with the same inputs yields the same version; an existing version is left as it is,
+    so its `created_at` records when it was first made. ``scores`` may be None (random subsets).
+    """
+    selected = [ids[i] for i in chosen]
+    digest = selection.selected_ids_sha256(selected)
+    version = f"{method}-{capability}-" + sha256_json({
+        "method": method, "capability": capability, "params": params, "pool_version": pool_version,
+        "model_id": model["model_id"], "template_hash": model["template_hash"], "selected": digest})[:12]
+    if not layout.subset(version).exists():
+        write_parquet(pa.Table.from_pylist([
+            dict(subset_version=version, method=method, capability=capability, budget_ratio=budget_ratio,
+                 rank=rank, example_id=ids[i], score=None if scores is None else float(scores[i]))
+            for rank, i in enumerate(chosen, start=1)], schema=SUBSETS_SCHEMA), layout.subset(version))
+    if not layout.lineage(version).exists():
+        write_parquet(pa.Table.from_pylist([dict(
+            subset_version=version, pool_version=pool_version, model_id=model["model_id"],
+            template_hash=model["template_hash"], method=method, capability=capability,
+            params_json=json.dumps(params, sort_keys=True), n_pool=len(ids), n_selected=len(selected),
+            selected_ids_sha256=digest, created_at=datetime.now(timezone.utc))], schema=LINEAGE_SCHEMA),
+            layout.lineage(version))
+    return {"subset_version": version, "capability": capability, "n_selected": len(selected),
+            "selected_ids_sha256": digest, "ids": set(selected)}
