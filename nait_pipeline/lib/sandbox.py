@@ -32,12 +32,15 @@ GUARD = textwrap.dedent(
     def _refuse(*_args, **_kwargs):
         raise PermissionError("sandbox: not allowed")
 
+    def _no_network(*_args, **_kwargs):
+        raise PermissionError("sandbox: network access is not allowed")
+
     class _NoSocket(socket.socket):
         def __init__(self, *_args, **_kwargs):
-            raise PermissionError("sandbox: network access is not allowed")
+            _no_network()
 
     socket.socket = _NoSocket
-    socket.create_connection = _refuse
+    socket.create_connection = _no_network
     _open = builtins.open
 
     def _inside(path):
