@@ -1,0 +1,142 @@
+"""Fine-tune a causal LM on a subset: the same chat/IT template as selection, loss on response tokens only.
+
+LoRA (peft) or full fine-tuning; seeds, epochs, learning rate, batch size and max length are
+explicit and recorded. CPU by default, the GPU when one is present. The result is written to a
+temporary folder and renamed into place only after training succeeded, so a failed run never
+leaves a half-written model behind. LoRA adapters are merged into the weights before saving, so
+evaluation loads a plain Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nait_pipeline.lib.lake import atomic_dir
+from nait_pipeline.lib.template import ChatTemplate
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "lora"  # lora | full
+    epochs: int = 1
+    learning_rate: float = 2e-4  # LoRA; full fine-tuning usually wants ~2e-5
+    batch_size: int = 8
+    max_length: int = 512
+    seed: int = 0
+    warmup_ratio: float = 0.03
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    steps: int
+    losses: list[float]
+    tokens: int
+    seconds: float
+
+
+def _batches(examples: list, batch_size: int, seed: int, epoch: int) -> list[list]:
+    order = list(range(len(examples)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+def _collate(batch, pad_id: int):
+    import torch
+
+    width = max(len(t.input_ids) for t in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, tokens in enumerate(batch):
+        ids = torch.tensor(tokens.input_ids)
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+        labels[row, tokens.response_start : len(ids)] = ids[tokens.response_start :]
+    return input_ids, mask, labels
+
+
+def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destination: Path,
+              progress: Callable[[int, int, float], None] | None = None, device: str = "cpu") -> TrainResult:
+    """Train on ``rows`` (instruction/input/output dicts) and save the model at ``destination``."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from nait_pipeline.lib.model_io import load_causal_lm, load_tokenizer
+
+    if not rows:
+        raise ValueError("no training rows: the subset is empty")
+    if config.mode not in ("lora", "full"):
+        raise ValueError(f"mode must be 'lora' or 'full', got {config.mode!r}")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(model_dir)
+    template = ChatTemplate(tokenizer)
+    examples = [template.tokenize(r["instruction"], r["input"], r["output"], config.max_length) for r in rows]
+    kept = [e for e in examples if len(e.input_ids) > e.response_start]
+    dropped = len(examples) - len(kept)  # truncation left no response token to learn from
+    examples = kept
+    if not examples:
+        raise ValueError(f"every row lost its response to truncation at max_length={config.max_length}")
+    model = load_causal_lm(model_dir, "float32", device)
+    if config.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                 lora_dropout=config.lora_dropout,
+                                                 target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    # floor, not ceil: on a run of a few steps a whole warmup step would mean a first update at lr 0.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    losses: list[float] = []
+    tokens = 0
+    started = time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    for epoch in range(config.epochs):
+        for batch in _batches(examples, config.batch_size, config.seed, epoch):
+            input_ids, mask, labels = (t.to(device) for t in _collate(batch, pad_id))
+            with autocast:
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int(mask.sum())
+            if progress is not None:
+                progress(len(losses), total, losses[-1])
+    seconds = time.perf_counter() - started
+    if config.mode == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    with atomic_dir(destination) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "nait_training.json").write_text(json.dumps(
+            {"config": config.as_dict(), "base_model": str(model_dir), "examples": len(examples),
+             "dropped_no_response_tokens": dropped, "steps": len(losses),
+             "losses": losses, "tokens": tokens, "seconds": seconds}, indent=2))
+    return TrainResult(path=destination, steps=len(losses), losses=losses, tokens=tokens, seconds=seconds)

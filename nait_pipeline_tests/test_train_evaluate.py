@@ -1,0 +1,92 @@
+"""Fine-tuning and model-side evaluation on a handful of real rows with the real model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nait_pipeline.lib import evaluate, model_io
+from nait_pipeline.lib.featurize import FeaturizerSpec, featurize
+from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.train import TrainConfig, fine_tune
+
+
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    table = pq.read_table(shared_data / "pools" / "alpaca_cleaned.parquet").slice(0, 200).to_pylist()
+    short = [r for r in table if len(r["instruction"]) + len(r["input"]) + len(r["output"]) < 160][:4]
+    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in short]
+
+
+@pytest.fixture(scope="module")
+def base(model_dir):
+    return model_io.load_causal_lm(model_dir), ChatTemplate(model_io.load_tokenizer(model_dir))
+
+
+def as_qa(rows):
+    return [{"prompt": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else ""), "answer": r["output"]}
+            for r in rows]
+
+
+def test_lora_training_learns_the_subset_and_saves_a_plain_model(model_dir, rows, base, tmp_path):
+    config = TrainConfig(mode="lora", epochs=5, batch_size=4, learning_rate=2e-3, seed=0)
+    result = fine_tune(model_dir, rows, config, tmp_path / "lora")
+    assert result.steps == 5 and result.losses[-1] < result.losses[0] * 0.8
+    record = json.loads((tmp_path / "lora" / "nait_training.json").read_text())
+    assert record["config"]["mode"] == "lora" and record["examples"] == 4
+    tuned = model_io.load_causal_lm(tmp_path / "lora")  # merged: loads without peft
+    model, template = base
+    before = evaluate.answer_nll(model, template, as_qa(rows))
+    after = evaluate.answer_nll(tuned, template, as_qa(rows))
+    assert (after < before).all()
+    again = fine_tune(model_dir, rows, config, tmp_path / "again")
+    assert again.losses == result.losses  # seeded: same losses step for step
+
+
+def test_full_fine_tuning_changes_every_layer(model_dir, rows, base, tmp_path):
+    result = fine_tune(model_dir, rows[:2], TrainConfig(mode="full", epochs=1, batch_size=2, learning_rate=1e-4),
+                       tmp_path / "full")
+    assert result.steps == 1
+    tuned = model_io.load_causal_lm(tmp_path / "full")
+    model, _ = base
+    changed = [not torch.equal(a, b) for a, b in zip(model.model.layers.parameters(), tuned.model.layers.parameters())]
+    assert all(changed)
+
+
+def test_failed_training_registers_no_model(model_dir, rows, tmp_path):
+    with pytest.raises(ValueError, match="lost its response to truncation"):
+        fine_tune(model_dir, rows, TrainConfig(max_length=8), tmp_path / "broken")
+    assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken*"))
+
+
+def test_answer_nll_matches_the_featurizer_and_hf_loss(base, rows):
+    model, template = base
+    nll = evaluate.answer_nll(model, template, as_qa(rows))
+    features = featurize(model, template, [{"instruction": q["prompt"], "input": "", "output": q["answer"]}
+                                           for q in as_qa(rows)], FeaturizerSpec(dtype="float32"), list("abcd"))
+    np.testing.assert_allclose(nll, features.response_loss, rtol=1e-4)
+
+
+def test_choice_logliks_are_the_next_token_log_probabilities(base):
+    model, template = base
+    prompt = "Which city is the capital of France?\nA. Berlin\nB. Paris\nC. Rome\nD. Madrid\nAnswer with the letter."
+    logliks = evaluate.choice_logliks(model, template, [prompt, prompt + " "])
+    assert logliks.shape == (2, 4) and (logliks < 0).all()
+    ids = template.tokenizer(template.render_prompt(prompt, ""), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    letters = [template.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
+    np.testing.assert_allclose(logliks[0], full[letters].numpy(), atol=1e-4)
+
+
+def test_greedy_generation_batches_with_left_padding(base):
+    model, template = base
+    prompts = ["What is the capital of France?", "Write the number that comes after 41, digits only."]
+    batched = evaluate.generate(model, template, prompts, max_new_tokens=12, batch_size=2)
+    single = [evaluate.generate(model, template, [p], max_new_tokens=12)[0] for p in prompts]
+    assert "Paris" in batched[0]
+    assert batched == single
