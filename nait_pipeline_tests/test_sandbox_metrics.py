@@ -90,3 +90,21 @@ def test_mmlu_choice_by_log_likelihood():
 def test_code_extraction_prefers_the_fenced_block():
     assert metrics.extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone") == "def f():\n    return 1"
     assert metrics.extract_code("def g(): pass") == "def g(): pass"
+
+
+def test_code_programs_pass_with_reference_solutions_and_fail_with_wrong_ones(shared_data):
+    import json
+
+    from nait_pipeline.lib import targets
+    from nait_pipeline.lib.benchmarks import code_program
+
+    rows = targets.evaluation_rows(shared_data / "targets", "code").rows
+    humaneval = [r for r in rows if r["example_id"] == "HumanEval/0"][0]
+    mbpp = [r for r in rows if r["task"] == "mbpp"][0]
+    assert run_program(code_program(humaneval, humaneval["answer"])).passed  # body only: the prompt is prepended
+    full_function = "```python\n" + humaneval["prompt"] + humaneval["answer"] + "```"
+    assert run_program(code_program(humaneval, full_function)).passed
+    entry = json.loads(humaneval["extra_json"])["entry_point"]
+    assert not run_program(code_program(humaneval, f"def {entry}(*args):\n    return True\n")).passed
+    assert run_program(code_program(mbpp, f"Here you go:\n```python\n{mbpp['answer']}\n```")).passed
+    assert not run_program(code_program(mbpp, "```python\nx = 1\n```")).passed

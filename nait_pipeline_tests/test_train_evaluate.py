@@ -90,3 +90,22 @@ def test_greedy_generation_batches_with_left_padding(base):
     single = [evaluate.generate(model, template, [p], max_new_tokens=12)[0] for p in prompts]
     assert "Paris" in batched[0]
     assert batched == single
+
+
+@pytest.mark.parametrize("capability, metric", [("knowledge", "mmlu_accuracy"), ("math", "gsm8k_exact_match"),
+                                                ("reasoning", "bbh_exact_match"), ("code", None)])
+def test_capability_evaluation_on_sampled_test_rows(base, shared_data, capability, metric):
+    from nait_pipeline.lib import targets
+    from nait_pipeline.lib.benchmarks import EvalConfig, evaluate_capability, sample_rows
+
+    model, template = base
+    rows = targets.evaluation_rows(shared_data / "targets", capability).rows
+    config = EvalConfig(sample_size=3, max_new_tokens=24, code_timeout_s=5)
+    assert sample_rows(rows, 3) == sample_rows(list(reversed(rows)), 3)  # fixed seed, order-free
+    results = evaluate_capability(model, template, capability, rows, config)
+    by_metric = {r["metric"]: r for r in results}
+    assert by_metric["answer_nll"]["n"] == 3 and 0 < by_metric["answer_nll"]["value"] < 20
+    expected = {metric} if metric else {m for m in by_metric if m.endswith("pass@1")}
+    assert expected and expected <= set(by_metric)
+    for name in expected:
+        assert 0.0 <= by_metric[name]["value"] <= 1.0 and by_metric[name]["n"] >= 1
