@@ -13,6 +13,7 @@ import pytest
 from nait_pipeline.defs.assets import features as features_module
 from nait_pipeline.defs.assets.baselines import random_subsets
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
+from nait_pipeline.defs.assets.loop import evaluation, finetuned_model
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions, nait_scores, nait_subsets
 from nait_pipeline.defs.assets.pool import it_pool
@@ -24,7 +25,7 @@ from nait_pipeline.lib.layout import LakeLayout
 from nait_pipeline.lib.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
-          capability_directions, nait_scores, nait_subsets, random_subsets]
+          capability_directions, nait_scores, nait_subsets, random_subsets, finetuned_model, evaluation]
 SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
 
 
@@ -214,3 +215,27 @@ def test_random_subsets_and_full_pool_reference(pipeline):
     assert len({frozenset(s) for s in random_sets}) > 1  # seeds differ
     full = [v for v in versions if v.startswith("full-")]
     assert len(full) == 1 and len(selected[full[0]]) == 24
+
+
+def test_fine_tune_and_evaluate_a_subset_version(pipeline):
+    instance, resource, layout, first = pipeline
+    version = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value["math"]
+    assert instance.has_dynamic_partition("subset_versions", version)
+    for capability in CAPABILITIES:
+        run(instance, resource, ["target_test_sets"], capability)
+    run(instance, resource, ["finetuned_model"], version,
+        {"ops": {"finetuned_model": {"config": {"epochs": 1, "batch_size": 3}}}})
+    result = run(instance, resource, ["evaluation"], version,
+                 {"ops": {"evaluation": {"config": {"sample_size": 2, "max_new_tokens": 16}}}})
+    assert result.asset_materializations_for_node("evaluation")[0].metadata["row_count"].value >= 8
+    run(instance, resource, ["warehouse"])
+    with sql.connect_read_only(resource.settings.warehouse_path) as con:
+        steps, examples = con.execute("SELECT steps, examples FROM finetune_runs WHERE subset_version = ?",
+                                      [version]).fetchone()
+        assert (steps, examples) == (1, 3)
+        metrics = {row[0] for row in con.execute("SELECT capability || ':' || metric FROM evaluations "
+                                                 "WHERE subset_version = ?", [version]).fetchall()}
+    assert {"math:gsm8k_exact_match", "knowledge:mmlu_accuracy", "reasoning:bbh_exact_match",
+            "code:mbpp_pass@1", "code:humaneval_pass@1", "math:answer_nll"} <= metrics
+    table = sql.run_query(resource.settings.warehouse_path, "evaluation_by_method").to_pylist()
+    assert {r["method"] for r in table} == {"nait"}

@@ -64,6 +64,7 @@ def code_prompt(row: dict) -> str:
 def evaluate_capability(model, template: ChatTemplate, capability: str, rows: Sequence[dict], config: EvalConfig,
                         log: Callable[[str], None] = lambda _m: None) -> list[dict]:
     """Metric rows ``{metric, value, n}`` for one capability's sampled test rows."""
+    all_rows = rows
     rows = sample_rows(rows, config.sample_size)
     if not rows:
         return []
@@ -87,8 +88,8 @@ def evaluate_capability(model, template: ChatTemplate, capability: str, rows: Se
             correct = [metrics.bbh_correct(g, _extra(r).get("target") or r["answer"]) for g, r in zip(generated, rows)]
             results.append({"metric": "bbh_exact_match", "value": float(np.mean(correct)), "n": len(rows)})
     elif capability == "code":
-        for benchmark in ("mbpp", "humaneval"):
-            subset = [r for r in rows if r["task"].startswith(benchmark)]
+        for benchmark in ("mbpp", "humaneval"):  # each benchmark gets its own sample of sample_size rows
+            subset = sample_rows([r for r in all_rows if r["task"].startswith(benchmark)], config.sample_size)
             if not subset:
                 continue
             generated = evaluate.generate(model, template, [code_prompt(r) for r in subset], config.max_new_tokens,

@@ -51,7 +51,32 @@ LINEAGE_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA}
+FINETUNE_SCHEMA = pa.schema(
+    [
+        ("subset_version", pa.string()),
+        ("base_model_id", pa.string()),
+        ("model_path", pa.string()),
+        ("train_params_json", pa.string()),
+        ("examples", pa.int64()),
+        ("steps", pa.int64()),
+        ("tokens", pa.int64()),
+        ("final_loss", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+EVALUATIONS_SCHEMA = pa.schema(
+    [
+        ("subset_version", pa.string()),
+        ("capability", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("n", pa.int64()),
+        ("eval_params_json", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
+                   "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
 DIRECTIONS_SCHEMA = pa.schema(
     [

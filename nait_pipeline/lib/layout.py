@@ -49,3 +49,9 @@ class LakeLayout:
 
     def lineage(self, subset_version: str) -> Path:
         return self.root / "subset_lineage" / f"{subset_version}.parquet"
+
+    def finetune_run(self, subset_version: str) -> Path:
+        return self.root / "finetune_runs" / f"{subset_version}.parquet"
+
+    def evaluation(self, subset_version: str) -> Path:
+        return self.root / "evaluations" / f"{subset_version}.parquet"

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table
+from nait_pipeline.defs.partitions import register_subset_versions
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import selection
 from nait_pipeline.lib.lake import read_metadata
@@ -21,7 +22,8 @@ class RandomSubsetConfig(dg.Config):
 
 
 @dg.asset(group_name="baselines", kinds={"parquet"}, code_version="1", deps=["it_pool", "base_model"])
-def random_subsets(config: RandomSubsetConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+def random_subsets(context: dg.AssetExecutionContext, config: RandomSubsetConfig,
+                   pipeline: PipelineResource) -> dg.MaterializeResult:
     """Seeded uniform random subsets of the kept pool (method `random`, one version per seed) and the
     full pool as the reference (method `full`), with the same lineage as every other subset."""
     layout = LakeLayout(pipeline.settings.lake_dir)
@@ -40,6 +42,7 @@ def random_subsets(config: RandomSubsetConfig, pipeline: PipelineResource) -> dg
     written.append(write_subset(layout, method="full", capability="all", ids=ids, scores=None,
                                 chosen=list(range(len(ids))), budget_ratio=1.0, params={"budget_ratio": 1.0},
                                 pool_version=pool_version, model=model))
+    register_subset_versions(context.instance, [w["subset_version"] for w in written])
     summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k != "ids"} for w in written])
     return dg.MaterializeResult(
         metadata={"budget": k, "n_pool": len(ids), "subsets": markdown_table(summary, len(written)),

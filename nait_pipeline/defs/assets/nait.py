@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
-from nait_pipeline.defs.partitions import capability_partitions
+from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import nait, selection
@@ -256,6 +256,7 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
                                 budget_ratio=config.budget_ratio, params=merge_params, pool_version=pool_version,
                                 model=model))
 
+    register_subset_versions(context.instance, [w["subset_version"] for w in written])
     names = [w["capability"] for w in written]
     overlap = {a["capability"]: {b["capability"]: round(len(a["ids"] & b["ids"]) / max(1, len(a["ids"] | b["ids"])), 3)
                                  for b in written} for a in written}

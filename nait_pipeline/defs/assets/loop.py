@@ -1,0 +1,135 @@
+"""Close the loop: fine-tune on a subset version, then evaluate the model per capability."""
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nait_pipeline.defs.assets.features import read_model_record
+from nait_pipeline.defs.metadata import markdown_table, path_value
+from nait_pipeline.defs.partitions import subset_partitions
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import featurize as fz
+from nait_pipeline.lib.audit import subset_rows
+from nait_pipeline.lib.benchmarks import EvalConfig, evaluate_capability
+from nait_pipeline.lib.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
+from nait_pipeline.lib.hashing import sha256_json
+from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.train import TrainConfig, fine_tune
+
+
+class FineTuneConfig(dg.Config):
+    mode: str = "lora"
+    """lora (peft) | full."""
+    epochs: int = 1
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_length: int = 512
+    seed: int = 0
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(mode=self.mode, epochs=self.epochs, learning_rate=self.learning_rate,
+                           batch_size=self.batch_size, max_length=self.max_length, seed=self.seed)
+
+
+class EvaluationConfig(dg.Config):
+    sample_size: int = 50
+    """Test rows per capability, a fixed-seed sample."""
+    max_new_tokens: int = 256
+    code_timeout_s: float = 10.0
+
+
+def finetuned_dir(pipeline: PipelineResource, subset_version: str) -> Path:
+    return pipeline.settings.models_dir / "finetuned" / subset_version
+
+
+@dg.asset(
+    group_name="loop",
+    kinds={"torch"},
+    code_version="1",
+    partitions_def=subset_partitions,
+    deps=["base_model", "nait_subsets", "random_subsets"],
+    pool="cpu_heavy",
+)
+def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
+                    pipeline: PipelineResource) -> dg.MaterializeResult:
+    """The base model fine-tuned on one subset version, in the same chat/IT template used for
+    selection, loss on response tokens only (LoRA merged into the weights, or full fine-tuning).
+    Written to a temporary folder and renamed into place only when training succeeded."""
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    subset_version = context.partition_key
+    model = read_model_record(layout)
+    rows = subset_rows(layout, subset_version).to_pylist()
+    train = config.train_config()
+    destination = finetuned_dir(pipeline, subset_version)
+    every = max(1, len(rows) // train.batch_size // 10)
+
+    def progress(done: int, total: int, loss: float) -> None:
+        if done % every == 0 or done == total:
+            context.log.info(f"step {done}/{total}: loss {loss:.4f}")
+
+    result = fine_tune(Path(model["path"]), rows, train, destination, progress, device=fz.resolve_device("auto"))
+    params = train.as_dict()
+    write_parquet(pa.Table.from_pylist([dict(
+        subset_version=subset_version, base_model_id=model["model_id"], model_path=str(destination),
+        train_params_json=json.dumps(params, sort_keys=True), examples=len(rows), steps=result.steps,
+        tokens=result.tokens, final_loss=result.losses[-1], seconds=result.seconds)], schema=FINETUNE_SCHEMA),
+        layout.finetune_run(subset_version))
+    return dg.MaterializeResult(
+        metadata={"examples": len(rows), "steps": result.steps, "tokens": result.tokens,
+                  "first_loss": result.losses[0], "final_loss": result.losses[-1],
+                  "seconds": round(result.seconds, 1), "path": path_value(destination),
+                  "train_params": dg.MetadataValue.json(params)},
+        data_version=dg.DataVersion(sha256_json({"subset": subset_version, "params": params,
+                                                 "base": model["model_id"]})[:16]),
+    )
+
+
+@dg.asset(
+    group_name="loop",
+    kinds={"torch", "parquet"},
+    code_version="1",
+    partitions_def=subset_partitions,
+    deps=["finetuned_model", dg.AssetDep("target_test_sets", partition_mapping=dg.AllPartitionMapping())],
+    pool="cpu_heavy",
+)
+def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
+               pipeline: PipelineResource) -> dg.MaterializeResult:
+    """The fine-tuned model of one subset version on every capability's held-out test split:
+    answer NLL everywhere, MMLU accuracy, GSM8K and BBH exact match, MBPP/HumanEval pass@1 (code
+    executed in a sandbox). Rows land in the `evaluations` view."""
+    from nait_pipeline.lib import model_io
+    from nait_pipeline.lib.template import ChatTemplate
+
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    subset_version = context.partition_key
+    model_dir = finetuned_dir(pipeline, subset_version)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"no fine-tuned model at {model_dir}: materialize finetuned_model[{subset_version}]")
+    model = model_io.load_causal_lm(model_dir, device=fz.resolve_device("auto"))
+    template = ChatTemplate(model_io.load_tokenizer(model_dir))
+    eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
+                             code_timeout_s=config.code_timeout_s)
+    params = json.dumps(eval_config.__dict__, sort_keys=True)
+    created = datetime.now(timezone.utc)
+    records = []
+    for capability in CAPABILITIES:
+        path = layout.target_test(capability)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
+        rows = pq.read_table(path).to_pylist()
+        for result in evaluate_capability(model, template, capability, rows, eval_config, context.log.info):
+            records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
+                                created_at=created, **result))
+    table = pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
+    write_parquet(table, layout.evaluation(subset_version))
+    return dg.MaterializeResult(
+        metadata={"row_count": len(table), "results": markdown_table(
+            table.select(["capability", "metric", "value", "n"]), len(table))},
+        data_version=dg.DataVersion(sha256_json([(r["capability"], r["metric"], r["value"]) for r in records])[:16]),
+    )

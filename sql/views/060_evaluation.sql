@@ -1,0 +1,6 @@
+-- Models fine-tuned on a subset version, and their per-capability evaluation on the test splits.
+CREATE OR REPLACE VIEW finetune_runs AS
+SELECT * FROM read_parquet({{lake}} || '/finetune_runs/*.parquet', union_by_name = true);
+
+CREATE OR REPLACE VIEW evaluations AS
+SELECT * FROM read_parquet({{lake}} || '/evaluations/*.parquet', union_by_name = true);
