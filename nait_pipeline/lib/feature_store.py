@@ -39,10 +39,21 @@ EMPTY_SCHEMA = pa.schema(
 
 
 def _vector_array(values: np.ndarray, allow_half: bool = True) -> pa.Array:
+    """Fixed-size lists: Parquet decodes them about twice as fast as variable lists; DuckDB reads FLOAT[]."""
     flat = values.reshape(len(values), -1)
     dtype = np.float16 if allow_half and np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
-    offsets = np.arange(len(flat) + 1, dtype=np.int32) * flat.shape[1]
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(dtype).ravel()))
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.astype(dtype).ravel()), flat.shape[1])
+
+
+def _to_float32(values: pa.Array) -> np.ndarray:
+    import torch
+
+    flat = values.to_numpy(zero_copy_only=False)
+    if flat.dtype != np.float16:
+        return flat.astype(np.float32, copy=False)
+    # torch converts float16 with F16C instructions, about 4x faster than numpy's astype; the
+    # np.array copy makes the (read-only, Arrow-owned) buffer writable as torch requires.
+    return torch.from_numpy(np.array(flat)).float().numpy()
 
 
 def write_features(path: Path, ids: Sequence[str], features: Features, metadata: dict) -> Path:
@@ -89,7 +100,7 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
     n_layers, width = int(metadata["num_layers"]), int(metadata["hidden_size"])
     out_vectors = {}
     for name in vectors:
-        flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        flat = _to_float32(table.column(name).combine_chunks().flatten())
         shape = (len(table), width) if name == "rds_embedding" else (len(table), n_layers, width)
         out_vectors[name] = flat.reshape(shape)
     return StoredFeatures(
