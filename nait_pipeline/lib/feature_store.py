@@ -72,7 +72,8 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
     if features.last_token is not None:
         columns["last_token"] = _vector_array(features.last_token)
     shape = {"num_layers": features.layer_mean.shape[1], "hidden_size": features.layer_mean.shape[2]}
-    return write_parquet(pa.table(columns), path, {**metadata, **shape, "layers": list(range(1, shape["num_layers"] + 1))})
+    return write_parquet(pa.table(columns), path, {**metadata, **shape, "layers": list(range(1, shape["num_layers"] + 1))},
+                         use_dictionary=["example_id"])
 
 
 @dataclass

@@ -49,14 +49,19 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_parquet(table: pa.Table, destination: Path, metadata: dict[str, object] | None = None) -> Path:
-    """Write ``table`` atomically; ``metadata`` is stored as JSON in the Parquet key-value metadata."""
+def write_parquet(table: pa.Table, destination: Path, metadata: dict[str, object] | None = None,
+                  use_dictionary: bool | list[str] = True) -> Path:
+    """Write ``table`` atomically; ``metadata`` is stored as JSON in the Parquet key-value metadata.
+
+    ``use_dictionary`` may name the columns to dictionary-encode: float16 vectors have so few
+    distinct values that they would be dictionary-encoded, which makes reading them 4x slower.
+    """
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({key.encode(): json.dumps(value, default=str).encode() for key, value in metadata.items()})
         table = table.replace_schema_metadata(merged)
     with atomic_path(destination, ".parquet") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary)
     return destination
 
 
