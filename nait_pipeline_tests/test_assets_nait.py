@@ -199,6 +199,12 @@ def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
         template = ChatTemplate(model_io.load_tokenizer(Path(resource.model)))
         with pytest.raises(ValueError, match="was selected from math score version"):
             dump_nait_selection(layout, old_math, tmp_path / "dump", template)
+        mixed = run(instance, resource, ["nait_subsets"]).asset_materializations_for_node("nait_subsets")[0]
+        versions = mixed.metadata["subset_versions"].value
+        math_params = pq.read_table(layout.lineage(versions["math"])).column("params_json")[0].as_py()
+        all_params = pq.read_table(layout.lineage(versions["all"])).column("params_json")[0].as_py()
+        assert '"aggregation": "zscore"' in math_params
+        assert '"math": {"aggregation": "zscore"' in all_params and '"code": {"aggregation": "sum"' in all_params
     finally:
         run(instance, resource, ["nait_scores"], "math")
 

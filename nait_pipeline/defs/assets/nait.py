@@ -211,8 +211,9 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
     model = read_model_record(layout)
     per_capability: dict[str, np.ndarray] = {}
     score_versions: dict[str, str] = {}
+    score_params: dict[str, dict] = {}
     ids: list[str] | None = None
-    pool_version = score_params = None
+    pool_version = None
     for capability in CAPABILITIES:
         path = layout.scores(METHOD, capability)
         if not path.exists():
@@ -220,11 +221,12 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
         table = pq.read_table(path, columns=["example_id", "score"])
         meta = read_metadata(path)
         if ids is None:
-            ids, pool_version, score_params = table.column("example_id").to_pylist(), meta["pool_version"], meta["params"]
+            ids, pool_version = table.column("example_id").to_pylist(), meta["pool_version"]
         elif table.column("example_id").to_pylist() != ids or meta["pool_version"] != pool_version:
             raise ValueError(f"nait_scores[{capability}] was computed on another pool version: re-materialize it")
         per_capability[capability] = table.column("score").to_numpy()
         score_versions[capability] = meta["score_version"]
+        score_params[capability] = meta["params"]
     assert ids is not None
     k = selection.budget(len(ids), config.budget_ratio)
     written = []
@@ -232,11 +234,14 @@ def nait_subsets(context: dg.AssetExecutionContext, config: SubsetConfig,
         written.append(write_subset(
             layout, method=METHOD, capability=capability, ids=ids, scores=scores,
             chosen=selection.top_k(ids, scores, k), budget_ratio=config.budget_ratio,
-            params={"budget_ratio": config.budget_ratio, **score_params,
+            params={"budget_ratio": config.budget_ratio, **score_params[capability],
                     "score_versions": {capability: score_versions[capability]}},
             pool_version=pool_version, model=model))
 
-    merge_params = {"budget_ratio": config.budget_ratio, "merge": config.merge, **score_params,
+    # Scoring parameters shared by every capability are recorded flat, differing ones per capability.
+    shared = score_params[CAPABILITIES[0]] if all(p == score_params[CAPABILITIES[0]] for p in score_params.values()) \
+        else {"score_params": score_params}
+    merge_params = {"budget_ratio": config.budget_ratio, "merge": config.merge, **shared,
                     "score_versions": score_versions}
     if config.merge == "zsum":
         merged = selection.zsum_scores(per_capability)
