@@ -18,6 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it into place on success."""
@@ -29,6 +35,7 @@ def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; analysts must be able to read them
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
@@ -41,6 +48,7 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         if destination.exists():
             shutil.rmtree(destination)
         os.replace(tmp, destination)
