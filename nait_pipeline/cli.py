@@ -24,11 +24,10 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _all_assets():
+def _all_assets() -> list:
     from nait_pipeline.definitions import defs
 
-    definitions = defs()
-    return list(definitions.assets or []), definitions
+    return list(defs().assets or [])
 
 
 def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict | None = None) -> None:
@@ -37,7 +36,7 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
 
     from nait_pipeline.defs.resources import pipeline_resource_from_env
 
-    assets, _ = _all_assets()
+    assets = _all_assets()
     instance = _instance()
     resources = {"pipeline": pipeline_resource_from_env()}
     for selection, partition_keys in steps:
@@ -53,11 +52,8 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
 def nait_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
     """NAIT over every shard of the current pool (shards already featurized are reused, not recomputed)."""
     from nait_pipeline.lib.layout import LakeLayout
-    import pyarrow.parquet as pq
 
-    kept = pq.read_table(LakeLayout(settings.lake_dir).pool_examples, columns=["shard"],
-                         filters=[("status", "=", "kept")])
-    shards = sorted(set(kept.column("shard").to_pylist()))
+    shards = LakeLayout(settings.lake_dir).kept_shards()
     return [
         (["pool_activations"], shards),
         (["target_activations", "capability_directions", "nait_scores"], list(CAPABILITIES)),

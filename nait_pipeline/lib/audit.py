@@ -100,8 +100,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
                              "dump a subset made from the current scores (re-materialize nait_subsets)")
     score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
     pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
-    shards = sorted({s for s in pq.read_table(layout.pool_examples, columns=["shard", "status"],
-                                              filters=[("status", "=", "kept")]).column("shard").to_pylist()})
+    shards = layout.kept_shards()
     store = read_features([layout.pool_activations(s) for s in shards], scalars=("n_tokens", "truncated"))
     if store.ids != pool_ids:
         raise ValueError("pool activations no longer match the stored scores: re-materialize nait_scores")

@@ -47,6 +47,13 @@ class LakeLayout:
     def subset(self, subset_version: str) -> Path:
         return self.root / "subsets" / f"{subset_version}.parquet"
 
+    def kept_shards(self) -> list[str]:
+        """The shards of the current pool table (kept rows only), sorted."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.pool_examples, columns=["shard"], filters=[("status", "=", "kept")])
+        return sorted(set(table.column("shard").to_pylist()))
+
     def lineage(self, subset_version: str) -> Path:
         return self.root / "subset_lineage" / f"{subset_version}.parquet"
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from nait_pipeline.lib.hashing import sha256_json
 from nait_pipeline.lib.ingest import POOL_SUFFIXES
 from nait_pipeline.lib.layout import LakeLayout
@@ -23,6 +21,4 @@ def unfeaturized_shards(layout: LakeLayout) -> list[str]:
     """Shards of the current pool table that have no activation file yet."""
     if not layout.pool_examples.exists():
         return []
-    table = pq.read_table(layout.pool_examples, columns=["shard", "status"], filters=[("status", "=", "kept")])
-    shards = sorted(set(table.column("shard").to_pylist()))
-    return [shard for shard in shards if not layout.pool_activations(shard).exists()]
+    return [shard for shard in layout.kept_shards() if not layout.pool_activations(shard).exists()]

@@ -70,9 +70,7 @@ def target_drifts(layout: LakeLayout, capability: str, drift: str) -> tuple[np.n
 
 def current_shards(layout: LakeLayout) -> tuple[list[str], str]:
     """The shards of the current pool version, and that version."""
-    table = pq.read_table(layout.pool_examples, columns=["shard", "status"], filters=[("status", "=", "kept")])
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    return sorted(set(table.column("shard").to_pylist())), pool_version
+    return layout.kept_shards(), read_metadata(layout.pool_examples)["pool_version"]
 
 
 def read_pool_features(layout: LakeLayout, vectors=("layer_mean",)):
