@@ -58,4 +58,4 @@ def test_seeded_random_is_uniform_reproducible_and_order_free():
     for seed in range(300):
         for i in selection.seeded_random(ids, 20, seed):
             counts[ids[i]] += 1
-    assert 10 <= min(counts.values()) and max(counts.values()) <= 55
+    assert min(counts.values()) >= 10 and max(counts.values()) <= 55
