@@ -69,6 +69,89 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
 
 
+def _already_trained(layout, version: str, train_params: dict, model_dir: Path) -> bool:
+    import json
+
+    import pyarrow.parquet as pq
+
+    path = layout.finetune_run(version)
+    return path.exists() and (model_dir / "config.json").exists() and \
+        json.loads(pq.read_table(path).column("train_params_json")[0].as_py()) == train_params
+
+
+def _already_evaluated(layout, version: str, eval_params: dict) -> bool:
+    import json
+
+    import pyarrow.parquet as pq
+
+    path = layout.evaluation(version)
+    if not path.exists():
+        return False
+    recorded = json.loads(pq.read_table(path).column("eval_params_json")[0].as_py())
+    return all(recorded.get(k) == v for k, v in eval_params.items())
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    """Run a whole comparison protocol in its own store; finished fine-tunes and evaluations with the
+    same parameters are kept, so a killed run resumes where it stopped."""
+    import json
+    import time
+
+    from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
+    from nait_pipeline.defs.resources import pipeline_resource_from_env
+    from nait_pipeline.lib import protocol as proto
+    from nait_pipeline.lib.lake import read_metadata, write_json
+    from nait_pipeline.lib.layout import LakeLayout
+
+    chosen = proto.get_protocol(args.name)
+    base = Settings.from_env()
+    store = Path(args.store).resolve() if args.store else base.store_dir / "protocols" / chosen.name
+    inputs = proto.prepare_inputs(chosen, base.data_dir, store / "input")
+    os.environ.update(NAIT_DATA_DIR=str(inputs), NAIT_STORE_DIR=str(store), NAIT_POOL_SAMPLE=str(chosen.slice_rows),
+                      DAGSTER_HOME=str(store / "dagster_home"))
+    settings = Settings.from_env()
+    layout = LakeLayout(settings.lake_dir)
+    stages: dict[str, float] = {}
+
+    def stage(name: str, steps, config: dict | None = None) -> None:
+        started = time.perf_counter()
+        run_steps(steps, {"ops": config} if config else None)
+        stages[name] = stages.get(name, 0.0) + round(time.perf_counter() - started, 1)
+
+    print(f"protocol {chosen.name}: store {store}", flush=True)
+    stage("pool_and_targets", [(["base_model", "it_pool"], None)])
+    stage("pool_and_targets", [(["target_sets", "target_test_sets"], list(CAPABILITIES))],
+          {"target_sets": {"config": {"size": chosen.target_size}}})
+    stage("nait_selection", nait_steps(settings)[:-1])
+    stage("nait_selection", [(["nait_subsets"], None)],
+          {"nait_subsets": {"config": {"budget_ratio": chosen.budget_ratio}}})
+    stage("random_and_full", [(["random_subsets"], None)],
+          {"random_subsets": {"config": {"budget_ratio": chosen.budget_ratio, "seeds": list(chosen.random_seeds)}}})
+
+    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds)
+    train_params = FineTuneConfig(**chosen.train).train_config().as_dict()
+    resource = pipeline_resource_from_env()
+    for version in versions:
+        if _already_trained(layout, version, train_params, finetuned_dir(resource, version)):
+            print(f"==> {version}: fine-tuned model with these parameters exists, kept", flush=True)
+        else:
+            stage("fine_tune", [(["finetuned_model"], [version])], {"finetuned_model": {"config": chosen.train}})
+        if _already_evaluated(layout, version, chosen.evaluation):
+            print(f"==> {version}: evaluation with these parameters exists, kept", flush=True)
+        else:
+            stage("evaluate", [(["evaluation"], [version])],
+                  {"evaluation": {"config": EvaluationConfig(**chosen.evaluation).model_dump()}})
+    stage("compare", [(["comparison"], None)], {"comparison": {"config": {
+        "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds)}}})
+    stage("compare", [(["warehouse"], None)])
+    write_json({"protocol": chosen.as_dict(), "subset_versions": versions, "stage_seconds_this_invocation": stages},
+               store / "protocol_run.json")
+    print(json.dumps(stages, indent=2))
+    print(f"done: see {layout.comparison(chosen.name).with_suffix('.md')}; "
+          f"query: NAIT_STORE_DIR={store} nait-pipeline query protocol_comparison --param protocol={chosen.name}")
+
+
 def cmd_query(args: argparse.Namespace) -> None:
     from nait_pipeline.lib import sql
 
@@ -119,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     materialize.add_argument("--stage", choices=["foundation", "all"], default="all",
                              help="foundation: model, pool, targets, warehouse; all: also NAIT (default)")
     materialize.set_defaults(func=cmd_materialize)
+
+    protocol = commands.add_parser("protocol", help="run a comparison protocol end to end in its own store")
+    protocol.add_argument("name", nargs="?", default="cpu-2k", help="protocol name (default cpu-2k; smoke: minutes)")
+    protocol.add_argument("--store", help="store folder (default $NAIT_STORE_DIR/protocols/NAME)")
+    protocol.set_defaults(func=cmd_protocol)
 
     query = commands.add_parser("query", help="run a named query from sql/queries read-only")
     query.add_argument("name")

@@ -13,7 +13,7 @@ import pytest
 from nait_pipeline.defs.assets import features as features_module
 from nait_pipeline.defs.assets.baselines import random_subsets
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
-from nait_pipeline.defs.assets.loop import evaluation, finetuned_model
+from nait_pipeline.defs.assets.loop import comparison, evaluation, finetuned_model
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions, nait_scores, nait_subsets
 from nait_pipeline.defs.assets.pool import it_pool
@@ -25,7 +25,7 @@ from nait_pipeline.lib.layout import LakeLayout
 from nait_pipeline.lib.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
-          capability_directions, nait_scores, nait_subsets, random_subsets, finetuned_model, evaluation]
+          capability_directions, nait_scores, nait_subsets, random_subsets, finetuned_model, evaluation, comparison]
 SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
 
 
@@ -49,7 +49,7 @@ def pipeline(shared_data, model_dir, tmp_path_factory):
     with dg.instance_for_test() as instance:
         run(instance, resource, ["base_model", "it_pool"])
         for capability in CAPABILITIES:
-            run(instance, resource, ["target_sets"], capability, SMALL)
+            run(instance, resource, ["target_sets", "target_test_sets"], capability, SMALL)
         for shard in shard_keys(layout):
             run(instance, resource, ["pool_activations"], shard)
         for capability in CAPABILITIES:
@@ -223,16 +223,19 @@ def test_random_subsets_and_full_pool_reference(pipeline):
     assert len(full) == 1 and len(selected[full[0]]) == 24
 
 
+def train_and_evaluate(instance, resource, version):
+    """A one-step fine-tune and a two-row evaluation: the evaluation run's result."""
+    run(instance, resource, ["finetuned_model"], version,
+        {"ops": {"finetuned_model": {"config": {"epochs": 1, "batch_size": 3}}}})
+    return run(instance, resource, ["evaluation"], version,
+               {"ops": {"evaluation": {"config": {"sample_size": 2, "max_new_tokens": 16}}}})
+
+
 def test_fine_tune_and_evaluate_a_subset_version(pipeline):
     instance, resource, layout, first = pipeline
     version = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value["math"]
     assert instance.has_dynamic_partition("subset_versions", version)
-    for capability in CAPABILITIES:
-        run(instance, resource, ["target_test_sets"], capability)
-    run(instance, resource, ["finetuned_model"], version,
-        {"ops": {"finetuned_model": {"config": {"epochs": 1, "batch_size": 3}}}})
-    result = run(instance, resource, ["evaluation"], version,
-                 {"ops": {"evaluation": {"config": {"sample_size": 2, "max_new_tokens": 16}}}})
+    result = train_and_evaluate(instance, resource, version)
     assert result.asset_materializations_for_node("evaluation")[0].metadata["row_count"].value >= 8
     run(instance, resource, ["warehouse"])
     with sql.connect_read_only(resource.settings.warehouse_path) as con:
@@ -245,3 +248,32 @@ def test_fine_tune_and_evaluate_a_subset_version(pipeline):
             "code:mbpp_pass@1", "code:humaneval_pass@1", "math:answer_nll"} <= metrics
     table = sql.run_query(resource.settings.warehouse_path, "evaluation_by_method").to_pylist()
     assert {r["method"] for r in table} == {"nait"}
+
+
+def test_comparison_sets_a_method_against_random_and_the_full_pool(pipeline):
+    instance, resource, layout, first = pipeline
+    nait_math = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value["math"]
+    references = run(instance, resource, ["random_subsets"]).asset_materializations_for_node("random_subsets")[0]
+    versions = references.metadata["subset_versions"].value  # random seeds 0, 1, 2, then the full pool
+    random_0, full = versions[0], versions[-1]
+    for version in (random_0, full) if layout.evaluation(nait_math).exists() else (random_0, full, nait_math):
+        train_and_evaluate(instance, resource, version)
+    result = run(instance, resource, ["comparison"], None,
+                 {"ops": {"comparison": {"config": {"name": "tiny", "random_seeds": [0]}}}})
+    metadata = result.asset_materializations_for_node("comparison")[0].metadata
+    assert metadata["runs"].value == 3
+    assert len(metadata["not_evaluated"].value) == 5  # NAIT for the other four capabilities and for all
+    assert layout.comparison("tiny").with_suffix(".png").exists()
+    assert "| nait:math |" in layout.comparison("tiny").with_suffix(".md").read_text()
+    run(instance, resource, ["warehouse"])
+    rows = sql.run_query(resource.settings.warehouse_path, "protocol_comparison", {"protocol": "tiny"}).to_pylist()
+    assert {r["method"] for r in rows} == {"nait:math", "random", "full"}
+    with sql.connect_read_only(resource.settings.warehouse_path) as con:
+        random_nll, full_nll = (con.execute(
+            "SELECT value FROM evaluations WHERE subset_version = ? AND capability = 'math' "
+            "AND metric = 'answer_nll'", [v]).fetchone()[0] for v in (random_0, full))
+    nait_row = next(r for r in rows if r["method"] == "nait:math" and r["eval_capability"] == "math"
+                    and r["metric"] == "answer_nll")
+    assert nait_row["random_mean"] == pytest.approx(random_nll, abs=1e-4)
+    assert nait_row["full_pool"] == pytest.approx(full_nll, abs=1e-4)
+    assert nait_row["selection_tokens"] > 0 and nait_row["selection_s"] > 0

@@ -25,5 +25,10 @@ def bar_plot(values, labels, title: str, ylabel: str, destination: Path) -> dg.M
     with atomic_path(destination, ".png") as tmp:
         figure.savefig(tmp, format="png")
     plt.close(figure)
-    encoded = base64.b64encode(destination.read_bytes()).decode()
+    return embedded_png(destination, title)
+
+
+def embedded_png(path: Path, title: str) -> dg.MarkdownMetadataValue:
+    """A PNG file shown inline in the Dagster UI."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")

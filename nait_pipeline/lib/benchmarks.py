@@ -62,8 +62,12 @@ def code_prompt(row: dict) -> str:
 
 
 def evaluate_capability(model, template: ChatTemplate, capability: str, rows: Sequence[dict], config: EvalConfig,
-                        log: Callable[[str], None] = lambda _m: None) -> list[dict]:
-    """Metric rows ``{metric, value, n}`` for one capability's sampled test rows."""
+                        log: Callable[[str], None] = lambda _m: None, generator=None) -> list[dict]:
+    """Metric rows ``{metric, value, n}`` for one capability's sampled test rows.
+
+    Likelihoods use ``model``; generation uses ``generator`` (``evaluate.make_generator``), by default
+    greedy transformers generation with the same model."""
+    generator = generator or evaluate.TransformersGenerator(model, template)
     all_rows = rows
     rows = sample_rows(rows, config.sample_size)
     if not rows:
@@ -79,8 +83,7 @@ def evaluate_capability(model, template: ChatTemplate, capability: str, rows: Se
         correct = [metrics.mmlu_prediction(l) == r["answer"].strip() for l, r in zip(logliks, rows)]
         results.append({"metric": "mmlu_accuracy", "value": float(np.mean(correct)), "n": len(rows)})
     elif capability in ("math", "reasoning"):
-        generated = evaluate.generate(model, template, [r["prompt"] for r in rows], config.max_new_tokens,
-                                      config.batch_size)
+        generated = generator([r["prompt"] for r in rows], config.max_new_tokens, config.batch_size)
         if capability == "math":
             correct = [metrics.gsm8k_correct(g, _extra(r)["final_answer"]) for g, r in zip(generated, rows)]
             results.append({"metric": "gsm8k_exact_match", "value": float(np.mean(correct)), "n": len(rows)})
@@ -92,8 +95,7 @@ def evaluate_capability(model, template: ChatTemplate, capability: str, rows: Se
             subset = sample_rows([r for r in all_rows if r["task"].startswith(benchmark)], config.sample_size)
             if not subset:
                 continue
-            generated = evaluate.generate(model, template, [code_prompt(r) for r in subset], config.max_new_tokens,
-                                          config.batch_size)
+            generated = generator([code_prompt(r) for r in subset], config.max_new_tokens, config.batch_size)
             passed = [run_program(code_program(r, g), timeout_s=config.code_timeout_s).passed
                       for r, g in zip(subset, generated)]
             results.append({"metric": f"{benchmark}_pass@1", "value": float(np.mean(passed)), "n": len(subset)})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from nait_pipeline.lib.comparison import COMPARISON_SCHEMA
 from nait_pipeline.lib.feature_store import EMPTY_SCHEMA as FEATURES_SCHEMA
 from nait_pipeline.lib.lake import write_parquet
 from nait_pipeline.lib.targets import TARGET_SCHEMA
@@ -76,7 +77,8 @@ EVALUATIONS_SCHEMA = pa.schema(
     ]
 )
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
-                   "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA}
+                   "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
+                   "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
 DIRECTIONS_SCHEMA = pa.schema(
     [

@@ -86,3 +86,71 @@ def generate(model, template: ChatTemplate, prompts: Sequence[str], max_new_toke
             for row, index in enumerate(batch):
                 out[index] = tokenizer.decode(generated[row, ids.shape[1]:], skip_special_tokens=True)
     return out
+
+
+GENERATION_BACKENDS = ("auto", "vllm", "transformers")
+
+
+def choose_generation_backend(requested: str = "auto") -> str:
+    """``auto``: vLLM when a CUDA GPU and the ``vllm`` package (the ``gpu`` extra) are both present,
+    transformers otherwise. Asking for ``vllm`` without them is an error, not a silent fallback."""
+    import importlib.util
+
+    import torch
+
+    if requested not in GENERATION_BACKENDS:
+        raise ValueError(f"generation backend must be one of {GENERATION_BACKENDS}, got {requested!r}")
+    if requested == "transformers":
+        return requested
+    has_gpu = torch.cuda.is_available()
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if requested == "vllm" and not (has_gpu and has_vllm):
+        missing = "a CUDA GPU" if not has_gpu else "the vllm package (pip install -e '.[gpu]')"
+        raise RuntimeError(f"generation backend 'vllm' needs {missing}; use 'auto' or 'transformers'")
+    return "vllm" if has_gpu and has_vllm else "transformers"
+
+
+class TransformersGenerator:
+    """Greedy generation with the already-loaded model (CPU or GPU)."""
+
+    backend = "transformers"
+
+    def __init__(self, model, template: ChatTemplate):
+        self.model, self.template = model, template
+
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        return generate(self.model, self.template, prompts, max_new_tokens, batch_size)
+
+
+class VllmGenerator:
+    """Greedy generation with vLLM on the GPU, fed the same token ids as the transformers path
+    (the chat template is rendered by the pipeline, not by vLLM), stopping at the template's EOS."""
+
+    backend = "vllm"
+
+    def __init__(self, model_dir, template: ChatTemplate, gpu_memory_utilization: float = 0.4, seed: int = 0):
+        from vllm import LLM
+
+        self.template = template
+        # The transformers model used for likelihoods shares the GPU, hence the memory cap.
+        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization)
+
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        from vllm import SamplingParams
+
+        tokenizer = self.template.tokenizer
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
+                                stop_token_ids=[tokenizer.eos_token_id])
+        requests = [{"prompt_token_ids": tokenizer(self.template.render_prompt(p, ""), add_special_tokens=False)
+                     ["input_ids"]} for p in prompts]
+        # vLLM schedules its own batches; batch_size only shapes the transformers path.
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [output.outputs[0].text for output in outputs]
+
+
+def make_generator(backend: str, model, model_dir, template: ChatTemplate):
+    """The generator for a resolved backend name (see ``choose_generation_backend``)."""
+    if backend == "vllm":
+        return VllmGenerator(model_dir, template)
+    return TransformersGenerator(model, template)

@@ -54,11 +54,18 @@ class LakeLayout:
         table = pq.read_table(self.pool_examples, columns=["shard"], filters=[("status", "=", "kept")])
         return sorted(set(table.column("shard").to_pylist()))
 
+    @property
+    def lineage_dir(self) -> Path:
+        return self.root / "subset_lineage"
+
     def lineage(self, subset_version: str) -> Path:
-        return self.root / "subset_lineage" / f"{subset_version}.parquet"
+        return self.lineage_dir / f"{subset_version}.parquet"
 
     def finetune_run(self, subset_version: str) -> Path:
         return self.root / "finetune_runs" / f"{subset_version}.parquet"
 
     def evaluation(self, subset_version: str) -> Path:
         return self.root / "evaluations" / f"{subset_version}.parquet"
+
+    def comparison(self, protocol: str) -> Path:
+        return self.root / "comparisons" / f"{protocol}.parquet"

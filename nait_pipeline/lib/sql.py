@@ -21,6 +21,7 @@ LAKE_TOKEN = "{{lake}}"
 QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "top_subset_examples": {"method": "nait", "capability": "math", "k": 20},
     "lineage_of_subset": {"subset_version": "nait-math-000000000000"},
+    "protocol_comparison": {"protocol": "cpu-2k"},
 }
 
 

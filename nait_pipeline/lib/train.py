@@ -51,9 +51,19 @@ class TrainResult:
 
 
 def _batches(examples: list, batch_size: int, seed: int, epoch: int) -> list[list]:
+    """Seeded shuffle, then length grouping: rows are sorted by length inside windows of 32 batches,
+    cut into batches, and the batches shuffled again. Padding, not learning, is what a random batch of
+    mixed lengths mostly computes on a CPU; the windows keep the order random at the scale of an epoch."""
+    rng = random.Random(seed * 1000 + epoch)
     order = list(range(len(examples)))
-    random.Random(seed * 1000 + epoch).shuffle(order)
-    return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+    rng.shuffle(order)
+    window = batch_size * 32
+    batches = []
+    for start in range(0, len(order), window):
+        grouped = sorted(order[start : start + window], key=lambda i: len(examples[i].input_ids))
+        batches += [grouped[s : s + batch_size] for s in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    return [[examples[i] for i in batch] for batch in batches]
 
 
 def _collate(batch, pad_id: int):
@@ -69,6 +79,18 @@ def _collate(batch, pad_id: int):
         mask[row, : len(ids)] = 1
         labels[row, tokens.response_start : len(ids)] = ids[tokens.response_start :]
     return input_ids, mask, labels
+
+
+def _response_loss(model, input_ids, mask, labels):
+    """Mean cross-entropy over response tokens, with the LM head applied only where a label exists
+    (the head is a fifth of a small model's FLOPs; prompts and padding need none of it)."""
+    import torch
+
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destination: Path,
@@ -116,7 +138,7 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
         for batch in _batches(examples, config.batch_size, config.seed, epoch):
             input_ids, mask, labels = (t.to(device) for t in _collate(batch, pad_id))
             with autocast:
-                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                loss = _response_loss(model, input_ids, mask, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
             loss.backward()

@@ -4,3 +4,7 @@ SELECT * FROM read_parquet({{lake}} || '/finetune_runs/*.parquet', union_by_name
 
 CREATE OR REPLACE VIEW evaluations AS
 SELECT * FROM read_parquet({{lake}} || '/evaluations/*.parquet', union_by_name = true);
+
+-- Method vs random (mean ± std over seeds) vs full pool, per capability and metric, with selection cost.
+CREATE OR REPLACE VIEW comparisons AS
+SELECT * FROM read_parquet({{lake}} || '/comparisons/*.parquet', union_by_name = true);

@@ -1,6 +1,7 @@
 """Close the loop: fine-tune on a subset version, then evaluate the model per capability."""
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,15 +11,19 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
+from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.partitions import subset_partitions
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import comparison as cmp
 from nait_pipeline.lib import featurize as fz
 from nait_pipeline.lib.audit import subset_rows
 from nait_pipeline.lib.benchmarks import EvalConfig, evaluate_capability
+from nait_pipeline.lib.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
 from nait_pipeline.lib.hashing import sha256_json
-from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.protocol import compared_subset_versions
 from nait_pipeline.lib.settings import CAPABILITIES
 from nait_pipeline.lib.train import TrainConfig, fine_tune
 
@@ -42,6 +47,8 @@ class EvaluationConfig(dg.Config):
     """Test rows per capability, a fixed-seed sample."""
     max_new_tokens: int = 256
     code_timeout_s: float = 10.0
+    generation_backend: str = "auto"
+    """auto (vLLM when a GPU and the gpu extra are present, else transformers) | vllm | transformers."""
 
 
 def finetuned_dir(pipeline: PipelineResource, subset_version: str) -> Path:
@@ -115,21 +122,81 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
     eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
                              code_timeout_s=config.code_timeout_s)
-    params = json.dumps(eval_config.__dict__, sort_keys=True)
+    backend = choose_generation_backend(config.generation_backend)
+    context.log.info(f"generation backend: {backend}")
+    generator = make_generator(backend, model, model_dir, template)
+    params = json.dumps({**eval_config.__dict__, "generation_backend": backend}, sort_keys=True)
     created = datetime.now(timezone.utc)
-    records = []
+    records, no_test_rows = [], []
+    started = time.perf_counter()
     for capability in CAPABILITIES:
         path = layout.target_test(capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
         rows = pq.read_table(path).to_pylist()
-        for result in evaluate_capability(model, template, capability, rows, eval_config, context.log.info):
+        if not rows:
+            no_test_rows.append(capability)
+            context.log.warning(f"{capability}: the test split has no rows, so nothing to evaluate")
+            continue
+        for result in evaluate_capability(model, template, capability, rows, eval_config, context.log.info,
+                                            generator):
             records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
                                 created_at=created, **result))
     table = pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
     write_parquet(table, layout.evaluation(subset_version))
     return dg.MaterializeResult(
-        metadata={"row_count": len(table), "results": markdown_table(
+        metadata={"row_count": len(table), "seconds": round(time.perf_counter() - started, 1),
+                  "generation_backend": backend, "no_test_rows": dg.MetadataValue.json(no_test_rows),
+                  "results": markdown_table(
             table.select(["capability", "metric", "value", "n"]), len(table))},
         data_version=dg.DataVersion(sha256_json([(r["capability"], r["metric"], r["value"]) for r in records])[:16]),
+    )
+
+
+class ComparisonConfig(dg.Config):
+    name: str = "default"
+    """Names the result (`comparisons/<name>.parquet`, column `comparison`); protocols use their own name."""
+    budget_ratio: float = 0.1
+    """The budget whose NAIT and random subsets are compared (the full pool is always the reference)."""
+    random_seeds: list[int] = [0, 1, 2]
+
+
+@dg.asset(
+    group_name="loop",
+    kinds={"parquet"},
+    code_version="1",
+    deps=[dg.AssetDep("evaluation", partition_mapping=dg.AllPartitionMapping())],
+)
+def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
+               pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Every method against random (mean ± std over seeds) and the full pool, per capability and metric,
+    with each method's selection cost (wall time, tokens through the model) and training cost beside
+    its quality. Covers the current pool version's NAIT subsets at the configured budget, the random
+    subsets of the configured seeds and the full pool; rows land in the `comparisons` view, with a
+    markdown report and a plot beside the Parquet file."""
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds)
+    evaluated = [v for v in versions if layout.evaluation(v).exists()]
+    not_evaluated = sorted(set(versions) - set(evaluated))
+    if not evaluated:
+        raise ValueError(f"none of the {len(versions)} subset versions at budget {config.budget_ratio} on pool "
+                         f"{pool_version} has an evaluation: materialize finetuned_model and evaluation first")
+    if not_evaluated:
+        context.log.warning(f"left out, not evaluated yet: {not_evaluated}")
+    table = cmp.compare(config.name, cmp.load_runs(layout, evaluated), cmp.load_evaluations(layout, evaluated))
+    destination = layout.comparison(config.name)
+    write_parquet(table, destination, {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
+                                       "random_seeds": list(config.random_seeds), "subset_versions": evaluated})
+    report = cmp.report_markdown(table)
+    with atomic_path(destination.with_suffix(".md"), ".md") as tmp:
+        tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
+                       f"random seeds {list(config.random_seeds)}.\n\n{report}\n")
+    figure = cmp.plot(table, destination.with_suffix(".png"))
+    return dg.MaterializeResult(
+        metadata={"report": dg.MetadataValue.md(report), "plot": embedded_png(figure, f"comparison {config.name}"),
+                  "runs": len(evaluated), "not_evaluated": dg.MetadataValue.json(not_evaluated),
+                  "row_count": len(table), "path": path_value(destination)},
+        data_version=dg.DataVersion(sha256_json(table.select(["method", "eval_capability", "metric", "mean"])
+                                                .to_pylist())[:16]),
     )

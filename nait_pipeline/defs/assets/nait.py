@@ -167,7 +167,8 @@ def nait_scores(context: dg.AssetExecutionContext, config: ScoreConfig,
     })
     path = write_parquet(table, layout.scores(METHOD, capability), {
         "score_version": version, "params": params, "directions_version": direction_meta["directions_version"],
-        "template_hash": direction_meta["template_hash"], "pool_version": pool_version})
+        "template_hash": direction_meta["template_hash"], "pool_version": pool_version,
+        "seconds": round(read_seconds + score_seconds, 3)})
     order = selection.rank_order(pool.ids, scores)
     top = table.take(order[:10]).select(["example_id", "score"])
     return dg.MaterializeResult(

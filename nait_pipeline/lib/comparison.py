@@ -1,0 +1,245 @@
+"""Compare selection methods by the models trained on their subsets.
+
+Each evaluated subset version becomes a run of a method label (``nait:math``, ``nait:all``,
+``random``, ``full``); runs of one label (random seeds) are summarised by mean and sample standard
+deviation. Every row carries the random baseline and the full-pool reference of the same metric, and
+the method's selection cost: wall time and tokens through the model, read back from the lake's own
+records (featurization stats of the shards and target sets it used, scoring time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.lake import atomic_path, read_metadata
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.settings import CAPABILITIES
+
+# The measure a reader looks at first for each capability; answer NLL is reported for all of them.
+HEADLINE_METRIC = {"math": "gsm8k_exact_match", "code": "mbpp_pass@1", "reasoning": "bbh_exact_match",
+                   "knowledge": "mmlu_accuracy", "multilingual": "answer_nll"}
+LOWER_IS_BETTER = {"answer_nll"}
+
+COMPARISON_SCHEMA = pa.schema([
+    ("comparison", pa.string()),
+    ("method", pa.string()),
+    ("eval_capability", pa.string()),
+    ("metric", pa.string()),
+    ("higher_is_better", pa.bool_()),
+    ("runs", pa.int64()),
+    ("mean", pa.float64()),
+    ("std", pa.float64()),
+    ("n_items", pa.int64()),
+    ("random_mean", pa.float64()),
+    ("random_std", pa.float64()),
+    ("full_value", pa.float64()),
+    ("delta_vs_random", pa.float64()),
+    ("n_selected", pa.int64()),
+    ("selection_seconds", pa.float64()),
+    ("selection_tokens", pa.int64()),
+    ("train_seconds", pa.float64()),
+    ("train_tokens", pa.int64()),
+    ("subset_versions", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluated subset version and what it cost to select and train."""
+
+    subset_version: str
+    method: str  # the comparison label: nait:<capability>, random, full
+    n_selected: int
+    selection_seconds: float
+    selection_tokens: int
+    train_seconds: float
+    train_tokens: int
+
+
+def method_label(method: str, capability: str) -> str:
+    return method if method in ("random", "full") else f"{method}:{capability}"
+
+
+def _featurization_stats(paths: Sequence[Path]) -> tuple[float, int]:
+    seconds, tokens = 0.0, 0
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: its featurization cost cannot be read")
+        stats = read_metadata(path).get("stats") or {}
+        seconds += float(stats.get("seconds", 0.0))
+        tokens += int(stats.get("tokens", 0))
+    return seconds, tokens
+
+
+def selection_cost(layout: LakeLayout, method: str, capability: str) -> tuple[float, int]:
+    """(seconds, tokens) a subset's selection took. NAIT pays for the pool's activations (shared by
+    every capability: one store serves them all, so each NAIT row reports the whole of it), its target
+    sets' activations and scoring; random and full selection cost nothing measurable."""
+    if method in ("random", "full"):
+        return 0.0, 0
+    if method != "nait":
+        raise ValueError(f"no selection cost rule for method {method!r}")
+    capabilities = list(CAPABILITIES) if capability == "all" else [capability]
+    seconds, tokens = _featurization_stats([layout.pool_activations(s) for s in layout.kept_shards()])
+    target_seconds, target_tokens = _featurization_stats([layout.target_activations(c) for c in capabilities])
+    scoring = sum(float(read_metadata(layout.scores(method, c)).get("seconds", 0.0)) for c in capabilities)
+    return seconds + target_seconds + scoring, tokens + target_tokens
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def compare(name: str, runs: Sequence[Run], evaluations: Sequence[dict]) -> pa.Table:
+    """One row per (method, evaluated capability, metric), with the random and full references.
+
+    ``evaluations`` are rows of the `evaluations` table (subset_version, capability, metric, value, n).
+    A method label with several runs (random seeds) is summarised by mean and sample std."""
+    by_version = {run.subset_version: run for run in runs}
+    missing = sorted(set(by_version) - {e["subset_version"] for e in evaluations})
+    if missing:
+        raise ValueError(f"no evaluation for subset version(s) {missing}: materialize evaluation for them first")
+    values: dict[tuple[str, str, str], list[tuple[float, int, str]]] = defaultdict(list)
+    for row in evaluations:
+        run = by_version.get(row["subset_version"])
+        if run is None:
+            continue
+        if row["value"] is None or not math.isfinite(row["value"]):
+            raise ValueError(f"evaluation of {row['subset_version']} has a non-finite {row['metric']} "
+                             f"for {row['capability']}: {row['value']}")
+        values[(run.method, row["capability"], row["metric"])].append((row["value"], row["n"], run.subset_version))
+    runs_of: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        runs_of[run.method].append(run)
+
+    records = []
+    for (method, capability, metric), observed in sorted(values.items()):
+        mean, std = _mean_std([v for v, _, _ in observed])
+        random_values = [v for v, _, _ in values.get(("random", capability, metric), [])]
+        random_mean, random_std = _mean_std(random_values) if random_values else (None, None)
+        full = values.get(("full", capability, metric))
+        method_runs = runs_of[method]
+        records.append(dict(
+            comparison=name, method=method, eval_capability=capability, metric=metric,
+            higher_is_better=metric not in LOWER_IS_BETTER, runs=len(observed), mean=mean, std=std,
+            n_items=min(n for _, n, _ in observed), random_mean=random_mean, random_std=random_std,
+            full_value=full[0][0] if full else None,
+            delta_vs_random=None if random_mean is None else mean - random_mean,
+            n_selected=method_runs[0].n_selected,
+            selection_seconds=sum(r.selection_seconds for r in method_runs) / len(method_runs),
+            selection_tokens=round(sum(r.selection_tokens for r in method_runs) / len(method_runs)),
+            train_seconds=sum(r.train_seconds for r in method_runs) / len(method_runs),
+            train_tokens=round(sum(r.train_tokens for r in method_runs) / len(method_runs)),
+            subset_versions=",".join(sorted(v for _, _, v in observed)),
+        ))
+    return pa.Table.from_pylist(records, schema=COMPARISON_SCHEMA)
+
+
+def _method_order(methods: set[str]) -> list[str]:
+    nait = sorted(m for m in methods if m not in ("random", "full"))
+    return nait + [m for m in ("random", "full") if m in methods]
+
+
+def report_markdown(table: pa.Table) -> str:
+    """The result table a person reads: headline metric and answer NLL per capability for each method
+    (random as mean ± std over seeds), then each method's selection and training cost."""
+    rows = table.to_pylist()
+    cell = {(r["method"], r["eval_capability"], r["metric"]): r for r in rows}
+    methods = _method_order({r["method"] for r in rows})
+    columns = [(c, m) for c in CAPABILITIES for m in dict.fromkeys([HEADLINE_METRIC[c], "answer_nll"])
+               if any(k[1:] == (c, m) for k in cell)]
+
+    def fmt(record: dict | None) -> str:
+        if record is None:
+            return ""
+        text = f"{record['mean']:.3f}"
+        return text + (f" ± {record['std']:.3f}" if record["std"] is not None else "")
+
+    header = ["method"] + [f"{c} {m}{' ↓' if m in LOWER_IS_BETTER else ''}" for c, m in columns] + \
+             ["selected", "selection s", "selection tokens", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        first = next(r for r in rows if r["method"] == method)
+        lines.append("| " + " | ".join(
+            [method] + [fmt(cell.get((method, c, m))) for c, m in columns] +
+            [str(first["n_selected"]), f"{first['selection_seconds']:.0f}", str(first["selection_tokens"]),
+             f"{first['train_seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(table: pa.Table, destination: Path) -> Path:
+    """Per capability, answer NLL (top) and the headline metric (bottom): one point per method,
+    random's mean ± std as a band, the full pool as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table.to_pylist()
+    methods = [m for m in _method_order({r["method"] for r in rows}) if m not in ("random", "full")]
+    figure, axes = plt.subplots(2, len(CAPABILITIES), figsize=(3.2 * len(CAPABILITIES), 6), dpi=90, squeeze=False)
+    for column, capability in enumerate(CAPABILITIES):
+        for row_index, metric in enumerate(["answer_nll", HEADLINE_METRIC[capability]]):
+            axis = axes[row_index][column]
+            found = {r["method"]: r for r in rows if r["eval_capability"] == capability and r["metric"] == metric}
+            if not found or (row_index == 1 and metric == "answer_nll"):
+                axis.set_axis_off()
+                continue
+            reference = next(iter(found.values()))
+            if reference["random_mean"] is not None:
+                spread = reference["random_std"] or 0.0
+                axis.axhspan(reference["random_mean"] - spread, reference["random_mean"] + spread,
+                             color="#bbbbbb", alpha=0.5, label="random ± std")
+                axis.axhline(reference["random_mean"], color="#777777", linewidth=1)
+            if reference["full_value"] is not None:
+                axis.axhline(reference["full_value"], color="#c0392b", linestyle="--", linewidth=1, label="full pool")
+            xs = [m for m in methods if m in found]
+            axis.plot(range(len(xs)), [found[m]["mean"] for m in xs], "o", color="#4f6db8", label="NAIT")
+            axis.set_xticks(range(len(xs)), [m.split(":")[-1] for m in xs], rotation=45, fontsize=7)
+            axis.set_title(f"{capability}: {metric}{' (lower is better)' if metric in LOWER_IS_BETTER else ''}",
+                           fontsize=8)
+            axis.tick_params(axis="y", labelsize=7)
+    handles, labels = next(((a.get_legend_handles_labels()) for a in axes.flat if a.get_legend_handles_labels()[0]),
+                           ([], []))
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return destination
+
+
+def load_runs(layout: LakeLayout, versions: Sequence[str]) -> list[Run]:
+    """Runs for subset versions that were fine-tuned, with their selection and training cost."""
+    runs = []
+    for version in versions:
+        lineage = pq.read_table(layout.lineage(version)).to_pylist()[0]
+        train_path = layout.finetune_run(version)
+        if not train_path.exists():
+            raise FileNotFoundError(f"{version} has no fine-tuning record: materialize finetuned_model[{version}]")
+        train = pq.read_table(train_path).to_pylist()[0]
+        seconds, tokens = selection_cost(layout, lineage["method"], lineage["capability"])
+        runs.append(Run(subset_version=version, method=method_label(lineage["method"], lineage["capability"]),
+                        n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,
+                        train_seconds=train["seconds"], train_tokens=train["tokens"]))
+    return runs
+
+
+def load_evaluations(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:
+    rows = []
+    for version in versions:
+        path = layout.evaluation(version)
+        if path.exists():
+            rows += pq.read_table(path, columns=["subset_version", "capability", "metric", "value", "n"]).to_pylist()
+    return rows

@@ -1,0 +1,113 @@
+"""Comparison protocols: which pool slice, budget, methods and seeds one run of the loop compares.
+
+A protocol owns its store (``<store>/protocols/<name>``) and an input folder of links to the
+chosen pool file and the target sets, so it never mixes with the main store. Everything it needs
+is in the `Protocol` record, which is also written next to the results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.layout import LakeLayout
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    pool_file: str  # a file name under <data>/pools
+    slice_rows: int  # the seeded slice of that pool (NAIT_POOL_SAMPLE)
+    budget_ratio: float
+    random_seeds: tuple[int, ...]
+    target_size: int  # in-domain rows per capability for the NAIT directions
+    train: dict = field(default_factory=dict)  # finetuned_model config
+    evaluation: dict = field(default_factory=dict)  # evaluation config
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROTOCOLS = {
+    # Sized for the 2-core CPU machine: the full-pool reference dominates (it trains on every row), and
+    # fine-tuning runs at ~170-185 tokens/s there, so a 10k slice alone would need ~95 min for that model.
+    "cpu-2k": Protocol(
+        name="cpu-2k",
+        pool_file="alpaca_cleaned.parquet",
+        slice_rows=2000,
+        budget_ratio=0.1,
+        random_seeds=(0, 1, 2),
+        target_size=256,
+        train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
+        evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0},
+    ),
+    # A few minutes end to end: for trying the protocol machinery, not for conclusions.
+    "smoke": Protocol(
+        name="smoke",
+        pool_file="alpaca_cleaned.parquet",
+        slice_rows=40,
+        budget_ratio=0.1,
+        random_seeds=(0, 1, 2),
+        target_size=8,
+        train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
+        evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0},
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def prepare_inputs(protocol: Protocol, data_dir: Path, input_dir: Path) -> Path:
+    """An input folder holding only the protocol's pool file and the target sets, as symlinks."""
+    pool = data_dir / "pools" / protocol.pool_file
+    targets = data_dir / "targets"
+    for path in (pool, targets):
+        if not path.exists():
+            raise FileNotFoundError(f"protocol {protocol.name} needs {path} (is NAIT_DATA_DIR right?)")
+    (input_dir / "pools").mkdir(parents=True, exist_ok=True)
+    links = {input_dir / "pools" / pool.name: pool, input_dir / "targets": targets}
+    for link, target in links.items():
+        if link.is_symlink() and link.resolve() != target.resolve():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
+    stray = [p.name for p in (input_dir / "pools").iterdir() if p.name != pool.name]
+    if stray:
+        raise FileExistsError(f"{input_dir / 'pools'} holds files outside the protocol: {stray}")
+    return input_dir
+
+
+def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio: float,
+                             random_seeds: Sequence[int]) -> list[str]:
+    """The subset versions a comparison covers, all on ``pool_version``: NAIT per capability and
+    all-capability at ``budget_ratio`` (the latest of each), random at that budget for each seed, and
+    the full pool."""
+    chosen: dict[tuple, tuple] = {}
+    for path in sorted(layout.lineage_dir.glob("*.parquet")):
+        if path.name.startswith("_"):
+            continue
+        for row in pq.read_table(path).to_pylist():
+            if row["pool_version"] != pool_version:
+                continue
+            params = json.loads(row["params_json"])
+            if row["method"] == "full":
+                key = ("full",)
+            elif params.get("budget_ratio") != budget_ratio:
+                continue
+            elif row["method"] == "random" and params.get("seed") in random_seeds:
+                key = ("random", params["seed"])
+            elif row["method"] == "nait":
+                key = ("nait", row["capability"])
+            else:
+                continue
+            if key not in chosen or row["created_at"] > chosen[key][0]:
+                chosen[key] = (row["created_at"], row["subset_version"])
+    return sorted(version for _, version in chosen.values())

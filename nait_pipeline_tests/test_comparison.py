@@ -1,0 +1,100 @@
+"""The comparison table, report and plot on hand-made runs, and the protocol's subset choice and inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nait_pipeline.lib import comparison as cmp
+from nait_pipeline.lib import protocol
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.subsets import write_subset
+
+RUNS = [
+    cmp.Run("nait-math-1", "nait:math", 10, 120.0, 50_000, 30.0, 2_000),
+    cmp.Run("random-all-0", "random", 10, 0.0, 0, 20.0, 1_500),
+    cmp.Run("random-all-1", "random", 10, 0.0, 0, 22.0, 1_700),
+    cmp.Run("random-all-2", "random", 10, 0.0, 0, 24.0, 1_600),
+    cmp.Run("full-all-x", "full", 100, 0.0, 0, 200.0, 16_000),
+]
+
+
+def evals(values: dict[str, tuple[float, float]]) -> list[dict]:
+    rows = []
+    for version, (nll, accuracy) in values.items():
+        rows.append(dict(subset_version=version, capability="math", metric="answer_nll", value=nll, n=24))
+        rows.append(dict(subset_version=version, capability="math", metric="gsm8k_exact_match", value=accuracy, n=24))
+    return rows
+
+
+EVALS = evals({"nait-math-1": (1.0, 0.25), "random-all-0": (1.2, 0.0), "random-all-1": (1.4, 0.125),
+               "random-all-2": (1.6, 0.125), "full-all-x": (0.9, 0.375)})
+
+
+def test_methods_are_set_against_random_mean_and_spread_and_the_full_pool():
+    table = cmp.compare("t", RUNS, EVALS)
+    rows = {(r["method"], r["metric"]): r for r in table.to_pylist()}
+    nait = rows[("nait:math", "answer_nll")]
+    assert nait["random_mean"] == pytest.approx(1.4) and nait["random_std"] == pytest.approx(0.2)  # sample std
+    assert nait["full_value"] == 0.9 and nait["delta_vs_random"] == pytest.approx(-0.4)
+    assert nait["higher_is_better"] is False and rows[("nait:math", "gsm8k_exact_match")]["higher_is_better"]
+    assert (nait["selection_seconds"], nait["selection_tokens"], nait["n_items"]) == (120.0, 50_000, 24)
+    random_row = rows[("random", "gsm8k_exact_match")]
+    assert random_row["runs"] == 3 and random_row["mean"] == pytest.approx(0.25 / 3)
+    assert random_row["std"] == pytest.approx(float(np.std([0.0, 0.125, 0.125], ddof=1)))
+    assert random_row["train_seconds"] == pytest.approx(22.0)
+    assert rows[("full", "answer_nll")]["std"] is None  # one run: no spread to report
+    assert random_row["subset_versions"] == "random-all-0,random-all-1,random-all-2"
+
+
+def test_report_and_plot_show_every_method(tmp_path):
+    table = cmp.compare("t", RUNS, EVALS)
+    report = cmp.report_markdown(table)
+    lines = report.splitlines()
+    assert lines[0].startswith("| method | math gsm8k_exact_match | math answer_nll ↓ |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| nait:math", "| random", "| full"]
+    assert "| 1.400 ± 0.200 |" in lines[3] and "| 120 | 50000 | 30 |" in lines[2]
+    png = cmp.plot(table, tmp_path / "comparison.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_evaluation_or_a_non_finite_value_is_an_error():
+    with pytest.raises(ValueError, match=r"no evaluation for subset version\(s\) \['full-all-x'\]"):
+        cmp.compare("t", RUNS, [e for e in EVALS if e["subset_version"] != "full-all-x"])
+    broken = [dict(e, value=math.nan) if e["subset_version"] == "random-all-1" else e for e in EVALS]
+    with pytest.raises(ValueError, match="random-all-1 has a non-finite"):
+        cmp.compare("t", RUNS, broken)
+
+
+def test_compared_versions_follow_the_budget_seeds_and_pool_version(tmp_path):
+    layout = LakeLayout(tmp_path)
+    model = {"model_id": "m", "template_hash": "t"}
+    ids = [f"p-{i}" for i in range(20)]
+
+    def subset(method, capability, params, pool="v1"):
+        return write_subset(layout, method=method, capability=capability, ids=ids, scores=None, chosen=[0, 1],
+                            budget_ratio=params.get("budget_ratio", 1.0), params=params, pool_version=pool,
+                            model=model)["subset_version"]
+
+    wanted = {subset("nait", "math", {"budget_ratio": 0.1}), subset("nait", "all", {"budget_ratio": 0.1}),
+              subset("random", "all", {"budget_ratio": 0.1, "seed": 0}),
+              subset("random", "all", {"budget_ratio": 0.1, "seed": 1}), subset("full", "all", {"budget_ratio": 1.0})}
+    subset("random", "all", {"budget_ratio": 0.1, "seed": 7})  # seed outside the protocol
+    subset("nait", "code", {"budget_ratio": 0.2})  # another budget
+    subset("nait", "knowledge", {"budget_ratio": 0.1}, pool="v0")  # an older pool version
+    assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))) == wanted
+
+
+def test_protocol_inputs_link_only_its_pool_and_the_targets(shared_data, tmp_path):
+    chosen = protocol.get_protocol("cpu-2k")
+    inputs = protocol.prepare_inputs(chosen, shared_data, tmp_path / "input")
+    assert [p.name for p in (inputs / "pools").iterdir()] == ["alpaca_cleaned.parquet"]
+    assert (inputs / "targets" / "gsm8k.parquet").exists()
+    assert protocol.prepare_inputs(chosen, shared_data, tmp_path / "input") == inputs  # idempotent
+    (inputs / "pools" / "other.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="other.jsonl"):
+        protocol.prepare_inputs(chosen, shared_data, tmp_path / "input")
+    with pytest.raises(KeyError, match="unknown protocol 'nope'"):
+        protocol.get_protocol("nope")
