@@ -96,6 +96,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     same parameters are kept, so a killed run resumes where it stopped."""
     import json
     import time
+    from datetime import datetime, timezone
 
     from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
     from nait_pipeline.defs.resources import pipeline_resource_from_env
@@ -111,12 +112,18 @@ def cmd_protocol(args: argparse.Namespace) -> None:
                       DAGSTER_HOME=str(store / "dagster_home"))
     settings = Settings.from_env()
     layout = LakeLayout(settings.lake_dir)
+    # Each invocation's stage times are kept (a resumed protocol adds one), written after every stage.
+    record_path = store / "protocol_run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
     stages: dict[str, float] = {}
+    record["protocol"] = chosen.as_dict()
+    record["invocations"].append({"started_at": datetime.now(timezone.utc).isoformat(), "stage_seconds": stages})
 
     def stage(name: str, steps, config: dict | None = None) -> None:
         started = time.perf_counter()
         run_steps(steps, {"ops": config} if config else None)
-        stages[name] = stages.get(name, 0.0) + round(time.perf_counter() - started, 1)
+        stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - started, 1)
+        write_json(record, record_path)
 
     print(f"protocol {chosen.name}: store {store}", flush=True)
     stage("pool_and_targets", [(["base_model", "it_pool"], None)])
@@ -145,8 +152,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     stage("compare", [(["comparison"], None)], {"comparison": {"config": {
         "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds)}}})
     stage("compare", [(["warehouse"], None)])
-    write_json({"protocol": chosen.as_dict(), "subset_versions": versions, "stage_seconds_this_invocation": stages},
-               store / "protocol_run.json")
+    record["subset_versions"] = versions
+    write_json(record, record_path)
     print(json.dumps(stages, indent=2))
     print(f"done: see {layout.comparison(chosen.name).with_suffix('.md')}; "
           f"query: NAIT_STORE_DIR={store} nait-pipeline query protocol_comparison --param protocol={chosen.name}")

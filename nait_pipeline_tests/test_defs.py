@@ -17,7 +17,8 @@ def test_asset_graph_and_partitions():
     graph = definitions.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
-                    "target_activations", "capability_directions", "nait_scores", "nait_subsets", "random_subsets", "finetuned_model", "evaluation"}
+                    "target_activations", "capability_directions", "nait_scores", "nait_subsets", "random_subsets",
+                    "finetuned_model", "evaluation", "comparison"}
     assert graph.get(dg.AssetKey("pool_activations")).partitions_def.name == "pool_shards"
     assert {s.name for s in definitions.sensors} == {"new_pool_files", "unfeaturized_pool_shards"}
     assert {s.name for s in definitions.schedules} == {"nightly_refresh"}
