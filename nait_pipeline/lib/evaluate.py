@@ -113,8 +113,6 @@ def choose_generation_backend(requested: str = "auto") -> str:
 class TransformersGenerator:
     """Greedy generation with the already-loaded model (CPU or GPU)."""
 
-    backend = "transformers"
-
     def __init__(self, model, template: ChatTemplate):
         self.model, self.template = model, template
 
@@ -125,8 +123,6 @@ class TransformersGenerator:
 class VllmGenerator:
     """Greedy generation with vLLM on the GPU, fed the same token ids as the transformers path
     (the chat template is rendered by the pipeline, not by vLLM), stopping at the template's EOS."""
-
-    backend = "vllm"
 
     def __init__(self, model_dir, template: ChatTemplate, gpu_memory_utilization: float = 0.4, seed: int = 0):
         from vllm import LLM
