@@ -85,6 +85,10 @@ def test_compared_versions_follow_the_budget_seeds_and_pool_version(tmp_path):
     subset("nait", "code", {"budget_ratio": 0.2})  # another budget
     subset("nait", "knowledge", {"budget_ratio": 0.1}, pool="v0")  # an older pool version
     assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))) == wanted
+    newer_math = subset("nait", "math", {"budget_ratio": 0.1, "aggregation": "zscore"})
+    assert newer_math in protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))  # latest created
+    older_math = next(v for v in wanted if v.startswith("nait-math-"))
+    assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1), preferred=[older_math])) == wanted
 
 
 def test_protocol_inputs_link_only_its_pool_and_the_targets(shared_data, tmp_path):

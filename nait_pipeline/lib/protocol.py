@@ -86,10 +86,15 @@ def prepare_inputs(protocol: Protocol, data_dir: Path, input_dir: Path) -> Path:
 
 
 def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio: float,
-                             random_seeds: Sequence[int]) -> list[str]:
+                             random_seeds: Sequence[int], preferred: Sequence[str] = ()) -> list[str]:
     """The subset versions a comparison covers, all on ``pool_version``: NAIT per capability and
-    all-capability at ``budget_ratio`` (the latest of each), random at that budget for each seed, and
-    the full pool."""
+    all-capability at ``budget_ratio``, random at that budget for each seed, and the full pool.
+
+    Where several versions fill one slot (NAIT math selected with two aggregations, say), a version in
+    ``preferred`` wins (the caller passes what the pipeline selected last); otherwise the most recently
+    created one does, since a version's lineage keeps the time it was first made.
+    """
+    preferred = set(preferred)
     chosen: dict[tuple, tuple] = {}
     for path in sorted(layout.lineage_dir.glob("*.parquet")):
         if path.name.startswith("_"):
@@ -108,6 +113,7 @@ def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio
                 key = ("nait", row["capability"])
             else:
                 continue
-            if key not in chosen or row["created_at"] > chosen[key][0]:
-                chosen[key] = (row["created_at"], row["subset_version"])
+            rank = (row["subset_version"] in preferred, row["created_at"])
+            if key not in chosen or rank > chosen[key][0]:
+                chosen[key] = (rank, row["subset_version"])
     return sorted(version for _, version in chosen.values())

@@ -161,22 +161,35 @@ class ComparisonConfig(dg.Config):
     random_seeds: list[int] = [0, 1, 2]
 
 
+def _latest_subset_versions(instance: dg.DagsterInstance) -> list[str]:
+    """The versions the last materializations of the subset assets wrote: what the pipeline holds now."""
+    versions = []
+    for asset in ("nait_subsets", "random_subsets"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is not None and event.asset_materialization is not None:
+            written = event.asset_materialization.metadata["subset_versions"].value
+            versions += written.values() if isinstance(written, dict) else written
+    return versions
+
+
 @dg.asset(
     group_name="loop",
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",
     deps=[dg.AssetDep("evaluation", partition_mapping=dg.AllPartitionMapping())],
 )
 def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
                pipeline: PipelineResource) -> dg.MaterializeResult:
     """Every method against random (mean ± std over seeds) and the full pool, per capability and metric,
     with each method's selection cost (wall time, tokens through the model) and training cost beside
-    its quality. Covers the current pool version's NAIT subsets at the configured budget, the random
-    subsets of the configured seeds and the full pool; rows land in the `comparisons` view, with a
+    its quality. Covers the current pool version's NAIT subsets at the configured budget (those the
+    last nait_subsets run wrote, where a capability has several), the random subsets of the configured
+    seeds and the full pool; rows land in the `comparisons` view, with a
     markdown report and a plot beside the Parquet file."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds)
+    versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
+                                        preferred=_latest_subset_versions(context.instance))
     evaluated = [v for v in versions if layout.evaluation(v).exists()]
     not_evaluated = sorted(set(versions) - set(evaluated))
     if not evaluated:
