@@ -184,8 +184,8 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
     with each method's selection cost (wall time, tokens through the model) and training cost beside
     its quality. Covers the current pool version's NAIT subsets at the configured budget (those the
     last nait_subsets run wrote, where a capability has several), the random subsets of the configured
-    seeds and the full pool; rows land in the `comparisons` view, with a
-    markdown report and a plot beside the Parquet file."""
+    seeds and the full pool; rows land in the `comparisons` view, with a markdown report and a plot
+    beside the Parquet file."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
