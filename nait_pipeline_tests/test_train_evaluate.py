@@ -38,6 +38,7 @@ def test_lora_training_learns_the_subset_and_saves_a_plain_model(model_dir, rows
     assert result.steps == 5 and result.losses[-1] < result.losses[0] * 0.8
     record = json.loads((tmp_path / "lora" / "nait_training.json").read_text())
     assert record["config"]["mode"] == "lora" and record["examples"] == 4
+    assert record["config"] == config.as_dict()  # read back equal: how a resumed protocol knows it is done
     tuned = model_io.load_causal_lm(tmp_path / "lora")  # merged: loads without peft
     model, template = base
     before = evaluate.answer_nll(model, template, as_qa(rows))

@@ -38,7 +38,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The config as lineage records it (JSON types: lists, not tuples), so a config read back from
+        a finetune record compares equal to the one that wrote it."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
