@@ -97,11 +97,13 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
         if any(other.get(k) != metadata.get(k) for k in key):
             raise ValueError(f"{path} was made with another model, template or featurizer than {paths[0]}")
         tables.append(pq.read_table(path, columns=["example_id", *vectors, *scalars]))
-    table = pa.concat_tables(tables)
+    # Vectors are flattened per file: stores written before vectors became fixed-size lists hold
+    # variable-size lists, which Arrow will not concatenate with the newer ones.
+    table = pa.concat_tables([t.drop_columns(list(vectors)) for t in tables])
     n_layers, width = int(metadata["num_layers"]), int(metadata["hidden_size"])
     out_vectors = {}
     for name in vectors:
-        flat = _to_float32(table.column(name).combine_chunks().flatten())
+        flat = np.concatenate([_to_float32(t.column(name).combine_chunks().flatten()) for t in tables])
         shape = (len(table), width) if name == "rds_embedding" else (len(table), n_layers, width)
         out_vectors[name] = flat.reshape(shape)
     return StoredFeatures(
