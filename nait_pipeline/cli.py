@@ -7,13 +7,26 @@ import os
 import sys
 from pathlib import Path
 
-from nait_pipeline.lib.settings import CAPABILITIES, PROJECT_ROOT, Settings
+from nait_pipeline.lib.settings import PROJECT_ROOT, Settings
 
-FOUNDATION_STEPS: list[tuple[list[str], list[str] | None]] = [
-    (["base_model", "it_pool"], None),
-    (["target_sets", "target_test_sets"], list(CAPABILITIES)),
-    (["warehouse"], None),
-]
+
+def capabilities(settings: Settings) -> list[str]:
+    """Register (as Dagster partitions) and return every capability the targets folder defines."""
+    from nait_pipeline.defs.partitions import register_capabilities
+
+    return register_capabilities(_instance(), settings.data_dir / "targets")
+
+
+def foundation_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
+    return [
+        (["base_model", "it_pool"], None),
+        (["target_sets", "target_test_sets"], capabilities(settings)),
+        (["warehouse"], None),
+    ]
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given."""
 
 
 def _instance():
@@ -36,36 +49,62 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
 
     from nait_pipeline.defs.resources import pipeline_resource_from_env
 
+    from nait_pipeline.defs.recovery import recover_dead_runs
+
     assets = _all_assets()
     instance = _instance()
+    for item in recover_dead_runs(instance):
+        print(f"==> recovered run {item.run_id}: {item.reason}", flush=True)
     resources = {"pipeline": pipeline_resource_from_env()}
     for selection, partition_keys in steps:
+        # Each step gets the config of its own assets only: Dagster refuses config for ops not in the run.
+        ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in selection}
         for key in partition_keys or [None]:
             label = f"{', '.join(selection)}" + (f" [{key}]" if key else "")
             print(f"==> materializing {label}", flush=True)
             result = dg.materialize(assets, selection=selection, partition_key=key, instance=instance,
-                                    resources=resources, run_config=run_config or {}, raise_on_error=False)
+                                    resources=resources, run_config={"ops": ops} if ops else {}, raise_on_error=False)
             if not result.success:
                 raise SystemExit(f"materialization of {label} failed (run {result.run_id}); see the log above")
 
 
-def nait_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
-    """NAIT over every shard of the current pool (shards already featurized are reused, not recomputed)."""
+def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
+    """The forward store over every shard of the current pool and every target set (shards already
+    featurized are reused, not recomputed), and NAIT's capability directions."""
     from nait_pipeline.lib.layout import LakeLayout
 
     shards = LakeLayout(settings.lake_dir).kept_shards()
     return [
         (["pool_activations"], shards),
-        (["target_activations", "capability_directions", "nait_scores"], list(CAPABILITIES)),
-        (["nait_subsets"], None),
+        (["target_activations", "capability_directions"], capabilities(settings)),
     ]
 
 
+def method_steps(settings: Settings, methods: list[str]) -> list[tuple[list[str], list[str] | None]]:
+    """Scores (once per scorer, per capability where it needs targets), then each method's subsets."""
+    from nait_pipeline.lib.methods import get_method
+
+    chosen = [get_method(name) for name in methods]
+    scorers = {m.scorer.name: m.scorer for m in chosen if m.scorer is not None}
+    targeted = [f"{s.name}_scores" for s in scorers.values() if s.targeted]
+    pooled = [f"{s.name}_scores" for s in scorers.values() if not s.targeted]
+    steps: list[tuple[list[str], list[str] | None]] = []
+    if targeted:
+        steps.append((targeted, capabilities(settings)))
+    if pooled:
+        steps.append((pooled, None))
+    steps.append(([f"{m.name}_subsets" for m in chosen], None))
+    return steps
+
+
 def cmd_materialize(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.methods import METHODS
+
     settings = Settings.from_env()
-    run_steps(FOUNDATION_STEPS)
+    run_steps(foundation_steps(settings))
     if args.stage == "all":
-        run_steps(nait_steps(settings))
+        run_steps(feature_steps(settings))
+        run_steps(method_steps(settings, args.methods or list(METHODS)))
     print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
 
 
@@ -127,16 +166,22 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
     print(f"protocol {chosen.name}: store {store}", flush=True)
     stage("pool_and_targets", [(["base_model", "it_pool"], None)])
-    stage("pool_and_targets", [(["target_sets", "target_test_sets"], list(CAPABILITIES))],
+    stage("pool_and_targets", [(["target_sets", "target_test_sets"], capabilities(settings))],
           {"target_sets": {"config": {"size": chosen.target_size}}})
-    stage("nait_selection", nait_steps(settings)[:-1])
-    stage("nait_selection", [(["nait_subsets"], None)],
-          {"nait_subsets": {"config": {"budget_ratio": chosen.budget_ratio}}})
-    stage("random_and_full", [(["random_subsets"], None)],
-          {"random_subsets": {"config": {"budget_ratio": chosen.budget_ratio, "seeds": list(chosen.random_seeds)}}})
+    from nait_pipeline.lib.methods import get_method
+
+    stage("features", feature_steps(settings))
+    subset_config = {}
+    for name in chosen.methods:
+        fields = get_method(name).params.__dataclass_fields__
+        subset_config[f"{name}_subsets"] = {"config": {
+            **({"budget_ratio": chosen.budget_ratio} if "budget_ratio" in fields else {}),
+            **({"seeds": list(chosen.random_seeds)} if "seeds" in fields else {})}}
+    stage("selection", method_steps(settings, list(chosen.methods)), subset_config)
 
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds)
+    versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,
+                                              chosen.methods)
     train_params = FineTuneConfig(**chosen.train).train_config().as_dict()
     resource = pipeline_resource_from_env()
     for version in versions:
@@ -150,7 +195,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
             stage("evaluate", [(["evaluation"], [version])],
                   {"evaluation": {"config": EvaluationConfig(**chosen.evaluation).model_dump()}})
     stage("compare", [(["comparison"], None)], {"comparison": {"config": {
-        "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds)}}})
+        "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds),
+        "methods": list(chosen.methods)}}})
     stage("compare", [(["warehouse"], None)])
     record["subset_versions"] = versions
     write_json(record, record_path)
@@ -162,6 +208,9 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 def cmd_query(args: argparse.Namespace) -> None:
     from nait_pipeline.lib import sql
 
+    malformed = [item for item in args.param if "=" not in item]
+    if malformed:
+        raise UsageError(f"--param takes NAME=VALUE, got {malformed[0]!r}")
     params = dict(item.split("=", 1) for item in args.param)
     table = sql.run_query(Settings.from_env().warehouse_path, args.name, params or None)
     import polars as pl
@@ -174,7 +223,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.audit import export_subset
     from nait_pipeline.lib.layout import LakeLayout
 
-    count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out))
+    count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out),
+                          allow_changed=args.allow_changed)
     print(f"wrote {count} examples of {args.subset_version} to {args.out} ({args.format})")
 
 
@@ -182,15 +232,48 @@ def cmd_dump(args: argparse.Namespace) -> None:
     import json
 
     from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.audit import dump_nait_selection
+    from nait_pipeline.lib.audit import dump_selection
     from nait_pipeline.lib.layout import LakeLayout
     from nait_pipeline.lib.template import ChatTemplate
 
     layout = LakeLayout(Settings.from_env().lake_dir)
     model = json.loads(layout.model_record.read_text())
     template = ChatTemplate(model_io.load_tokenizer(Path(model["path"])))
-    manifest = dump_nait_selection(layout, args.subset_version, Path(args.out), template)
+    manifest = dump_selection(layout, args.subset_version, Path(args.out), template)
     print(f"wrote {manifest} and the files it lists")
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    from nait_pipeline.defs.recovery import recover_dead_runs
+
+    recovered = recover_dead_runs(_instance())
+    for item in recovered:
+        print(f"{item.run_id}: {item.reason}")
+    print(f"done: {len(recovered)} run(s) recovered" if recovered else "no dead runs, no stuck slots")
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.feature_store import migrate_store_file
+
+    lake = Settings.from_env().lake_dir
+    files = sorted(p for folder in ("pool_activations", "target_activations")
+                   for p in (lake / "features" / folder).glob("*.parquet") if not p.name.startswith("_"))
+    migrated = 0
+    for index, path in enumerate(files, start=1):
+        changed = migrate_store_file(path)
+        migrated += changed
+        print(f"[{index}/{len(files)}] {path.name}: {'rewritten' if changed else 'already current'}", flush=True)
+    print(f"done: {migrated} of {len(files)} feature file(s) rewritten in the binary vector layout")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.methods import METHODS
+
+    for method in METHODS.values():
+        scorer = method.scorer
+        features = "none" if scorer is None else ", ".join((*scorer.pool_vectors, *scorer.pool_scalars))
+        print(f"{method.name:<18} features: {features}\n{'':<18} policy: {method.policy}\n"
+              f"{'':<18} source: {method.source}")
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
@@ -207,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
 
     materialize = commands.add_parser("materialize", help="materialize the pipeline on the configured data and model")
     materialize.add_argument("--stage", choices=["foundation", "all"], default="all",
-                             help="foundation: model, pool, targets, warehouse; all: also NAIT (default)")
+                             help="foundation: model, pool, targets, warehouse; all: also features and every "
+                                  "method's scores and subsets (default)")
+    materialize.add_argument("--methods", nargs="+", metavar="METHOD",
+                             help="registered methods to select with (default: all; see `nait-pipeline methods`)")
     materialize.set_defaults(func=cmd_materialize)
 
     protocol = commands.add_parser("protocol", help="run a comparison protocol end to end in its own store")
@@ -221,6 +307,17 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--limit", type=int, default=25, help="rows to print")
     query.set_defaults(func=cmd_query)
 
+    recover = commands.add_parser("recover", help="mark runs whose process died as failed and free their "
+                                                  "concurrency slots (also done before every materialization)")
+    recover.set_defaults(func=cmd_recover)
+
+    migrate = commands.add_parser("migrate-store", help="rewrite feature files of earlier versions in the "
+                                                        "fast binary vector layout (same values)")
+    migrate.set_defaults(func=cmd_migrate_store)
+
+    methods = commands.add_parser("methods", help="list the registered selection methods")
+    methods.set_defaults(func=cmd_methods)
+
     subsets = commands.add_parser("subsets", help="list subset versions with their lineage")
     subsets.set_defaults(func=cmd_subsets)
 
@@ -228,15 +325,29 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("subset_version")
     export.add_argument("--format", choices=["alpaca", "chat", "parquet"], default="alpaca")
     export.add_argument("--out", required=True, help="output file (.jsonl or .parquet)")
+    export.add_argument("--allow-changed", action="store_true",
+                        help="export even if selected rows changed text since the selection (their current text)")
     export.set_defaults(func=cmd_export)
 
-    dump = commands.add_parser("dump", help="dump the arrays a NAIT selection consumed and produced, with a manifest")
+    dump = commands.add_parser("dump", help="dump the arrays a selection consumed and produced, with a manifest")
     dump.add_argument("subset_version")
     dump.add_argument("--out", required=True, help="output folder")
     dump.set_defaults(func=cmd_dump)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except Exception as exc:
+        expected = (UsageError, ValueError, KeyError, FileNotFoundError, FileExistsError)
+        if not isinstance(exc, expected) and not type(exc).__module__.startswith(("duckdb", "_duckdb")):
+            raise
+        # Expected failures (bad input, a missing asset, a usage error) get one line, not a traceback;
+        # NAIT_DEBUG=1 shows the traceback.
+        if os.environ.get("NAIT_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"nait-pipeline {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

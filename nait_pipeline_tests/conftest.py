@@ -10,6 +10,8 @@ import pytest
 from nait_pipeline.lib.settings import PROJECT_ROOT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never read a developer's nait_settings.toml: an empty settings file, defaults and env vars only.
+os.environ["NAIT_SETTINGS"] = os.devnull
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
+from nait_pipeline.defs.partitions import register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import sql
 from nait_pipeline.lib.settings import CAPABILITIES
@@ -31,6 +32,7 @@ def materialization(result, key):
 def test_foundation_end_to_end(shared_data, model_dir, store_dir):
     resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store_dir), model=str(model_dir))
     with dg.instance_for_test() as instance:
+        assert register_capabilities(instance, shared_data / "targets") == list(CAPABILITIES)
         first = materialize(instance, resource, ["base_model", "it_pool"])
         model_meta = materialization(first, "base_model").metadata
         assert model_meta["num_layers"].value == 30 and model_meta["hidden_size"].value == 576

@@ -11,21 +11,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from nait_pipeline.defs.assets import features as features_module
-from nait_pipeline.defs.assets.baselines import random_subsets
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
 from nait_pipeline.defs.assets.loop import comparison, evaluation, finetuned_model
 from nait_pipeline.defs.assets.model import base_model
-from nait_pipeline.defs.assets.nait import capability_directions, nait_scores, nait_subsets
+from nait_pipeline.defs.assets.methods import score_assets, subset_assets
+from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
+from nait_pipeline.defs.partitions import register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import sql
 from nait_pipeline.lib.layout import LakeLayout
 from nait_pipeline.lib.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
-          capability_directions, nait_scores, nait_subsets, random_subsets, finetuned_model, evaluation, comparison]
+          capability_directions, *score_assets, *subset_assets, finetuned_model, evaluation, comparison]
 SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
 
 
@@ -47,6 +48,7 @@ def pipeline(shared_data, model_dir, tmp_path_factory):
     resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=6)
     layout = LakeLayout(store / "lake")
     with dg.instance_for_test() as instance:
+        register_capabilities(instance, shared_data / "targets")
         run(instance, resource, ["base_model", "it_pool"])
         for capability in CAPABILITIES:
             run(instance, resource, ["target_sets", "target_test_sets"], capability, SMALL)
@@ -211,16 +213,16 @@ def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
 
 def test_random_subsets_and_full_pool_reference(pipeline):
     instance, resource, layout, _ = pipeline
-    first = run(instance, resource, ["random_subsets"])
+    first = run(instance, resource, ["random_subsets", "full_subsets"])
     again = run(instance, resource, ["random_subsets"])
     versions = first.asset_materializations_for_node("random_subsets")[0].metadata["subset_versions"].value
     assert versions == again.asset_materializations_for_node("random_subsets")[0].metadata["subset_versions"].value
-    selected = {v: set(pq.read_table(layout.subset(v)).column("example_id").to_pylist()) for v in versions}
-    random_sets = [selected[v] for v in versions if v.startswith("random-")]
-    assert len(random_sets) == 3 and all(len(s) == 3 for s in random_sets)
+    assert list(versions) == ["all/seed=0", "all/seed=1", "all/seed=2"]
+    random_sets = [set(pq.read_table(layout.subset(v)).column("example_id").to_pylist()) for v in versions.values()]
+    assert all(len(s) == 3 for s in random_sets)
     assert len({frozenset(s) for s in random_sets}) > 1  # seeds differ
-    full = [v for v in versions if v.startswith("full-")]
-    assert len(full) == 1 and len(selected[full[0]]) == 24
+    full = first.asset_materializations_for_node("full_subsets")[0].metadata["subset_versions"].value["all"]
+    assert pq.read_table(layout.subset(full)).num_rows == 24
 
 
 def train_and_evaluate(instance, resource, version):
@@ -257,9 +259,10 @@ def test_comparison_sets_a_method_against_random_and_the_full_pool(pipeline):
     current = run(instance, resource, ["nait_subsets"]).asset_materializations_for_node("nait_subsets")[0]
     nait_math = current.metadata["subset_versions"].value["math"]
     assert nait_math == first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value["math"]
-    references = run(instance, resource, ["random_subsets"]).asset_materializations_for_node("random_subsets")[0]
-    versions = references.metadata["subset_versions"].value  # random seeds 0, 1, 2, then the full pool
-    random_0, full = versions[0], versions[-1]
+    references = run(instance, resource, ["random_subsets", "full_subsets"])
+    random_0 = references.asset_materializations_for_node("random_subsets")[0].metadata["subset_versions"].value[
+        "all/seed=0"]
+    full = references.asset_materializations_for_node("full_subsets")[0].metadata["subset_versions"].value["all"]
     for version in (random_0, full) if layout.evaluation(nait_math).exists() else (random_0, full, nait_math):
         train_and_evaluate(instance, resource, version)
     result = run(instance, resource, ["comparison"], None,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 import pyarrow as pa
 
 from nait_pipeline.defs.automation import new_pool_files, unfeaturized_pool_shards
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib.feature_store import shard_input_version
 from nait_pipeline.lib.ingest import POOL_SCHEMA
 from nait_pipeline.lib.lake import write_parquet
 from nait_pipeline.lib.layout import LakeLayout
@@ -38,10 +40,75 @@ def test_shard_sensor_requests_only_unfeaturized_shards(tmp_path):
                  input="", output="a", content_hash=str(i), status="kept", duplicate_of=None, shard=f"p-000{i}")
             for i in range(3)]
     write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples, {"pool_version": "v1"})
-    layout.pool_activations("p-0000").parent.mkdir(parents=True)
-    layout.pool_activations("p-0000").write_bytes(b"done")
+    # p-0000 is featurized from the rows the pool holds; p-0001 from an earlier text of its row.
+    write_parquet(pa.table({"example_id": ["p-0"]}), layout.pool_activations("p-0000"),
+                  {"input_version": shard_input_version(["p-0"], ["0"])})
+    write_parquet(pa.table({"example_id": ["p-1"]}), layout.pool_activations("p-0001"),
+                  {"input_version": shard_input_version(["p-1"], ["text before the rewrite"])})
     with dg.instance_for_test() as instance:
         result = unfeaturized_pool_shards(dg.build_sensor_context(instance=instance,
                                                                    resources={"pipeline": resource(tmp_path)}))
     assert [r.partition_key for r in result.run_requests] == ["p-0001", "p-0002"]
     assert [r.run_key for r in result.run_requests] == ["v1:p-0001", "v1:p-0002"]
+
+
+def test_pool_sensor_stays_quiet_when_the_lake_holds_these_files(tmp_path):
+    """A fresh `dagster dev` over a store the set-up built must not re-ingest (and replace) its pool."""
+    from nait_pipeline.lib.watch import pool_folder_fingerprint
+
+    pools = tmp_path / "data" / "pools"
+    pools.mkdir(parents=True)
+    (pools / "a.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    layout = LakeLayout(tmp_path / "store" / "lake")
+    write_parquet(POOL_SCHEMA.empty_table(), layout.pool_examples,
+                  {"pool_version": "v1", "folder_fingerprint": pool_folder_fingerprint(pools)})
+    quiet = new_pool_files(dg.build_sensor_context(resources={"pipeline": resource(tmp_path)}))
+    assert isinstance(quiet, dg.SkipReason) and "ingested from these files" in str(quiet.skip_message)
+
+
+def test_target_sensor_registers_dropped_capabilities_and_reports_bad_files(tmp_path):
+    from nait_pipeline.defs.automation import new_target_files
+
+    targets_dir = tmp_path / "data" / "targets"
+    targets_dir.mkdir(parents=True)
+    (targets_dir / "legal.jsonl").write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+    res = {"pipeline": resource(tmp_path)}
+    with dg.instance_for_test() as instance:
+        first = new_target_files(dg.build_sensor_context(instance=instance, resources=res))
+        assert instance.get_dynamic_partitions("capabilities") == ["legal"]
+        assert [r.partition_key for r in first.run_requests] == ["legal"]
+        (targets_dir / "Bad Name.jsonl").write_text("{}\n")
+        bad = new_target_files(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=res))
+        assert isinstance(bad, dg.SkipReason) and "Bad Name.jsonl" in str(bad.skip_message)
+        (targets_dir / "Bad Name.jsonl").unlink()
+        (targets_dir / "legal.jsonl").write_text(json.dumps({"prompt": "p2", "answer": "a2"}) + "\n")
+        rewritten = new_target_files(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=res))
+        assert [r.partition_key for r in rewritten.run_requests] == ["legal"]
+
+
+def test_automation_that_starts_hours_of_work_is_off_by_default():
+    from nait_pipeline.defs.automation import nightly_refresh
+
+    assert unfeaturized_pool_shards.default_status == dg.DefaultSensorStatus.STOPPED
+    assert nightly_refresh.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):
+    from nait_pipeline.lib.settings import PROJECT_ROOT, Settings
+
+    settings_file = tmp_path / "nait_settings.toml"
+    settings_file.write_text('data_dir = "../shared/data"\npool_sample = 100\n'
+                             '[automation]\nfeaturize_new_shards = true\n')
+    monkeypatch.setenv("NAIT_SETTINGS", str(settings_file))
+    for name in ("NAIT_DATA_DIR", "NAIT_STORE_DIR", "NAIT_MODEL", "NAIT_POOL_SAMPLE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert settings.data_dir == (PROJECT_ROOT / "../shared/data").resolve() and settings.pool_sample == 100
+    assert settings.featurize_new_shards and settings.max_shards_per_tick == 4
+    monkeypatch.setenv("NAIT_POOL_SAMPLE", "")  # empty: the whole pool, whatever the file says
+    assert Settings.from_env().pool_sample is None
+    monkeypatch.setenv("NAIT_POOL_SAMPLE", "7")
+    assert Settings.from_env().pool_sample == 7
+    settings_file.write_text("pool_sampel = 3\n")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['pool_sampel'\]"):
+        Settings.from_env()

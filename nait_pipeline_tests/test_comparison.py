@@ -68,27 +68,39 @@ def test_a_missing_evaluation_or_a_non_finite_value_is_an_error():
         cmp.compare("t", RUNS, broken)
 
 
-def test_compared_versions_follow_the_budget_seeds_and_pool_version(tmp_path):
+def test_compared_versions_come_from_the_current_subsets_table(tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from nait_pipeline.lib.contract import CURRENT_SUBSETS_SCHEMA
+    from nait_pipeline.lib.lake import write_parquet
+
     layout = LakeLayout(tmp_path)
-    model = {"model_id": "m", "template_hash": "t"}
-    ids = [f"p-{i}" for i in range(20)]
+    now = datetime.now(timezone.utc)
 
-    def subset(method, capability, params, pool="v1"):
-        return write_subset(layout, method=method, capability=capability, ids=ids, scores=None, chosen=[0, 1],
-                            budget_ratio=params.get("budget_ratio", 1.0), params=params, pool_version=pool,
-                            model=model)["subset_version"]
+    def current(method, rows):
+        write_parquet(pa.Table.from_pylist([dict(method=method, capability=c, slot=slot, budget_ratio=r,
+                                                 subset_version=v, pool_version=pool, selected_at=now)
+                                            for c, slot, r, v, pool in rows], schema=CURRENT_SUBSETS_SCHEMA),
+                      layout.current_subsets(method))
 
-    wanted = {subset("nait", "math", {"budget_ratio": 0.1}), subset("nait", "all", {"budget_ratio": 0.1}),
-              subset("random", "all", {"budget_ratio": 0.1, "seed": 0}),
-              subset("random", "all", {"budget_ratio": 0.1, "seed": 1}), subset("full", "all", {"budget_ratio": 1.0})}
-    subset("random", "all", {"budget_ratio": 0.1, "seed": 7})  # seed outside the protocol
-    subset("nait", "code", {"budget_ratio": 0.2})  # another budget
-    subset("nait", "knowledge", {"budget_ratio": 0.1}, pool="v0")  # an older pool version
+    current("nait", [("math", "", 0.1, "nait-math-a", "v1"), ("all", "", 0.1, "nait-all-a", "v1")])
+    current("random", [("all", "seed=0", 0.1, "random-all-0", "v1"), ("all", "seed=1", 0.1, "random-all-1", "v1"),
+                       ("all", "seed=7", 0.1, "random-all-7", "v1")])  # seed 7 is outside the comparison
+    current("length", [("all", "", 0.2, "length-all-b", "v1")])  # another budget
+    current("rds_top_b", [("math", "", 0.1, "rds-math-old", "v0")])  # an older pool version
+    current("full", [("all", "", 1.0, "full-all-a", "v1")])
+    wanted = {"nait-math-a", "nait-all-a", "random-all-0", "random-all-1", "full-all-a"}
     assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))) == wanted
-    newer_math = subset("nait", "math", {"budget_ratio": 0.1, "aggregation": "zscore"})
-    assert newer_math in protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))  # latest created
-    older_math = next(v for v in wanted if v.startswith("nait-math-"))
-    assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1), preferred=[older_math])) == wanted
+    # 0.1 computed another way still matches the budget recorded as 0.1.
+    assert set(protocol.compared_subset_versions(layout, "v1", 0.3 / 3, (0, 1))) == wanted
+    assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1), methods=["nait", "full"])) == \
+        {"nait-math-a", "nait-all-a", "full-all-a"}
+    # A new selection replaces the slot: the table, not creation times, says what is current.
+    current("nait", [("math", "", 0.1, "nait-math-zscore", "v1"), ("all", "", 0.1, "nait-all-a", "v1")])
+    assert "nait-math-zscore" in protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))
+    assert "nait-math-a" not in protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))
 
 
 def test_protocol_inputs_link_only_its_pool_and_the_targets(shared_data, tmp_path):

@@ -9,21 +9,26 @@ import sys
 import dagster as dg
 
 from nait_pipeline.definitions import defs
-from nait_pipeline.lib.settings import CAPABILITIES, PROJECT_ROOT
+from nait_pipeline.lib.settings import PROJECT_ROOT
 
 
 def test_asset_graph_and_partitions():
     definitions = defs()
     graph = definitions.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    from nait_pipeline.lib.methods import METHODS, scorers
+
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
-                    "target_activations", "capability_directions", "nait_scores", "nait_subsets", "random_subsets",
-                    "finetuned_model", "evaluation", "comparison"}
+                    "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
+                    *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}
+    assert {"nait_scores", "rds_scores", "perplexity_scores", "length_scores", "nait_subsets", "random_subsets",
+            "full_subsets", "random_balanced_subsets"} <= keys
     assert graph.get(dg.AssetKey("pool_activations")).partitions_def.name == "pool_shards"
-    assert {s.name for s in definitions.sensors} == {"new_pool_files", "unfeaturized_pool_shards"}
+    assert {s.name for s in definitions.sensors} == {"new_pool_files", "new_target_files", "unfeaturized_pool_shards",
+                                                    "dead_run_reaper"}
     assert {s.name for s in definitions.schedules} == {"nightly_refresh"}
     target_sets = graph.get(dg.AssetKey("target_sets"))
-    assert list(target_sets.partitions_def.get_partition_keys()) == list(CAPABILITIES)
+    assert target_sets.partitions_def.name == "capabilities"  # dynamic: registered as target files appear
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.code_version, f"{key} has no code_version"

@@ -108,3 +108,34 @@ def test_batches_respect_the_token_budget():
     assert sorted(i for b in batches for i in b) == list(range(5))
     assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches)
     assert batches[0] == [1, 3]  # longest first, ties by position
+
+
+def test_stores_of_the_list_layout_are_read_and_migrated_with_the_same_values(tmp_path):
+    import pyarrow as pa
+
+    from nait_pipeline.lib.feature_store import PoolStore, migrate_store_file
+    from nait_pipeline.lib.lake import read_metadata, write_parquet
+
+    rng = np.random.default_rng(0)
+    features = fz.Features(layer_mean=rng.normal(size=(3, 2, 4)).astype(np.float32),
+                           first_token=rng.normal(size=(3, 2, 4)).astype(np.float32), last_token=None,
+                           rds_embedding=rng.normal(size=(3, 4)).astype(np.float32),
+                           response_loss=np.ones(3), n_tokens=np.full(3, 5, np.int32),
+                           n_response_tokens=np.full(3, 2, np.int32), full_length=np.full(3, 5, np.int32),
+                           truncated=np.zeros(3, bool))
+    current = write_features(tmp_path / "new.parquet", ["a", "b", "c"], features, {"model_id": "m"})
+    # The layout earlier versions wrote: float16 fixed-size lists.
+    half = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(3, -1).astype(np.float16).ravel()), 8)  # noqa: E731
+    table = pq.read_table(current).replace_schema_metadata(None)
+    table = table.set_column(table.schema.get_field_index("layer_mean"), "layer_mean", half(features.layer_mean))
+    table = table.set_column(table.schema.get_field_index("first_token"), "first_token", half(features.first_token))
+    meta = {k: v for k, v in read_metadata(current).items() if k != "vector_dtypes"}
+    old = write_parquet(table, tmp_path / "old.parquet", meta)
+    expected = features.layer_mean.astype(np.float16).astype(np.float32)
+    both = read_features([old, current], vectors=("layer_mean",)).vectors["layer_mean"]
+    np.testing.assert_array_equal(both[:3], expected)
+    np.testing.assert_array_equal(both[3:], expected)
+    assert migrate_store_file(old) and not migrate_store_file(old)
+    assert pa.types.is_fixed_size_binary(pq.read_schema(old).field("layer_mean").type)
+    blocks = list(PoolStore([old]).blocks("first_token"))
+    np.testing.assert_array_equal(blocks[0].astype(np.float32), features.first_token.astype(np.float16).astype(np.float32))

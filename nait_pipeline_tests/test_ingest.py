@@ -147,3 +147,52 @@ def test_shared_pools_accounting_and_known_quarantine(shared_data):
         if r["status"] == "duplicate":
             by_pool[r["pool"]] = by_pool.get(r["pool"], 0) + 1
     assert by_pool == {"code_alpaca_2k": 1, "dolly_alpagasus_3k": 18, "flan_cot": 1}
+
+
+def test_jsonl_edge_cases_bom_blank_lines_and_raw_of_bad_lines(tmp_path):
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row()).encode() + b"\n\n\n" +
+                     b'{"instruction": "broken"\n' + json.dumps(row(instruction="Later")).encode() + b"\n")
+    result = ingest.ingest_pools([path])
+    # The byte-order mark does not cost the first line; row indexes are the file's real lines (0-based).
+    assert [(r["example_id"], r["row_index"]) for r in result.pool_rows] == [("edge-000000", 0), ("edge-000004", 4)]
+    (bad,) = result.quarantine_rows
+    assert bad["row_index"] == 3 and bad["raw"] == '{"instruction": "broken"' and bad["example_id"] == "edge-000003"
+
+
+def test_a_file_rewritten_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "busy.jsonl", [row()])
+    real_read = Path.read_bytes
+
+    def read_then_rewrite(self):
+        data = real_read(self)
+        write_jsonl(self, [row(), row(instruction="appended by a writer")])  # a copy in progress
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_rewrite)
+    with pytest.raises(ingest.PoolFileError, match="busy.jsonl: the file changed while it was being read"):
+        ingest.read_snapshot(path, pause_s=0.0)
+
+
+def test_a_file_that_settles_is_read_whole(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "settling.jsonl", [row()])
+    real_read = Path.read_bytes
+    calls = []
+
+    def rewrite_once(self):
+        data = real_read(self)
+        if not calls:
+            write_jsonl(self, [row(), row(instruction="second")])
+        calls.append(1)
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", rewrite_once)
+    data = ingest.read_snapshot(path, pause_s=0.0)
+    assert len(calls) == 2 and data.count(b"\n") == 2
+
+
+def test_unsupported_files_in_the_pools_folder_are_named(tmp_path):
+    write_jsonl(tmp_path / "ok.jsonl", [row()])
+    (tmp_path / "rows.csv").write_text("instruction,output\nx,y\n")
+    (tmp_path / ".hidden").write_text("")
+    assert ingest.unsupported_pool_files(tmp_path) == ["rows.csv"]

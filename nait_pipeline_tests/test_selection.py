@@ -59,3 +59,56 @@ def test_seeded_random_is_uniform_reproducible_and_order_free():
         for i in selection.seeded_random(ids, 20, seed):
             counts[ids[i]] += 1
     assert min(counts.values()) >= 10 and max(counts.values()) <= 55
+
+
+def test_round_robin_drops_an_already_taken_item_for_that_round():
+    # Worked by hand. Query A ranks [0, 1, 2, 3], query B ranks [0, 2, 1, 3].
+    # Round 1: A pops 0 (taken); B pops 0, already taken: dropped, B gives nothing this round.
+    # Round 2: A pops 1; B pops 2.  Round 3: A pops 2 (taken by B: dropped); B pops 1 (dropped).
+    # Round 4: A pops 3.
+    orders = [np.array([0, 1, 2, 3]), np.array([0, 2, 1, 3])]
+    assert selection.round_robin(orders, 4) == [0, 1, 2, 3]
+    assert selection.round_robin(orders, 3) == [0, 1, 2]
+    # A "skip to the next untaken" reading would give B item 2 in round 1: [0, 2, 1]. The official one does not.
+    assert selection.round_robin(orders, 2) == [0, 1]
+
+
+def test_round_robin_stops_when_every_list_is_exhausted():
+    assert selection.round_robin([np.array([1]), np.array([1])], 5) == [1]
+
+
+def test_column_orders_break_score_ties_by_id():
+    ids = ["c", "a", "b"]
+    matrix = np.array([[0.5, 0.1], [0.5, 0.9], [0.2, 0.9]])  # column 0: c and a tie; column 1: a and b tie
+    orders = selection.column_orders(ids, matrix)
+    assert [ids[i] for i in orders[0]] == ["a", "c", "b"]
+    assert [ids[i] for i in orders[1]] == ["a", "b", "c"]
+    # Round 1: column 0 pops a; column 1 pops a, taken, dropped. Round 2: column 0 pops c, column 1 pops b.
+    assert [ids[i] for i in selection.round_robin(orders, 2)] == ["a", "c"]
+    assert [ids[i] for i in selection.round_robin(orders, 3)] == ["a", "c", "b"]
+
+
+def test_perplexity_bands_top_middle_bottom():
+    ids = [f"x{i}" for i in range(7)]
+    scores = np.array([7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])  # descending already: x0 highest
+    assert selection.band(ids, scores, 3, "top") == [0, 1, 2]
+    assert selection.band(ids, scores, 3, "bottom") == [6, 5, 4]
+    assert selection.band(ids, scores, 3, "middle") == [2, 3, 4]  # start floor((7 - 3) / 2) = 2
+    assert selection.band(ids, scores, 2, "middle") == [2, 3]  # start floor(5 / 2) = 2
+    with pytest.raises(ValueError, match="band must be one of"):
+        selection.band(ids, scores, 2, "upper")
+
+
+def test_balanced_random_gives_each_source_its_share():
+    ids = [f"r{i:03d}" for i in range(30)]
+    groups = ["big"] * 24 + ["mid"] * 4 + ["tiny"] * 2
+    chosen = selection.balanced_random(ids, groups, 9, seed=0)
+    counts = {g: sum(groups[i] == g for i in chosen) for g in set(groups)}
+    # 9 over 3 sources is 3 each; tiny has only 2, so its missing one goes to the others (big or mid).
+    assert counts["tiny"] == 2 and counts["big"] + counts["mid"] == 7 and min(counts["big"], counts["mid"]) >= 3
+    assert len(set(chosen)) == 9
+    assert selection.balanced_random(ids, groups, 9, seed=0) == chosen
+    assert selection.balanced_random(ids, groups, 9, seed=1) != chosen
+    reordered = list(reversed(range(30)))
+    again = selection.balanced_random([ids[i] for i in reordered], [groups[i] for i in reordered], 9, seed=0)
+    assert sorted(ids[reordered[i]] for i in again) == sorted(ids[i] for i in chosen)

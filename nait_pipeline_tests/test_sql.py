@@ -60,3 +60,23 @@ def test_rebuild_while_an_analyst_is_connected(tmp_path):
 def test_unknown_query_name_is_a_clear_error():
     with pytest.raises(KeyError, match="no query named 'nope'"):
         sql.load_query("nope")
+
+
+def test_a_stale_write_ahead_log_does_not_break_the_rebuild(tmp_path):
+    """A read-write session killed before its checkpoint leaves warehouse.duckdb.wal behind; replayed
+    onto the rebuilt file, its DROP VIEW would take a contract view away from every reader."""
+    import subprocess
+    import sys
+
+    lake = tmp_path / "lake"
+    small_lake(lake)
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, lake)
+    script = ("import duckdb, os; con = duckdb.connect(r'%s'); con.execute(\"SET checkpoint_threshold='1GB'\"); "
+              "con.execute('DROP VIEW subsets'); con.execute('CREATE TABLE scratch AS SELECT range AS x FROM range(1000)'); os._exit(9)") % db
+    subprocess.run([sys.executable, "-c", script], check=False)
+    assert (tmp_path / "warehouse.duckdb.wal").exists()
+    sql.build_warehouse(db, lake)
+    sql.build_warehouse(db, lake)
+    with sql.connect_read_only(db) as con:
+        assert con.execute("SELECT count(*) FROM subsets").fetchone()[0] == 0

@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# Install everything and materialize the pipeline (foundation + NAIT) on the embedded default model.
+# Install everything and materialize the pipeline (foundation + every method) on the embedded model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export NAIT_DATA_DIR="${NAIT_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+# One settings file for the CLI, `dagster dev`, the sensors: written once, edit it to change them.
+# A seeded 100 rows per pool keeps the first run near 15 minutes on 2 CPU cores; remove the
+# pool_sample line (or run with NAIT_POOL_SAMPLE= ) for the whole pool.
+if [ ! -f nait_settings.toml ]; then
+  sample="${NAIT_POOL_SAMPLE-100}"
+  if [ -n "$sample" ]; then sample_line="pool_sample = $sample"; else sample_line="# pool_sample = 100"; fi
+  cat > nait_settings.toml <<TOML
+# nait_pipeline settings (see README, "Configuration"); environment variables override them.
+data_dir = "${NAIT_DATA_DIR:-../shared/data}"
+store_dir = "data/store"
+$sample_line
+
+[automation]
+# Featurize new pool shards as soon as they land (hours of CPU on a whole pool).
+featurize_new_shards = false
+max_shards_per_tick = 4
+TOML
+  echo "wrote nait_settings.toml"
+fi
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
-# A seeded 100 rows per pool keeps the first run near 10 minutes on 2 CPU cores; set
-# NAIT_POOL_SAMPLE= (empty) for the whole pool.
-export NAIT_POOL_SAMPLE="${NAIT_POOL_SAMPLE-100}"
 .venv/bin/nait-pipeline materialize
 .venv/bin/nait-pipeline query pool_accounting
 .venv/bin/nait-pipeline query top_subset_examples --param method=nait --param capability=math --param k=20

@@ -1,36 +1,91 @@
-"""Refresh when new data lands: a sensor on the pool folder, a sensor for shards not featurized yet,
-and a nightly schedule that re-ingests the pool and rebuilds the warehouse."""
+"""Refresh when new data lands. Nothing here starts work by itself on a fresh `dagster dev`:
+
+- `new_pool_files` (running) re-ingests the pool only when the pool folder differs from what the lake's
+  pool was ingested from (seconds of work);
+- `new_target_files` (running) registers capabilities dropped in the targets folder and builds their
+  target sets (seconds);
+- `unfeaturized_pool_shards` (stopped unless the settings file says `[automation]
+  featurize_new_shards = true`: a whole pool is hours of CPU) featurizes shards that have no
+  activations yet, at most `max_shards_per_tick` per evaluation, so only new rows go through the model;
+- schedule `nightly_refresh` (stopped by default) re-ingests the pool and rebuilds the warehouse.
+"""
+
+import json
 
 import dagster as dg
 
-from nait_pipeline.defs.partitions import pool_shard_partitions
+from nait_pipeline.defs.partitions import pool_shard_partitions, register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.lake import read_metadata
 from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.watch import pool_folder_fingerprint, unfeaturized_shards
+from nait_pipeline.lib.settings import Settings
+from nait_pipeline.lib.targets import TargetFileError, user_capabilities
+from nait_pipeline.lib.watch import (ingested_fingerprint, pool_folder_fingerprint, target_file_fingerprints,
+                                     unfeaturized_shards)
 
 ingest_job = dg.define_asset_job("ingest_pool", selection=dg.AssetSelection.assets("it_pool"))
 featurize_job = dg.define_asset_job("featurize_shard", selection=dg.AssetSelection.assets("pool_activations"))
+target_job = dg.define_asset_job("build_target_sets",
+                                 selection=dg.AssetSelection.assets("target_sets", "target_test_sets"))
 refresh_job = dg.define_asset_job("nightly_refresh", selection=dg.AssetSelection.assets("it_pool", "warehouse"))
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    """Re-ingest the pool when a file in `$NAIT_DATA_DIR/pools` is added, removed or rewritten."""
-    fingerprint = pool_folder_fingerprint(pipeline.settings.data_dir / "pools")
+    """Re-ingest the pool when the files in `$NAIT_DATA_DIR/pools` differ from those the lake's pool was
+    ingested from (a file added, removed or rewritten)."""
+    settings = pipeline.settings
+    fingerprint = pool_folder_fingerprint(settings.data_dir / "pools")
     if not fingerprint:
-        return dg.SkipReason(f"no pool folder at {pipeline.settings.data_dir / 'pools'}")
+        return dg.SkipReason(f"no pool folder at {settings.data_dir / 'pools'}")
+    if fingerprint == ingested_fingerprint(LakeLayout(settings.lake_dir)):
+        return dg.SkipReason("the lake's pool was ingested from these files")
     if fingerprint == context.cursor:
-        return dg.SkipReason("pool files unchanged")
+        return dg.SkipReason("an ingest of these files was already requested")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint)], cursor=fingerprint)
 
 
-@dg.sensor(job=featurize_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=target_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+    """Register capabilities defined by files in `$NAIT_DATA_DIR/targets` and build the target sets of
+    those that are new, or whose file was rewritten. A file that cannot be used is reported by name;
+    the others keep working."""
+    settings = pipeline.settings
+    targets_dir = settings.data_dir / "targets"
+    try:
+        names = register_capabilities(context.instance, targets_dir)
+        user = user_capabilities(targets_dir)
+    except (TargetFileError, FileNotFoundError) as exc:
+        return dg.SkipReason(f"targets folder not usable: {exc}")
+    layout = LakeLayout(settings.lake_dir)
+    seen = json.loads(context.cursor) if context.cursor else {}
+    current = target_file_fingerprints(targets_dir)
+    requests = []
+    for name in names:
+        files = [user[name].file.name] + ([user[name].test_file.name] if user[name].test_file else []) \
+            if name in user else []
+        changed = seen and any(seen.get(f) != current.get(f) for f in files)
+        if not layout.target_selection(name).exists() or changed:
+            requests.append(dg.RunRequest(run_key=f"{name}:{[current.get(f) for f in files]}", partition_key=name))
+    if not requests:
+        return dg.SensorResult(skip_reason=dg.SkipReason("every capability has its target set"),
+                               cursor=json.dumps(current))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(current))
+
+
+_SETTINGS = Settings.from_env()
+
+
+@dg.sensor(job=featurize_job, minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING if _SETTINGS.featurize_new_shards
+           else dg.DefaultSensorStatus.STOPPED)
 def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    """Featurize the shards of the current pool that have no activations yet, so only new rows run
-    through the model. Run keys carry the pool version: each shard is requested once per version."""
+    """Featurize the shards of the current pool that have no activations yet (or activations of other
+    texts), so only new rows run through the model. Stopped by default: on a whole pool this is hours
+    of CPU; at most `max_shards_per_tick` shards per evaluation. Run keys carry the pool version: each
+    shard is requested once per version."""
     layout = LakeLayout(pipeline.settings.lake_dir)
-    missing = unfeaturized_shards(layout)
+    missing = unfeaturized_shards(layout)[: _SETTINGS.max_shards_per_tick]
     if not missing:
         return dg.SkipReason("every shard of the current pool is featurized")
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
@@ -41,4 +96,4 @@ def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: Pipe
 
 
 nightly_refresh = dg.ScheduleDefinition(name="nightly_refresh", job=refresh_job, cron_schedule="0 2 * * *",
-                                        default_status=dg.DefaultScheduleStatus.RUNNING)
+                                        default_status=dg.DefaultScheduleStatus.STOPPED)

@@ -32,3 +32,21 @@ def embedded_png(path: Path, title: str) -> dg.MarkdownMetadataValue:
     """A PNG file shown inline in the Dagster UI."""
     encoded = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def histogram_plot(values, title: str, xlabel: str, destination: Path, bins: int = 40) -> dg.MarkdownMetadataValue:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 2.6), dpi=90)
+    axis.hist(values, bins=bins, color="#4f6db8")
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("examples")
+    figure.tight_layout()
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return embedded_png(destination, title)

@@ -7,40 +7,65 @@ selection can be re-run or audited with NumPy alone, outside the pipeline.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.feature_store import read_features
 from nait_pipeline.lib.lake import atomic_path, read_metadata, write_json, write_parquet
 from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.settings import CAPABILITIES
 from nait_pipeline.lib.template import user_message
 
 EXPORT_FORMATS = ("alpaca", "chat", "parquet")
 
 
-def subset_rows(layout: LakeLayout, subset_version: str) -> pa.Table:
-    """The subset's rows in rank order, joined with their pool text."""
+SUBSET_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ChangedSubsetError(ValueError):
+    """The pool no longer holds a subset's rows as they were when it was selected."""
+
+
+def subset_rows(layout: LakeLayout, subset_version: str, allow_changed: bool = False) -> pa.Table:
+    """The subset's rows in rank order, joined with their pool text.
+
+    Refuses (:class:`ChangedSubsetError`) when a selected row left the pool or its text changed since
+    the selection, unless ``allow_changed``: an older version must never go out with newer texts."""
+    if not SUBSET_NAME.match(subset_version) or subset_version.startswith("."):
+        raise ValueError(f"{subset_version!r} is not a subset version name (letters, digits, '-', '_', '.')")
     path = layout.subset(subset_version)
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.parquet") if not p.name.startswith("_"))
         raise FileNotFoundError(f"no subset {subset_version!r}; available: {available}")
     subset = pq.read_table(path).sort_by("rank")
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output", "source"])
+    if "content_hash" not in subset.column_names:  # written before content hashes were recorded
+        subset = subset.append_column("content_hash", pa.nulls(len(subset), pa.string()))
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output", "source",
+                                                       "content_hash", "status"], filters=[("status", "=", "kept")])
+    pool = pool.drop_columns(["status"]).rename_columns(
+        ["example_id", "instruction", "input", "output", "source", "pool_content_hash"])
     joined = subset.join(pool, "example_id", join_type="left outer").sort_by("rank")
-    missing = pc.sum(pc.is_null(joined["instruction"])).as_py()
-    if missing:
-        raise ValueError(f"{missing} selected example(s) of {subset_version} are no longer in the pool table")
-    return joined
+    rows = joined.select(["example_id", "instruction", "content_hash", "pool_content_hash"]).to_pylist()
+    gone = [r["example_id"] for r in rows if r["instruction"] is None]
+    changed = [r["example_id"] for r in rows if r["instruction"] is not None and r["content_hash"] is not None
+               and r["content_hash"] != r["pool_content_hash"]]
+    if gone:
+        raise ChangedSubsetError(f"{len(gone)} selected example(s) of {subset_version} are no longer in the pool, "
+                                 f"e.g. {gone[:5]}: select again on the current pool")
+    if changed and not allow_changed:
+        raise ChangedSubsetError(
+            f"{len(changed)} selected example(s) of {subset_version} changed text since the selection, e.g. "
+            f"{changed[:5]}: select again on the current pool (or export anyway with --allow-changed)")
+    return joined.drop_columns(["pool_content_hash"])
 
 
-def export_subset(layout: LakeLayout, subset_version: str, fmt: str, destination: Path) -> int:
+def export_subset(layout: LakeLayout, subset_version: str, fmt: str, destination: Path,
+                  allow_changed: bool = False) -> int:
     """Write the subset as Alpaca JSONL, chat-messages JSONL or Parquet; returns the row count."""
-    rows = subset_rows(layout, subset_version)
+    rows = subset_rows(layout, subset_version, allow_changed)
     if fmt == "parquet":
         write_parquet(rows.select(["rank", "example_id", "score", "source", "instruction", "input", "output"]),
                       destination, {"subset_version": subset_version})
@@ -89,7 +114,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
     if lineage["method"] != "nait":
         raise ValueError(f"{subset_version} was made by {lineage['method']!r}; dump supports NAIT subsets")
     params = json.loads(lineage["params_json"])
-    capabilities = list(CAPABILITIES) if lineage["capability"] == "all" else [lineage["capability"]]
+    capabilities = list(params["score_versions"])
     dump = _Dump(out_dir)
 
     for capability in capabilities:
@@ -156,6 +181,74 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
             "for capability 'all' with merge 'zsum': sum over capabilities of (score_c - mean) / std; "
             "rank by descending score, ties by ascending id; keep the first ceil(budget_ratio * N)."
         ),
+        "files": dump.files,
+    }
+    return write_json(manifest, out_dir / "manifest.json")
+
+
+def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, template) -> Path:
+    """Dump what any registered method's subset consumed and produced, with a manifest.
+
+    NAIT subsets get :func:`dump_nait_selection`. Every other method gets: the pool ids in score order,
+    the stored features its scorer read (``pool_<name>.npy``), per capability the scores, the in-domain
+    ids and features, the [N, m] score matrix where the scorer keeps one, pool sources for balanced
+    random, the selected ids in rank order, and the method's recipe."""
+    from nait_pipeline.lib.methods import get_method
+    from nait_pipeline.lib.methods.base import pool_groups, read_pool_store
+
+    if not layout.lineage(subset_version).exists():
+        raise FileNotFoundError(f"no lineage for subset {subset_version!r}: see `nait-pipeline subsets`")
+    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    if lineage["method"] == "nait":
+        return dump_nait_selection(layout, subset_version, out_dir, template)
+    method = get_method(lineage["method"])
+    params = json.loads(lineage["params_json"])
+    scorer = method.scorer
+    dump = _Dump(out_dir)
+    subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
+    if scorer is None:
+        kept = pq.read_table(layout.pool_examples, columns=["example_id"], filters=[("status", "=", "kept")])
+        pool_ids = sorted(kept.column("example_id").to_pylist())
+        dump.json("pool_ids.json", pool_ids, "kept pool ids, sorted: the list the seeded draw ranks")
+        dump.json("pool_sources.json", pool_groups(layout, pool_ids), "pool source of each id (balanced random)")
+    else:
+        versions = params.get("score_versions") or {}
+        for capability, version in versions.items():
+            current = read_metadata(layout.scores(scorer.name, capability))["score_version"]
+            if current != version:
+                raise ValueError(f"{subset_version} was selected from {capability} score version {version}, but "
+                                 f"the lake now holds {current}: dump a subset made from the current scores")
+        store, _ = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars)
+        dump.json("pool_ids.json", store.ids, "pool example ids; row i of every pool array is this id")
+        stored = {**{name: store.vector(name) for name in scorer.pool_vectors}, **store.scalars}
+        for name, values in stored.items():
+            dump.array(f"pool_{name}.npy", np.asarray(values), f"{name} of every pool example, from the store")
+        for capability in versions:
+            table = pq.read_table(layout.scores(scorer.name, capability), columns=["example_id", "score"])
+            if table.column("example_id").to_pylist() != store.ids:
+                raise ValueError(f"{scorer.name} scores for {capability} no longer match the pool store")
+            dump.array(f"scores_{capability}.npy", table.column("score").to_numpy(zero_copy_only=False),
+                       f"[N] {scorer.name} score per pool example for {capability} (NaN: no score defined)")
+            matrix_path = layout.score_matrix(scorer.name, capability)
+            if matrix_path.exists():
+                with np.load(matrix_path) as stored:
+                    dump.array(f"score_matrix_{capability}.npy", stored["matrix"],
+                               f"[N, m] score of each pool example against each {capability} in-domain example "
+                               "(transpose for a queries-by-pool layout)")
+                    dump.json(f"target_ids_{capability}.json", stored["target_ids"].tolist(),
+                              f"the m in-domain ids of {capability}, column order of the score matrix")
+            if scorer.targeted:
+                target = read_features([layout.target_activations(capability)], vectors=scorer.pool_vectors)
+                for name, values in target.vectors.items():
+                    dump.array(f"target_{name}_{capability}.npy", values,
+                               f"{name} of the {capability} in-domain examples (target_ids order)")
+    dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
+    manifest = {
+        "subset_version": subset_version,
+        "method": method.name,
+        "lineage": {k: str(v) for k, v in lineage.items()},
+        "params": params,
+        "recipe": method.recipe,
         "files": dump.files,
     }
     return write_json(manifest, out_dir / "manifest.json")

@@ -9,6 +9,7 @@ records (featurization stats of the shards and target sets it used, scoring time
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,34 +21,14 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.lib.lake import atomic_path, read_metadata
 from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.contract import COMPARISON_SCHEMA
+from nait_pipeline.lib.settings import CAPABILITIES as BUILT_IN
 
 # The measure a reader looks at first for each capability; answer NLL is reported for all of them.
 HEADLINE_METRIC = {"math": "gsm8k_exact_match", "code": "mbpp_pass@1", "reasoning": "bbh_exact_match",
                    "knowledge": "mmlu_accuracy", "multilingual": "answer_nll"}
 LOWER_IS_BETTER = {"answer_nll"}
 
-COMPARISON_SCHEMA = pa.schema([
-    ("comparison", pa.string()),
-    ("method", pa.string()),
-    ("eval_capability", pa.string()),
-    ("metric", pa.string()),
-    ("higher_is_better", pa.bool_()),
-    ("runs", pa.int64()),
-    ("mean", pa.float64()),
-    ("std", pa.float64()),
-    ("n_items", pa.int64()),
-    ("random_mean", pa.float64()),
-    ("random_std", pa.float64()),
-    ("full_value", pa.float64()),
-    ("delta_vs_random", pa.float64()),
-    ("n_selected", pa.int64()),
-    ("selection_seconds", pa.float64()),
-    ("selection_tokens", pa.int64()),
-    ("train_seconds", pa.float64()),
-    ("train_tokens", pa.int64()),
-    ("subset_versions", pa.string()),
-])
 
 
 @dataclass(frozen=True)
@@ -64,7 +45,13 @@ class Run:
 
 
 def method_label(method: str, capability: str) -> str:
-    return method if method in ("random", "full") else f"{method}:{capability}"
+    """``nait:math`` for a subset chosen for one capability; the method alone for a subset chosen for
+    every capability by a method that has no per-capability subsets (random, full, length, perplexity)."""
+    from nait_pipeline.lib.methods import METHODS
+
+    registered = METHODS.get(method)
+    untargeted = registered is not None and (registered.scorer is None or not registered.scorer.targeted)
+    return method if untargeted and capability == "all" else f"{method}:{capability}"
 
 
 def _featurization_stats(paths: Sequence[Path]) -> tuple[float, int]:
@@ -78,19 +65,25 @@ def _featurization_stats(paths: Sequence[Path]) -> tuple[float, int]:
     return seconds, tokens
 
 
-def selection_cost(layout: LakeLayout, method: str, capability: str) -> tuple[float, int]:
-    """(seconds, tokens) a subset's selection took. NAIT pays for the pool's activations (shared by
-    every capability: one store serves them all, so each NAIT row reports the whole of it), its target
-    sets' activations and scoring; random and full selection cost nothing measurable."""
-    if method in ("random", "full"):
+def selection_cost(layout: LakeLayout, method: str, score_versions: dict[str, str]) -> tuple[float, int]:
+    """(seconds, tokens) a subset's selection took, from the lake's own records. A method with a scorer
+    pays for the pool's forward store (shared by every method and capability: one store serves them
+    all, so each row reports the whole of it), the in-domain sets' activations of the capabilities it
+    scored (``score_versions``' keys, from lineage) and its scoring time; random and full cost nothing."""
+    from nait_pipeline.lib.methods import METHODS
+
+    scorer = METHODS[method].scorer if method in METHODS else None
+    if method not in METHODS:
+        raise ValueError(f"no selection cost rule for method {method!r}: it is not registered")
+    if scorer is None:
         return 0.0, 0
-    if method != "nait":
-        raise ValueError(f"no selection cost rule for method {method!r}")
-    capabilities = list(CAPABILITIES) if capability == "all" else [capability]
+    capabilities = sorted(score_versions)
     seconds, tokens = _featurization_stats([layout.pool_activations(s) for s in layout.kept_shards()])
-    target_seconds, target_tokens = _featurization_stats([layout.target_activations(c) for c in capabilities])
-    scoring = sum(float(read_metadata(layout.scores(method, c)).get("seconds", 0.0)) for c in capabilities)
-    return seconds + target_seconds + scoring, tokens + target_tokens
+    if scorer.targeted:
+        target_seconds, target_tokens = _featurization_stats([layout.target_activations(c) for c in capabilities])
+        seconds, tokens = seconds + target_seconds, tokens + target_tokens
+    scoring = sum(float(read_metadata(layout.scores(scorer.name, c)).get("seconds", 0.0)) for c in capabilities)
+    return seconds + scoring, tokens
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -150,13 +143,20 @@ def _method_order(methods: set[str]) -> list[str]:
     return nait + [m for m in ("random", "full") if m in methods]
 
 
+def _capabilities(rows: list[dict]) -> list[str]:
+    """Evaluated capabilities: the built-in ones in their usual order, then the user's by name."""
+    present = {r["eval_capability"] for r in rows}
+    return [c for c in BUILT_IN if c in present] + sorted(present - set(BUILT_IN))
+
+
 def report_markdown(table: pa.Table) -> str:
     """The result table a person reads: headline metric and answer NLL per capability for each method
     (random as mean ± std over seeds), then each method's selection and training cost."""
     rows = table.to_pylist()
     cell = {(r["method"], r["eval_capability"], r["metric"]): r for r in rows}
     methods = _method_order({r["method"] for r in rows})
-    columns = [(c, m) for c in CAPABILITIES for m in dict.fromkeys([HEADLINE_METRIC[c], "answer_nll"])
+    columns = [(c, m) for c in _capabilities(rows) for m in dict.fromkeys([HEADLINE_METRIC.get(c, "answer_nll"),
+                                                                          "answer_nll"])
                if any(k[1:] == (c, m) for k in cell)]
 
     def fmt(record: dict | None) -> str:
@@ -187,9 +187,10 @@ def plot(table: pa.Table, destination: Path) -> Path:
 
     rows = table.to_pylist()
     methods = [m for m in _method_order({r["method"] for r in rows}) if m not in ("random", "full")]
-    figure, axes = plt.subplots(2, len(CAPABILITIES), figsize=(3.2 * len(CAPABILITIES), 6), dpi=90, squeeze=False)
-    for column, capability in enumerate(CAPABILITIES):
-        for row_index, metric in enumerate(["answer_nll", HEADLINE_METRIC[capability]]):
+    shown = _capabilities(rows)
+    figure, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 6), dpi=90, squeeze=False)
+    for column, capability in enumerate(shown):
+        for row_index, metric in enumerate(["answer_nll", HEADLINE_METRIC.get(capability, "answer_nll")]):
             axis = axes[row_index][column]
             found = {r["method"]: r for r in rows if r["eval_capability"] == capability and r["metric"] == metric}
             if not found or (row_index == 1 and metric == "answer_nll"):
@@ -204,7 +205,7 @@ def plot(table: pa.Table, destination: Path) -> Path:
             if reference["full_value"] is not None:
                 axis.axhline(reference["full_value"], color="#c0392b", linestyle="--", linewidth=1, label="full pool")
             xs = [m for m in methods if m in found]
-            axis.plot(range(len(xs)), [found[m]["mean"] for m in xs], "o", color="#4f6db8", label="NAIT")
+            axis.plot(range(len(xs)), [found[m]["mean"] for m in xs], "o", color="#4f6db8", label="method")
             axis.set_xticks(range(len(xs)), [m.split(":")[-1] for m in xs], rotation=45, fontsize=7)
             axis.set_title(f"{capability}: {metric}{' (lower is better)' if metric in LOWER_IS_BETTER else ''}",
                            fontsize=8)
@@ -229,7 +230,8 @@ def load_runs(layout: LakeLayout, versions: Sequence[str]) -> list[Run]:
         if not train_path.exists():
             raise FileNotFoundError(f"{version} has no fine-tuning record: materialize finetuned_model[{version}]")
         train = pq.read_table(train_path).to_pylist()[0]
-        seconds, tokens = selection_cost(layout, lineage["method"], lineage["capability"])
+        params = json.loads(lineage["params_json"])
+        seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
         runs.append(Run(subset_version=version, method=method_label(lineage["method"], lineage["capability"]),
                         n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,
                         train_seconds=train["seconds"], train_tokens=train["tokens"]))

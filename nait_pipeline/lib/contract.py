@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from nait_pipeline.lib.comparison import COMPARISON_SCHEMA
 from nait_pipeline.lib.feature_store import EMPTY_SCHEMA as FEATURES_SCHEMA
 from nait_pipeline.lib.lake import write_parquet
 from nait_pipeline.lib.targets import TARGET_SCHEMA
@@ -35,6 +34,7 @@ SUBSETS_SCHEMA = pa.schema(
         ("rank", pa.int64()),
         ("example_id", pa.string()),
         ("score", pa.float64()),
+        ("content_hash", pa.string()),  # the row's text hash when selected: exports refuse changed rows
     ]
 )
 LINEAGE_SCHEMA = pa.schema(
@@ -50,6 +50,19 @@ LINEAGE_SCHEMA = pa.schema(
         ("n_selected", pa.int64()),
         ("selected_ids_sha256", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+# One row per slot (method, capability, slot such as "seed=0"): the subset version that the last
+# selection of the method wrote there. Comparisons and protocols read what the pipeline holds now here.
+CURRENT_SUBSETS_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),
+        ("capability", pa.string()),
+        ("slot", pa.string()),
+        ("budget_ratio", pa.float64()),
+        ("subset_version", pa.string()),
+        ("pool_version", pa.string()),
+        ("selected_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 FINETUNE_SCHEMA = pa.schema(
@@ -76,7 +89,29 @@ EVALUATIONS_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+COMPARISON_SCHEMA = pa.schema([
+    ("comparison", pa.string()),
+    ("method", pa.string()),
+    ("eval_capability", pa.string()),
+    ("metric", pa.string()),
+    ("higher_is_better", pa.bool_()),
+    ("runs", pa.int64()),
+    ("mean", pa.float64()),
+    ("std", pa.float64()),
+    ("n_items", pa.int64()),
+    ("random_mean", pa.float64()),
+    ("random_std", pa.float64()),
+    ("full_value", pa.float64()),
+    ("delta_vs_random", pa.float64()),
+    ("n_selected", pa.int64()),
+    ("selection_seconds", pa.float64()),
+    ("selection_tokens", pa.int64()),
+    ("train_seconds", pa.float64()),
+    ("train_tokens", pa.int64()),
+    ("subset_versions", pa.string()),
+])
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
+                   "current_subsets": CURRENT_SUBSETS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.

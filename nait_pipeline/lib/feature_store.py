@@ -1,14 +1,19 @@
 """The activation store: per-example forward features as Parquet files in the lake.
 
-One file per pool shard (or per capability for target sets). Vectors are flattened
-``[layer, dim]`` lists; they are stored as float16 when every value fits (halving the store), else
-float32. The file's metadata records the model id, template hash, featurizer spec and layer list,
-so a store is only reused with the model and rendering that made it.
+One file per pool shard (or per capability for target sets). The per-layer vectors (``layer_mean``,
+``first_token``, ``last_token``: ``[layer, dim]`` flattened) are stored as one fixed-size binary value
+per row, uncompressed, float16 when every value fits (else float32, recorded in the file metadata
+under ``vector_dtypes``): Parquet then reads them as one contiguous buffer at memory speed, where a
+list column costs a repetition and definition level per value (17,280 per row here). The small
+``rds_embedding`` stays a float32 list so SQL can use it. Stores written by earlier versions (list
+columns) are still read. The file's metadata records the model id, template hash, featurizer spec and
+layer list, so a store is only reused with the model and rendering that made it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.featurize import Features
+from nait_pipeline.lib.hashing import sha256_lines
 from nait_pipeline.lib.lake import read_metadata, write_parquet
 
 FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
@@ -31,29 +37,49 @@ EMPTY_SCHEMA = pa.schema(
         ("full_length", pa.int32()),
         ("truncated", pa.bool_()),
         ("response_loss", pa.float64()),
-        ("layer_mean", pa.list_(pa.float32())),
-        ("first_token", pa.list_(pa.float32())),
+        ("layer_mean", pa.binary()),
+        ("first_token", pa.binary()),
         ("rds_embedding", pa.list_(pa.float32())),
     ]
 )
 
 
-def _vector_array(values: np.ndarray, allow_half: bool = True) -> pa.Array:
-    """Fixed-size lists: Parquet decodes them about twice as fast as variable lists; DuckDB reads FLOAT[]."""
+BINARY_VECTORS = ("layer_mean", "first_token", "last_token")
+
+
+def _vector_array(values: np.ndarray) -> pa.Array:
+    """A float32 fixed-size list (DuckDB reads it as FLOAT[])."""
+    flat = values.reshape(len(values), -1).astype(np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+
+
+def _binary_vectors(values: np.ndarray) -> tuple[pa.Array, str]:
+    """One fixed-size binary value per row: float16 when every value fits, else float32."""
     flat = values.reshape(len(values), -1)
-    dtype = np.float16 if allow_half and np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.astype(dtype).ravel()), flat.shape[1])
+    dtype = np.float16 if np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
+    raw = np.ascontiguousarray(flat.astype(dtype))
+    width = raw.shape[1] * raw.itemsize
+    array = pa.Array.from_buffers(pa.binary(width), len(raw), [None, pa.py_buffer(raw.tobytes())])
+    return array, np.dtype(dtype).name
 
 
-def _to_float32(values: pa.Array) -> np.ndarray:
-    import torch
+def _binary_to_numpy(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
+    """[n, values per row] view of a fixed-size binary column (no copy when it is one chunk)."""
+    array = column.combine_chunks()
+    width = array.type.byte_width
+    data = array.buffers()[1]
+    raw = np.frombuffer(data, dtype=np.uint8, count=len(array) * width, offset=array.offset * width)
+    return raw.view(dtype).reshape(len(array), width // np.dtype(dtype).itemsize)
 
-    flat = values.to_numpy(zero_copy_only=False)
-    if flat.dtype != np.float16:
-        return flat.astype(np.float32, copy=False)
-    # torch converts float16 with F16C instructions, about 4x faster than numpy's astype; the
-    # np.array copy makes the (read-only, Arrow-owned) buffer writable as torch requires.
-    return torch.from_numpy(np.array(flat)).float().numpy()
+
+def _column_values(table: pa.Table, name: str, dtypes: dict) -> np.ndarray:
+    """A vector column as stored ([n, values per row], float16 or float32), whatever layout wrote it."""
+    column = table.column(name)
+    if pa.types.is_fixed_size_binary(column.type):
+        return _binary_to_numpy(column, dtypes.get(name, "float16"))
+    # Earlier stores: fixed-size or variable-size lists.
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(table), -1)
 
 
 def write_features(path: Path, ids: Sequence[str], features: Features, metadata: dict) -> Path:
@@ -64,16 +90,19 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
         "full_length": pa.array(features.full_length),
         "truncated": pa.array(features.truncated),
         "response_loss": pa.array(features.response_loss, pa.float64(), from_pandas=True),
-        "layer_mean": _vector_array(features.layer_mean),
-        "first_token": _vector_array(features.first_token),
-        # Kept in float32: cosine retrieval (RDS+) on one small vector gains nothing from halving it.
-        "rds_embedding": _vector_array(features.rds_embedding, allow_half=False),
+        # Kept a float32 list: one small vector, and SQL can compute cosines on it.
+        "rds_embedding": _vector_array(features.rds_embedding),
     }
-    if features.last_token is not None:
-        columns["last_token"] = _vector_array(features.last_token)
+    dtypes = {}
+    for name in BINARY_VECTORS:
+        values = getattr(features, name)
+        if values is not None:
+            columns[name], dtypes[name] = _binary_vectors(values)
     shape = {"num_layers": features.layer_mean.shape[1], "hidden_size": features.layer_mean.shape[2]}
-    return write_parquet(pa.table(columns), path, {**metadata, **shape, "layers": list(range(1, shape["num_layers"] + 1))},
-                         use_dictionary=["example_id"])
+    compression = {name: ("none" if name in dtypes else "zstd") for name in columns}
+    return write_parquet(pa.table(columns), path, {**metadata, **shape, "vector_dtypes": dtypes,
+                                                   "layers": list(range(1, shape["num_layers"] + 1))},
+                         use_dictionary=["example_id"], compression=compression)
 
 
 @dataclass
@@ -84,31 +113,123 @@ class StoredFeatures:
     metadata: dict
 
 
-def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",),
-                  scalars: Sequence[str] = ()) -> StoredFeatures:
-    """Read and concatenate stores (in the given order), checking they share model and template."""
+def _check_same_store(paths: Sequence[Path]) -> dict:
     if not paths:
         raise ValueError("no feature files to read")
     metadata = read_metadata(paths[0])
     key = ("model_id", "template_hash", "featurizer")
-    tables = []
-    for path in paths:
+    for path in paths[1:]:
         other = read_metadata(path)
         if any(other.get(k) != metadata.get(k) for k in key):
             raise ValueError(f"{path} was made with another model, template or featurizer than {paths[0]}")
-        tables.append(pq.read_table(path, columns=["example_id", *vectors, *scalars]))
-    # Vectors are flattened per file: stores written before vectors became fixed-size lists hold
-    # variable-size lists, which Arrow will not concatenate with the newer ones.
-    table = pa.concat_tables([t.drop_columns(list(vectors)) for t in tables])
-    n_layers, width = int(metadata["num_layers"]), int(metadata["hidden_size"])
+    return metadata
+
+
+def _shape(name: str, n: int, metadata: dict) -> tuple[int, ...]:
+    width = int(metadata["hidden_size"])
+    return (n, width) if name == "rds_embedding" else (n, int(metadata["num_layers"]), width)
+
+
+def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",),
+                  scalars: Sequence[str] = ()) -> StoredFeatures:
+    """Read and concatenate stores (in the given order) as float32, checking they share model and
+    template. For whole pools prefer :class:`PoolStore`, which reads shard by shard."""
+    metadata = _check_same_store(paths)
+    tables = [pq.read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
+    dtypes = [read_metadata(path).get("vector_dtypes") or {} for path in paths]
+    table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
     out_vectors = {}
     for name in vectors:
-        flat = np.concatenate([_to_float32(t.column(name).combine_chunks().flatten()) for t in tables])
-        shape = (len(table), width) if name == "rds_embedding" else (len(table), n_layers, width)
-        out_vectors[name] = flat.reshape(shape)
+        flat = np.concatenate([to_float32(_column_values(t, name, d)) for t, d in zip(tables, dtypes)])
+        out_vectors[name] = flat.reshape(_shape(name, len(table), metadata))
     return StoredFeatures(
         ids=table.column("example_id").to_pylist(),
         vectors=out_vectors,
         scalars={name: table.column(name).to_numpy(zero_copy_only=False) for name in scalars},
         metadata=metadata,
     )
+
+
+def to_float32(values: np.ndarray) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values
+    import torch
+
+    # torch converts float16 with F16C instructions, about 4x faster than numpy's astype.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffer: torch only reads it
+        return torch.from_numpy(values).float().numpy()
+
+
+class PoolStore:
+    """The stored features of many shards, read lazily: ids and scalars at once, vectors either whole
+    (small ones) or shard by shard in their stored dtype (the wide per-layer ones), so scoring a pool
+    never holds a float32 copy of every layer of every row."""
+
+    def __init__(self, paths: Sequence[Path], scalars: Sequence[str] = ()):
+        self.paths = list(paths)
+        self.metadata = _check_same_store(self.paths)
+        tables = [pq.read_table(path, columns=["example_id", *scalars]) for path in self.paths]
+        table = pa.concat_tables(tables)
+        self.ids: list[str] = table.column("example_id").to_pylist()
+        self.scalars = {name: table.column(name).to_numpy(zero_copy_only=False) for name in scalars}
+        self.shard_sizes = [len(t) for t in tables]
+
+    def blocks(self, name: str) -> Iterator[np.ndarray]:
+        """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]."""
+        for path, size in zip(self.paths, self.shard_sizes):
+            table = pq.read_table(path, columns=[name])
+            values = _column_values(table, name, read_metadata(path).get("vector_dtypes") or {})
+            yield values.reshape(_shape(name, size, self.metadata))
+
+    def vector(self, name: str) -> np.ndarray:
+        """All rows of ``name`` as float32 (for small vectors such as ``rds_embedding``)."""
+        return np.concatenate([to_float32(block) for block in self.blocks(name)])
+
+
+def migrate_store_file(path: Path) -> bool:
+    """Rewrite a store written with list-typed per-layer vectors in the binary layout (atomically;
+    same values, same metadata). Returns False when the file already has the current layout."""
+    table = pq.read_table(path)
+    old = [n for n in BINARY_VECTORS if n in table.column_names and not pa.types.is_fixed_size_binary(table.column(n).type)]
+    if not old:
+        return False
+    metadata = read_metadata(path)
+    dtypes = dict(metadata.get("vector_dtypes") or {})
+    for name in old:
+        values = _column_values(table, name, dtypes)
+        array, dtypes[name] = _binary_vectors(values)
+        table = table.set_column(table.schema.get_field_index(name), name, array)
+    table = table.replace_schema_metadata(None)
+    compression = {name: ("none" if name in dtypes else "zstd") for name in table.column_names}
+    write_parquet(table, path, {**metadata, "vector_dtypes": dtypes}, use_dictionary=["example_id"],
+                  compression=compression)
+    return True
+
+
+def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> str:
+    """What a pool shard's features were computed from: its ids and their texts' hashes, in order."""
+    return sha256_lines(f"{i}\t{h}" for i, h in zip(ids, content_hashes))[:16]
+
+
+def pool_shard_versions(pool_examples: Path) -> dict[str, str]:
+    """The input version of every shard of the current pool table (kept rows, in table order)."""
+    table = pq.read_table(pool_examples, columns=["example_id", "content_hash", "shard"],
+                          filters=[("status", "=", "kept")])
+    rows: dict[str, tuple[list[str], list[str]]] = {}
+    for example_id, content, shard in zip(*(table.column(c).to_pylist() for c in ("example_id", "content_hash", "shard"))):
+        ids, hashes = rows.setdefault(shard, ([], []))
+        ids.append(example_id)
+        hashes.append(content)
+    return {shard: shard_input_version(ids, hashes) for shard, (ids, hashes) in sorted(rows.items())}
+
+
+def stale_shards(pool_examples: Path, store_path) -> list[str]:
+    """Shards with no store file, or whose store was computed from other rows or texts than the pool
+    holds now (a pool file rewritten after featurization): they must be featurized again."""
+    stale = []
+    for shard, version in pool_shard_versions(pool_examples).items():
+        path = store_path(shard)
+        if not path.exists() or read_metadata(path).get("input_version") != version:
+            stale.append(shard)
+    return stale

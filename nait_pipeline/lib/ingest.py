@@ -7,6 +7,7 @@ required columns) raise :class:`PoolFileError` naming the file, before anything 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,7 @@ class IngestResult:
     pool_rows: list[dict] = field(default_factory=list)
     quarantine_rows: list[dict] = field(default_factory=list)
     rows_read: dict[str, int] = field(default_factory=dict)
+    file_hashes: dict[str, str] = field(default_factory=dict)  # sha256 of the snapshot each file was read from
 
     def pool_table(self) -> pa.Table:
         return pa.Table.from_pylist(self.pool_rows, schema=POOL_SCHEMA)
@@ -88,6 +90,14 @@ def pool_name(path: Path) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", path.stem.lower()).strip("_") or "pool"
 
 
+def unsupported_pool_files(pools_dir: Path) -> list[str]:
+    """Files in the pools folder that ingestion cannot read (their rows would be lost without a word)."""
+    if not pools_dir.is_dir():
+        return []
+    return sorted(p.name for p in pools_dir.iterdir()
+                  if p.is_file() and p.suffix not in POOL_SUFFIXES and not p.name.startswith("."))
+
+
 def discover_pool_files(pools_dir: Path) -> list[Path]:
     if not pools_dir.is_dir():
         raise FileNotFoundError(f"pool folder {pools_dir} does not exist (set NAIT_DATA_DIR to a folder with pools/)")
@@ -105,21 +115,46 @@ def content_hash(instruction: str, input_text: str, output: str) -> str:
     return sha256_text("\x1f".join((instruction, input_text, output)))
 
 
-def _read_records(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield ``(row_index, record, problem)``; ``problem`` is set for rows that cannot be parsed."""
+SNAPSHOT_TRIES = 3
+
+
+def read_snapshot(path: Path, tries: int = SNAPSHOT_TRIES, pause_s: float = 0.2) -> bytes:
+    """The file's bytes, read once, from a moment when it was not being written.
+
+    A file overwritten in place while it is read (``cp`` truncates, then writes) would otherwise give
+    a mix of old and new rows. Size and modification time are compared before and after the read;
+    a change means a writer was active, so the read is retried, then refused."""
+    import time
+
+    for attempt in range(tries):
+        before = path.stat()
+        data = path.read_bytes()
+        after = path.stat()
+        unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+        if unchanged and len(data) == after.st_size:
+            return data
+        if attempt + 1 < tries:
+            time.sleep(pause_s)
+    raise PoolFileError(f"{path}: the file changed while it was being read ({tries} tries); "
+                        "ingest again once the copy has finished")
+
+
+def _read_records(path: Path, data: bytes) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield ``(row_index, record, problem)``; ``problem`` is set for rows that cannot be parsed.
+    ``data`` is the file's snapshot (:func:`read_snapshot`)."""
     if path.suffix == ".parquet":
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(pa.BufferReader(data))
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise PoolFileError(f"{path}: not a readable Parquet file ({exc})") from exc
         _require_columns(path, table.column_names)
         for index, record in enumerate(table.to_pylist()):
             yield index, record, None
     elif path.suffix == ".jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, data)
     else:
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(data.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PoolFileError(f"{path}: not a valid JSON file ({exc})") from exc
         if not isinstance(records, list):
@@ -129,28 +164,29 @@ def _read_records(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
             yield (index, record, None) if isinstance(record, dict) else (index, None, "record is not a JSON object")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+def _read_jsonl(path: Path, data: bytes) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Rows of a JSONL file; the row index is the line's 0-based position in the file (blank lines
+    count, so it points at the real line), and a UTF-8 byte-order mark is ignored."""
     parsed: list[tuple[int, dict | None, str | None]] = []
     seen_keys: set[str] = set()
-    with open(path, "rb") as handle:
-        index = -1
-        for raw in handle:
-            if not raw.strip():
-                continue
-            index += 1
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                parsed.append((index, None, "line is not valid UTF-8"))
-                continue
-            except json.JSONDecodeError as exc:
-                parsed.append((index, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
-                continue
-            if not isinstance(record, dict):
-                parsed.append((index, None, "line is not a JSON object"))
-                continue
-            seen_keys.update(record)
-            parsed.append((index, record, None))
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for index, raw in enumerate(data.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            parsed.append((index, {RAW_LINE: raw.decode("utf-8", "replace")}, "line is not valid UTF-8"))
+            continue
+        except json.JSONDecodeError as exc:
+            parsed.append((index, {RAW_LINE: raw.decode("utf-8")}, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(record, dict):
+            parsed.append((index, {RAW_LINE: raw.decode("utf-8")}, "line is not a JSON object"))
+            continue
+        seen_keys.update(record)
+        parsed.append((index, record, None))
     if parsed and not any(problem is None for _, _, problem in parsed):
         raise PoolFileError(f"{path}: no line is a valid JSON object (first problem: {parsed[0][2]})")
     _require_columns(path, seen_keys)
@@ -186,10 +222,13 @@ def _check_text(record: dict, name: str, max_chars: int) -> tuple[str | None, st
     return value, None
 
 
+RAW_LINE = "__raw_line__"  # an unparsable line, kept as text so the quarantine shows what it was
+
+
 def _raw_preview(record: dict | None, limit: int = 500) -> str:
     if record is None:
         return ""
-    text = json.dumps(record, ensure_ascii=False, default=repr)
+    text = record[RAW_LINE] if RAW_LINE in record else json.dumps(record, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -207,9 +246,11 @@ def ingest_pools(
     for path in files:
         pool = pool_name(path)
         count = 0
-        for row_index, record, problem in _read_records(path):
+        data = read_snapshot(path)
+        result.file_hashes[path.name] = hashlib.sha256(data).hexdigest()
+        for row_index, record, problem in _read_records(path, data):
             count += 1
-            example_id = _example_id(record, pool, row_index)
+            example_id = _example_id(None if problem else record, pool, row_index)
             quarantine = dict(pool=pool, file=path.name, row_index=row_index, example_id=example_id,
                               raw=_raw_preview(record))
             if problem is not None:

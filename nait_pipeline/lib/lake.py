@@ -58,7 +58,7 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
 
 
 def write_parquet(table: pa.Table, destination: Path, metadata: dict[str, object] | None = None,
-                  use_dictionary: bool | list[str] = True) -> Path:
+                  use_dictionary: bool | list[str] = True, compression: str | dict[str, str] = "zstd") -> Path:
     """Write ``table`` atomically; ``metadata`` is stored as JSON in the Parquet key-value metadata.
 
     ``use_dictionary`` may name the columns to dictionary-encode: float16 vectors have so few
@@ -69,7 +69,7 @@ def write_parquet(table: pa.Table, destination: Path, metadata: dict[str, object
         merged.update({key.encode(): json.dumps(value, default=str).encode() for key, value in metadata.items()})
         table = table.replace_schema_metadata(merged)
     with atomic_path(destination, ".parquet") as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary)
+        pq.write_table(table, tmp, compression=compression, use_dictionary=use_dictionary)
     return destination
 
 

@@ -44,6 +44,18 @@ class LakeLayout:
     def scores(self, method: str, capability: str) -> Path:
         return self.root / "scores" / f"{method}__{capability}.parquet"
 
+    def score_matrix(self, scorer: str, capability: str) -> Path:
+        """[N, m] scores per target instance (RDS+), for policies that need more than one score."""
+        return self.root / "score_matrices" / f"{scorer}__{capability}.npz"
+
+    @property
+    def current_subsets_dir(self) -> Path:
+        return self.root / "current_subsets"
+
+    def current_subsets(self, method: str) -> Path:
+        """The subset versions the last selection of ``method`` wrote, one row per slot."""
+        return self.current_subsets_dir / f"{method}.parquet"
+
     def subset(self, subset_version: str) -> Path:
         return self.root / "subsets" / f"{subset_version}.parquet"
 

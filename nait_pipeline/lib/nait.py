@@ -72,14 +72,26 @@ def fit_directions(drifts: np.ndarray, min_rows: int = 2, capability: str = "") 
     return Directions(vectors=vectors, explained_variance_ratio=ratio, sign_flipped=flipped, n_rows=n)
 
 
-def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """a_l(y) . v_l for every example and layer: [N, L] float64 (chunked to bound memory)."""
+def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """a_l(y) . v_l for every example and layer: [N, L] float64. ``layer_mean`` may be float16 (as
+    stored); it is widened to float32 a chunk at a time, so memory stays bounded."""
+    from nait_pipeline.lib.feature_store import to_float32
+
     out = np.empty((layer_mean.shape[0], layer_mean.shape[1]), np.float64)
     v = directions.astype(np.float32)
     for start in range(0, len(layer_mean), chunk):
-        block = layer_mean[start : start + chunk]
+        block = to_float32(layer_mean[start : start + chunk])
         out[start : start + chunk] = np.einsum("nld,ld->nl", block, v, dtype=np.float32, optimize=True)
     return out
+
+
+def layer_norms(layer_mean: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """|a_l(y)| for every example and layer: [N, L], widened from the stored dtype a chunk at a time."""
+    from nait_pipeline.lib.feature_store import to_float32
+
+    return np.concatenate([np.linalg.norm(to_float32(layer_mean[s : s + chunk]), axis=2)
+                           for s in range(0, len(layer_mean), chunk)]) if len(layer_mean) else \
+        np.zeros(layer_mean.shape[:2])
 
 
 def aggregate(projections: np.ndarray, aggregation: str = "sum", layers: Sequence[int] | None = None,
@@ -108,6 +120,17 @@ def aggregate(projections: np.ndarray, aggregation: str = "sum", layers: Sequenc
         norms = np.maximum(layer_norms[:, columns], 1e-12)
         return (selected / norms).sum(axis=1)
     raise NaitInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def require_finite_layers(values: np.ndarray, ids: Sequence[str], what: str) -> None:
+    """Fail naming the examples and layers of a non-finite value in an [n, L, ...] array: one bad
+    value must be reported where it is, before a pool-wide statistic spreads it to every row."""
+    bad = ~np.isfinite(values.reshape(values.shape[0], values.shape[1], -1)).all(axis=2)
+    if bad.any():
+        rows, layers = np.nonzero(bad)
+        named = sorted({ids[r] for r in rows})[:20]
+        raise NaitInputError(f"non-finite {what} for {len(set(rows.tolist()))} example(s) {named} "
+                             f"in layer(s) {sorted({int(l) + 1 for l in layers})[:20]}")
 
 
 def require_finite(scores: np.ndarray, ids: Sequence[str], what: str = "scores") -> None:

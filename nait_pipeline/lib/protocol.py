@@ -7,7 +7,7 @@ is in the `Protocol` record, which is also written next to the results.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ class Protocol:
     budget_ratio: float
     random_seeds: tuple[int, ...]
     target_size: int  # in-domain rows per capability for the NAIT directions
+    methods: tuple[str, ...]  # registered methods whose subsets are fine-tuned and compared
     train: dict = field(default_factory=dict)  # finetuned_model config
     evaluation: dict = field(default_factory=dict)  # evaluation config
 
@@ -42,6 +43,7 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2),
         target_size=256,
+        methods=("nait", "random", "full"),
         train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
         evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0},
     ),
@@ -53,6 +55,7 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2),
         target_size=8,
+        methods=("nait", "rds_round_robin", "length", "random", "full"),
         train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
         evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0},
     ),
@@ -86,34 +89,23 @@ def prepare_inputs(protocol: Protocol, data_dir: Path, input_dir: Path) -> Path:
 
 
 def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio: float,
-                             random_seeds: Sequence[int], preferred: Sequence[str] = ()) -> list[str]:
-    """The subset versions a comparison covers, all on ``pool_version``: NAIT per capability and
-    all-capability at ``budget_ratio``, random at that budget for each seed, and the full pool.
+                             random_seeds: Sequence[int], methods: Sequence[str] | None = None) -> list[str]:
+    """The subset versions a comparison covers, all on ``pool_version``: for each method (every
+    method with a current subset when ``methods`` is None) the versions its last selection wrote at
+    ``budget_ratio``, seeded methods only for ``random_seeds``, and the full pool.
 
-    Where several versions fill one slot (NAIT math selected with two aggregations, say), a version in
-    ``preferred`` wins (the caller passes what the pipeline selected last); otherwise the most recently
-    created one does, since a version's lineage keeps the time it was first made.
-    """
-    preferred = set(preferred)
-    chosen: dict[tuple, tuple] = {}
-    for path in sorted(layout.lineage_dir.glob("*.parquet")):
+    Read from the `current_subsets` table, so a slot holds what the pipeline selected last, however
+    many older versions the lake keeps."""
+    wanted_slots = {""} | {f"seed={seed}" for seed in random_seeds}
+    chosen = []
+    for path in sorted(layout.current_subsets_dir.glob("*.parquet")):
         if path.name.startswith("_"):
             continue
         for row in pq.read_table(path).to_pylist():
-            if row["pool_version"] != pool_version:
+            if row["pool_version"] != pool_version or (methods is not None and row["method"] not in methods):
                 continue
-            params = json.loads(row["params_json"])
-            if row["method"] == "full":
-                key = ("full",)
-            elif params.get("budget_ratio") != budget_ratio:
+            if row["method"] != "full" and not math.isclose(row["budget_ratio"], budget_ratio, rel_tol=1e-9):
                 continue
-            elif row["method"] == "random" and params.get("seed") in random_seeds:
-                key = ("random", params["seed"])
-            elif row["method"] == "nait":
-                key = ("nait", row["capability"])
-            else:
-                continue
-            rank = (row["subset_version"] in preferred, row["created_at"])
-            if key not in chosen or rank > chosen[key][0]:
-                chosen[key] = (rank, row["subset_version"])
-    return sorted(version for _, version in chosen.values())
+            if row["slot"] in wanted_slots:
+                chosen.append(row["subset_version"])
+    return sorted(chosen)

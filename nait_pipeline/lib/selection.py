@@ -70,3 +70,83 @@ def seeded_random(ids: Sequence[str], k: int, seed: int) -> list[int]:
 def selected_ids_sha256(selected_ids: Sequence[str]) -> str:
     """Hash of the selected ids as a set (sorted), so rank order does not change it."""
     return sha256_lines(sorted(selected_ids))
+
+
+def round_robin(orders: Sequence[np.ndarray], k: int) -> list[int]:
+    """RDS+ round-robin, the official semantics (methods.md section 11).
+
+    ``orders`` holds one ranked list of pool indices per query (single capability) or per capability
+    (several). In each round every list, in the given order, pops exactly one item from its head; an
+    item already selected is dropped and that list contributes nothing this round. Stops at ``k``
+    items or when every list is exhausted.
+    """
+    heads = [0] * len(orders)
+    chosen: list[int] = []
+    taken: set[int] = set()
+    while len(chosen) < k:
+        progressed = False
+        for position, order in enumerate(orders):
+            if heads[position] >= len(order):
+                continue
+            progressed = True
+            index = int(order[heads[position]])
+            heads[position] += 1
+            if index not in taken:
+                taken.add(index)
+                chosen.append(index)
+                if len(chosen) == k:
+                    break
+        if not progressed:
+            break
+    return chosen
+
+
+def column_orders(ids: Sequence[str], matrix: np.ndarray) -> list[np.ndarray]:
+    """For each column of an [N, m] score matrix, pool indices by descending score (ties by id)."""
+    return [rank_order(ids, matrix[:, column]) for column in range(matrix.shape[1])]
+
+
+PERPLEXITY_BANDS = ("top", "middle", "bottom")
+
+
+def band(ids: Sequence[str], scores: np.ndarray, k: int, which: str) -> list[int]:
+    """k indices from one band of the score distribution: ``top`` (highest), ``bottom`` (lowest) or
+    ``middle`` (the k around the median: positions floor((N - k) / 2) .. + k of the descending order).
+    Ties are broken by id, so bands are reproducible."""
+    if which not in PERPLEXITY_BANDS:
+        raise ValueError(f"band must be one of {PERPLEXITY_BANDS}, got {which!r}")
+    order = rank_order(ids, scores)
+    if which == "top":
+        return order[:k].tolist()
+    if which == "bottom":
+        return order[::-1][:k].tolist()
+    start = (len(order) - k) // 2
+    return order[start : start + k].tolist()
+
+
+def balanced_random(ids: Sequence[str], groups: Sequence[str], k: int, seed: int) -> list[int]:
+    """k indices spread as evenly as possible over groups (pool sources), seeded.
+
+    Each group gets floor(k / G) or one more (the extra ones go to groups in hash order); a group
+    with fewer rows than its share gives all of them and the rest is shared among the others. Within
+    a group rows are drawn as :func:`seeded_random` does (hash of seed and id), so the subset does not
+    depend on row order."""
+    if len(ids) != len(groups):
+        raise ValueError(f"{len(ids)} ids but {len(groups)} group labels")
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    for group, indices in members.items():
+        indices.sort(key=lambda i: (sha256_text(f"{seed}:{ids[i]}"), ids[i]))
+    quota = dict.fromkeys(members, 0)
+    remaining = min(k, len(ids))
+    open_groups = sorted(members, key=lambda g: (sha256_text(f"{seed}:group:{g}"), g))
+    while remaining > 0:
+        open_groups = [g for g in open_groups if quota[g] < len(members[g])]
+        share, extra = divmod(remaining, len(open_groups))
+        for position, group in enumerate(open_groups):
+            grant = min(share + (1 if position < extra else 0), len(members[group]) - quota[group])
+            quota[group] += grant
+            remaining -= grant
+    chosen = [i for group in members for i in members[group][: quota[group]]]
+    return sorted(chosen, key=lambda i: (sha256_text(f"{seed}:{ids[i]}"), ids[i]))

@@ -1,17 +1,47 @@
-"""Configuration read from the environment, with defaults that work from a fresh clone."""
+"""Configuration: one project settings file, overridable by environment variables.
+
+``nait_settings.toml`` at the project root (or the file ``NAIT_SETTINGS`` names) is read by the CLI,
+``dagster dev``, the sensors and CI alike, so every shell sees the same data folder, store, model and
+pool sample; ``scripts/setup.sh`` writes it. An environment variable (``NAIT_DATA_DIR``,
+``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``) overrides the file's value for one command.
+Relative paths in the file are relative to the project root.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SETTINGS_FILE = "nait_settings.toml"
+KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation"}
+AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
+
+
+def settings_path() -> Path:
+    return Path(os.environ.get("NAIT_SETTINGS") or PROJECT_ROOT / SETTINGS_FILE).expanduser()
+
+
+def read_settings_file(path: Path | None = None) -> dict:
+    """The settings file's values (empty when there is none), checked for unknown keys."""
+    path = path or settings_path()
+    if not path.exists():
+        return {}
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+    unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(KNOWN_KEYS | AUTOMATION_KEYS)}")
+    return values
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 
 
-def _optional_positive_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
+def _optional_positive_int(name: str, fallback: object = None) -> int | None:
+    raw = os.environ[name].strip() if name in os.environ else str(fallback or "")
     if not raw:
         return None
     try:
@@ -37,16 +67,28 @@ class Settings:
     store_dir: Path
     model: str | None
     pool_sample: int | None
+    featurize_new_shards: bool = False  # the unfeaturized_pool_shards sensor starts running
+    max_shards_per_tick: int = 4  # ... and requests at most this many shards per evaluation
 
     @classmethod
     def from_env(cls) -> "Settings":
-        data_dir = Path(os.environ.get("NAIT_DATA_DIR") or PROJECT_ROOT / "data").expanduser().resolve()
-        store_dir = Path(os.environ.get("NAIT_STORE_DIR") or PROJECT_ROOT / "data" / "store").expanduser().resolve()
+        """Defaults, then the settings file, then environment variables (``NAIT_POOL_SAMPLE=`` set to
+        empty means the whole pool even if the file sets a sample)."""
+        file = read_settings_file()
+
+        def path(env: str, key: str, default: Path) -> Path:
+            raw = os.environ.get(env) or file.get(key)
+            value = Path(raw).expanduser() if raw else default
+            return (value if value.is_absolute() else PROJECT_ROOT / value).resolve()
+
+        automation = file.get("automation", {})
         return cls(
-            data_dir=data_dir,
-            store_dir=store_dir,
-            model=os.environ.get("NAIT_MODEL") or None,
-            pool_sample=_optional_positive_int("NAIT_POOL_SAMPLE"),
+            data_dir=path("NAIT_DATA_DIR", "data_dir", PROJECT_ROOT / "data"),
+            store_dir=path("NAIT_STORE_DIR", "store_dir", PROJECT_ROOT / "data" / "store"),
+            model=os.environ.get("NAIT_MODEL") or file.get("model") or None,
+            pool_sample=_optional_positive_int("NAIT_POOL_SAMPLE", file.get("pool_sample")),
+            featurize_new_shards=bool(automation.get("featurize_new_shards", False)),
+            max_shards_per_tick=int(automation.get("max_shards_per_tick", 4)),
         )
 
     @property

@@ -75,6 +75,9 @@ def build_warehouse(db_path: Path, lake_dir: Path, sql_dir: Path = SQL_DIR) -> l
             views = [row[0] for row in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()]
             con.execute("CHECKPOINT")
+        # A log beside the live file belongs to a read-write session of the file being replaced that
+        # died before a checkpoint; DuckDB would replay it onto the new file and refuse to open it.
+        Path(str(db_path) + ".wal").unlink(missing_ok=True)
         os.replace(tmp_name, db_path)
     finally:
         for leftover in (Path(tmp_name), Path(tmp_name + ".wal")):

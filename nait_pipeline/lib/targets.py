@@ -2,11 +2,22 @@
 
 Selection may only see ``dev``, ``train`` and ``fewshot`` rows; ``test`` rows are never returned
 by :func:`selection_rows`, so no selection method can peek at the evaluation data.
+
+Two kinds of file live in the targets folder:
+
+- benchmark files (the layout of ``../shared/data/targets``): Parquet with ``id, capability, task,
+  split, prompt, answer``; one file may feed several capabilities;
+- user capability files: ``<name>.jsonl`` or ``<name>.parquet`` without a ``capability`` column, whose
+  rows have ``prompt``/``answer`` or ``instruction``/``input``/``output``, optionally ``id``, ``task``
+  and ``split``. The file name is the capability. Rows with ``split == "test"`` and the rows of an
+  optional ``<name>.test.jsonl`` / ``<name>.test.parquet`` are held out for evaluation; the others
+  (no split means ``dev``) are in-domain rows for selection.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.hashing import sha256_text
-from nait_pipeline.lib.settings import CAPABILITIES
 
 SELECTION_SPLITS = ("dev", "train", "fewshot")
 EVALUATION_SPLIT = "test"
@@ -47,21 +57,162 @@ class TargetRows:
     available: int
 
 
-def _read_target_file(path: Path) -> list[dict]:
+TARGET_SUFFIXES = (".parquet", ".jsonl")
+CAPABILITY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
+TEST_MARK = ".test"
+
+
+def _read_records(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        records = []
+        with open(path, encoding="utf-8-sig") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TargetFileError(f"{path} line {line_number}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict):
+                    raise TargetFileError(f"{path} line {line_number}: a JSON object is expected")
+                records.append(record)
+        return records
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path).to_pylist()
     except Exception as exc:
         raise TargetFileError(f"{path}: not a readable Parquet file ({exc})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+
+
+def _is_benchmark_file(path: Path) -> bool:
+    return path.suffix == ".parquet" and "capability" in pq.read_schema(path).names
+
+
+def _read_target_file(path: Path) -> list[dict]:
+    records = _read_records(path)
+    missing = [c for c in REQUIRED_COLUMNS if records and c not in records[0]]
     if missing:
         raise TargetFileError(f"{path}: missing required column(s) {missing}")
-    records = table.to_pylist()
     for index, record in enumerate(records):
-        if record["capability"] not in CAPABILITIES:
-            raise TargetFileError(
-                f"{path} row {index}: capability {record['capability']!r} is not one of {list(CAPABILITIES)}"
-            )
+        if not isinstance(record.get("capability"), str) or not CAPABILITY_NAME.match(record["capability"]):
+            raise TargetFileError(f"{path} row {index}: capability {record.get('capability')!r} is not a valid "
+                                  "name (lower-case letters, digits, '_' or '-')")
     return records
+
+
+@dataclass(frozen=True)
+class UserCapability:
+    name: str
+    file: Path  # in-domain rows (and any split == "test" rows)
+    test_file: Path | None  # held-out rows for evaluation, if the user gave a separate file
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(path.suffix)]
+
+
+def user_capabilities(targets_dir: Path) -> dict[str, UserCapability]:
+    """Capabilities defined by dropping ``<name>.jsonl`` / ``<name>.parquet`` in the targets folder."""
+    if not targets_dir.is_dir():
+        raise FileNotFoundError(f"target folder {targets_dir} does not exist (set NAIT_DATA_DIR)")
+    files = [p for p in sorted(targets_dir.iterdir()) if p.suffix in TARGET_SUFFIXES and not p.name.startswith(".")]
+    user = [p for p in files if not _is_benchmark_file(p)]
+    main: dict[str, Path] = {}
+    tests: dict[str, Path] = {}
+    for path in user:
+        stem = _stem(path)
+        is_test = stem.endswith(TEST_MARK)
+        name = stem[: -len(TEST_MARK)] if is_test else stem
+        if not CAPABILITY_NAME.match(name):
+            raise TargetFileError(f"{path}: {name!r} is not a valid capability name (lower-case letters, digits, "
+                                  "'_' or '-', starting with a letter): rename the file")
+        into = tests if is_test else main
+        if name in into:
+            raise TargetFileError(f"{into[name]} and {path} both define capability {name!r}: keep one of them")
+        into[name] = path
+    orphans = sorted(set(tests) - set(main))
+    if orphans:
+        raise TargetFileError(f"{tests[orphans[0]]} is a test file for capability {orphans[0]!r}, which has no "
+                              f"in-domain file ({orphans[0]}.jsonl or {orphans[0]}.parquet)")
+    benchmark = benchmark_capabilities(targets_dir)
+    for name, path in main.items():
+        if name in benchmark:
+            raise TargetFileError(f"{path} defines capability {name!r}, which {benchmark[name]} already provides: "
+                                  "rename the file")
+    return {name: UserCapability(name, path, tests.get(name)) for name, path in main.items()}
+
+
+def benchmark_capabilities(targets_dir: Path) -> dict[str, str]:
+    """Capability -> the first benchmark file that provides rows for it."""
+    found: dict[str, str] = {}
+    for path in sorted(targets_dir.glob("*.parquet")):
+        if path.name.startswith(".") or not _is_benchmark_file(path):
+            continue
+        column = pq.read_table(path, columns=["capability"]).column("capability")
+        for name in sorted(set(column.to_pylist())):
+            found.setdefault(name, path.name)
+    return found
+
+
+def discover_capabilities(targets_dir: Path) -> list[str]:
+    """Every capability the targets folder defines: the built-in ones in their usual order, other
+    benchmark ones by name, then the user's by name."""
+    from nait_pipeline.lib.settings import CAPABILITIES
+
+    benchmark = benchmark_capabilities(targets_dir)
+    ordered = [c for c in CAPABILITIES if c in benchmark] + sorted(set(benchmark) - set(CAPABILITIES))
+    return ordered + sorted(user_capabilities(targets_dir))
+
+
+def _user_row(record: dict, capability: str, path: Path, index: int) -> dict:
+    if "prompt" in record or "answer" in record:
+        prompt, answer = record.get("prompt"), record.get("answer")
+    else:
+        instruction, input_text = record.get("instruction"), record.get("input") or ""
+        prompt = instruction if not input_text or not isinstance(instruction, str) else f"{instruction}\n\n{input_text}"
+        answer = record.get("output")
+    for name, value in (("prompt", prompt), ("answer", answer)):
+        if value is not None and not isinstance(value, str):
+            raise TargetFileError(f"{path} row {index}: {name} must be text, got {type(value).__name__}")
+    known = {"id", "task", "split", "prompt", "answer", "instruction", "input", "output"}
+    return dict(
+        example_id=str(record.get("id") or f"{capability}-{index:06d}"),
+        capability=capability,
+        task=str(record.get("task") or capability),
+        split=str(record.get("split") or "dev"),
+        file=path.name,
+        prompt=prompt or "",
+        answer=answer or "",
+        extra_json=json.dumps({k: v for k, v in record.items() if k not in known}, ensure_ascii=False, default=str),
+    )
+
+
+def _user_records(source: UserCapability, splits: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    rows, skipped = [], []
+    seen: dict[str, str] = {}
+    for_evaluation = EVALUATION_SPLIT in splits
+    files = [(source.file, None)] + ([(source.test_file, EVALUATION_SPLIT)] if source.test_file else [])
+    for path, forced_split in files:
+        records = _read_records(path)
+        if not records:
+            raise TargetFileError(f"{path}: the file has no rows")
+        for index, record in enumerate(records):
+            row = _user_row(record, source.name, path, index)
+            if forced_split:
+                row["split"] = forced_split
+            where = f"{path.name} row {index}"
+            if row["example_id"] in seen:
+                raise TargetFileError(f"{where}: id {row['example_id']!r} is already used by {seen[row['example_id']]}")
+            seen[row["example_id"]] = where
+            # Any split but "test" is in-domain data for selection in a user file.
+            if (row["split"] == EVALUATION_SPLIT) != for_evaluation:
+                continue
+            empty = [name for name in ("prompt", "answer") if not row[name].strip()]
+            if empty:
+                skipped.append({"file": path.name, "row_index": index, "example_id": row["example_id"],
+                                "reason": f"empty {', '.join(empty)}"})
+            else:
+                rows.append(row)
+    return rows, skipped
 
 
 def _to_row(record: dict, path: Path) -> dict:
@@ -81,8 +232,13 @@ def _to_row(record: dict, path: Path) -> dict:
 def _capability_records(targets_dir: Path, capability: str, splits: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     if not targets_dir.is_dir():
         raise FileNotFoundError(f"target folder {targets_dir} does not exist (set NAIT_DATA_DIR)")
+    user = user_capabilities(targets_dir)
+    if capability in user:
+        return _user_records(user[capability], splits)
     rows, skipped = [], []
     for path in sorted(targets_dir.glob("*.parquet")):
+        if path.name.startswith(".") or not _is_benchmark_file(path):
+            continue
         for index, record in enumerate(_read_target_file(path)):
             if record["capability"] != capability or record["split"] not in splits:
                 continue

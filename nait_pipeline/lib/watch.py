@@ -17,8 +17,30 @@ def pool_folder_fingerprint(pools_dir: Path) -> str:
     return sha256_json([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])[:16]
 
 
+def ingested_fingerprint(layout: LakeLayout) -> str | None:
+    """The pool folder fingerprint the lake's current pool was ingested from (None: nothing ingested)."""
+    from nait_pipeline.lib.lake import read_metadata
+
+    if not layout.pool_examples.exists():
+        return None
+    return read_metadata(layout.pool_examples).get("folder_fingerprint")
+
+
+def target_file_fingerprints(targets_dir: Path) -> dict[str, str]:
+    """Per target file name, a fingerprint that changes when the file is rewritten."""
+    from nait_pipeline.lib.targets import TARGET_SUFFIXES
+
+    if not targets_dir.is_dir():
+        return {}
+    return {p.name: sha256_json([p.stat().st_size, p.stat().st_mtime_ns])[:16]
+            for p in sorted(targets_dir.iterdir()) if p.is_file() and p.suffix in TARGET_SUFFIXES}
+
+
 def unfeaturized_shards(layout: LakeLayout) -> list[str]:
-    """Shards of the current pool table that have no activation file yet."""
+    """Shards of the current pool table with no activations yet, or with activations computed from
+    other rows or texts (a pool file rewritten after featurization)."""
+    from nait_pipeline.lib.feature_store import stale_shards
+
     if not layout.pool_examples.exists():
         return []
-    return [shard for shard in layout.kept_shards() if not layout.pool_activations(shard).exists()]
+    return stale_shards(layout.pool_examples, layout.pool_activations)

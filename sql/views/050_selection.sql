@@ -9,3 +9,8 @@ SELECT * FROM read_parquet({{lake}} || '/subsets/*.parquet', union_by_name = tru
 -- Where every subset came from: pool version, model, template, method and parameters.
 CREATE OR REPLACE VIEW subset_lineage AS
 SELECT * FROM read_parquet({{lake}} || '/subset_lineage/*.parquet', union_by_name = true);
+
+-- What the pipeline holds now: per method, capability and slot (random seed), the subset version the
+-- method's last selection wrote.
+CREATE OR REPLACE VIEW current_subsets AS
+SELECT * FROM read_parquet({{lake}} || '/current_subsets/*.parquet', union_by_name = true);

@@ -13,7 +13,7 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import featurize as fz
-from nait_pipeline.lib.feature_store import write_features
+from nait_pipeline.lib.feature_store import shard_input_version, write_features
 from nait_pipeline.lib.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.lake import read_metadata
 from nait_pipeline.lib.layout import LakeLayout
@@ -120,7 +120,7 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
         raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
     rows = pool.to_pylist()
     ids = [r["example_id"] for r in rows]
-    input_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}" for r in rows)[:16]
+    input_version = shard_input_version(ids, [r["content_hash"] for r in rows])
     return featurize_rows(context, read_model_record(layout), rows, ids, config, False,
                           layout.pool_activations(shard), input_version)
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.plots import embedded_png
-from nait_pipeline.defs.partitions import subset_partitions
+from nait_pipeline.defs.partitions import selectable_capabilities, subset_partitions
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import comparison as cmp
 from nait_pipeline.lib import featurize as fz
@@ -23,8 +23,8 @@ from nait_pipeline.lib.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
 from nait_pipeline.lib.hashing import sha256_json
 from nait_pipeline.lib.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.methods import METHODS
 from nait_pipeline.lib.protocol import compared_subset_versions
-from nait_pipeline.lib.settings import CAPABILITIES
 from nait_pipeline.lib.train import TrainConfig, fine_tune
 
 
@@ -60,7 +60,7 @@ def finetuned_dir(pipeline: PipelineResource, subset_version: str) -> Path:
     kinds={"torch"},
     code_version="1",
     partitions_def=subset_partitions,
-    deps=["base_model", "nait_subsets", "random_subsets"],
+    deps=["base_model", *(f"{name}_subsets" for name in METHODS)],
     pool="cpu_heavy",
 )
 def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
@@ -129,7 +129,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     created = datetime.now(timezone.utc)
     records, no_test_rows = [], []
     started = time.perf_counter()
-    for capability in CAPABILITIES:
+    for capability in selectable_capabilities(context.instance):
         path = layout.target_test(capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
@@ -157,19 +157,11 @@ class ComparisonConfig(dg.Config):
     name: str = "default"
     """Names the result (`comparisons/<name>.parquet`, column `comparison`); protocols use their own name."""
     budget_ratio: float = 0.1
-    """The budget whose NAIT and random subsets are compared (the full pool is always the reference)."""
+    """The budget whose subsets are compared (the full pool is always the reference)."""
     random_seeds: list[int] = [0, 1, 2]
-
-
-def _latest_subset_versions(instance: dg.DagsterInstance) -> list[str]:
-    """The versions the last materializations of the subset assets wrote: what the pipeline holds now."""
-    versions = []
-    for asset in ("nait_subsets", "random_subsets"):
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-        if event is not None and event.asset_materialization is not None:
-            written = event.asset_materialization.metadata["subset_versions"].value
-            versions += written.values() if isinstance(written, dict) else written
-    return versions
+    """Seeds of the seeded methods (random, random_balanced) that are compared."""
+    methods: list[str] | None = None
+    """Registered methods to compare; None: every method with a current subset at the budget."""
 
 
 @dg.asset(
@@ -182,14 +174,17 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
                pipeline: PipelineResource) -> dg.MaterializeResult:
     """Every method against random (mean ± std over seeds) and the full pool, per capability and metric,
     with each method's selection cost (wall time, tokens through the model) and training cost beside
-    its quality. Covers the current pool version's NAIT subsets at the configured budget (those the
-    last nait_subsets run wrote, where a capability has several), the random subsets of the configured
-    seeds and the full pool; rows land in the `comparisons` view, with a markdown report and a plot
-    beside the Parquet file."""
+    its quality. Covers, on the current pool version, the subsets each method's last selection wrote
+    at the configured budget (the `current_subsets` table), the configured seeds of seeded methods and
+    the full pool; rows land in the `comparisons` view, with a markdown report and a plot beside the
+    Parquet file."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    unknown = sorted(set(config.methods or []) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
     versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
-                                        preferred=_latest_subset_versions(context.instance))
+                                        config.methods)
     evaluated = [v for v in versions if layout.evaluation(v).exists()]
     not_evaluated = sorted(set(versions) - set(evaluated))
     if not evaluated:

@@ -9,6 +9,7 @@ from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib import ingest
 from nait_pipeline.lib.lake import write_parquet
+from nait_pipeline.lib.watch import pool_folder_fingerprint
 from nait_pipeline.lib.layout import LakeLayout
 
 
@@ -26,6 +27,8 @@ class PoolConfig(dg.Config):
     check_specs=[
         dg.AssetCheckSpec("every_row_accounted_for", asset="it_pool", blocking=True),
         dg.AssetCheckSpec("unique_example_ids", asset="it_pool", blocking=True),
+        dg.AssetCheckSpec("no_unreadable_files", asset="it_pool",
+                          description="every file in the pools folder is of a type ingestion reads"),
     ],
 )
 def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
@@ -37,17 +40,23 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Pip
     new shard is registered as a `pool_shards` partition. kept + duplicates + sampled out + quarantined = read.
     """
     settings = pipeline.settings
+    # Fingerprinted before reading: the new_pool_files sensor compares the folder with what the lake holds.
+    fingerprint = pool_folder_fingerprint(settings.data_dir / "pools")
     files = ingest.discover_pool_files(settings.data_dir / "pools")
+    unsupported = ingest.unsupported_pool_files(settings.data_dir / "pools")
+    if unsupported:
+        context.log.warning(f"not ingested, unsupported file type (use {', '.join(ingest.POOL_SUFFIXES)}): {unsupported}")
     context.log.info(f"ingesting {len(files)} pool file(s): {[f.name for f in files]}")
     result = ingest.ingest_pools(files, max_chars=config.max_chars, sample=settings.pool_sample,
                                  shard_size=config.shard_size)
     pool_table = result.pool_table()
     quarantine = result.quarantine_table()
-    files_table = pa.table({"file": list(result.rows_read), "rows_read": list(result.rows_read.values())})
+    files_table = pa.table({"file": list(result.rows_read), "rows_read": list(result.rows_read.values()),
+                            "sha256": [result.file_hashes[name] for name in result.rows_read]})
     layout = LakeLayout(settings.lake_dir)
     version = result.pool_version()
     params = {"pool_version": version, "pool_sample": settings.pool_sample, "max_chars": config.max_chars,
-              "shard_size": config.shard_size}
+              "shard_size": config.shard_size, "folder_fingerprint": fingerprint}
     write_parquet(quarantine, layout.pool_quarantine, params)
     write_parquet(files_table, layout.pool_files, params)
     write_parquet(pool_table, layout.pool_examples, params)
@@ -89,6 +98,12 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Pip
                 check_name="unique_example_ids",
                 passed=len(ids) == len(pc.unique(ids)),
                 metadata={"ids": len(ids)},
+            ),
+            dg.AssetCheckResult(
+                check_name="no_unreadable_files",
+                passed=not unsupported,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"not_ingested": dg.MetadataValue.json(unsupported)},
             ),
         ],
     )

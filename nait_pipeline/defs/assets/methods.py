@@ -1,0 +1,123 @@
+"""Every registered method becomes assets: one `<scorer>_scores` asset per scorer (partitioned by
+capability when it needs an in-domain set) and one `<method>_subsets` asset per method, with the same
+lineage, checks, data versions and metadata for all of them. Nothing here is method-specific: the
+methods live in ``lib/methods`` and are listed in its registry."""
+
+import dagster as dg
+import pyarrow as pa
+
+from nait_pipeline.defs.assets.features import read_model_record
+from nait_pipeline.defs.config import config_class, to_params
+from nait_pipeline.defs.metadata import markdown_table, path_value
+from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
+from nait_pipeline.defs.plots import histogram_plot
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import selection
+from nait_pipeline.lib.hashing import sha256_json
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
+from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capability
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
+    Config = config_class(f"{_camel(scorer.name)}ScoreConfig", scorer.params)  # noqa: N806
+    deps = [*scorer.target_assets, dg.AssetDep("pool_activations", partition_mapping=dg.AllPartitionMapping())]
+
+    @dg.asset(
+        name=f"{scorer.name}_scores",
+        group_name="scores",
+        kinds={"parquet"},
+        code_version=scorer.code_version,
+        partitions_def=capability_partitions if scorer.targeted else None,
+        deps=deps,
+        description=scorer.description + (" Reads the stored pool features only: no model runs over the pool."),
+    )
+    def _scores(context: dg.AssetExecutionContext, config: Config, pipeline: PipelineResource) -> dg.MaterializeResult:
+        layout = LakeLayout(pipeline.settings.lake_dir)
+        capability = context.partition_key if scorer.targeted else ALL
+        result = score_capability(layout, scorer, capability, to_params(scorer.params, config))
+        scores = result.table.column("score").drop_null().to_numpy()
+        path = layout.scores(scorer.name, capability)
+        order = selection.rank_order(result.table.column("example_id").to_pylist(),
+                                     result.table.column("score").fill_null(float("-inf")).to_numpy())
+        return dg.MaterializeResult(
+            metadata={
+                "row_count": len(result.table),
+                "score_version": result.version,
+                "read_seconds": round(result.read_seconds, 3),
+                "score_seconds": round(result.score_seconds, 3),
+                "score_mean": float(scores.mean()) if len(scores) else float("nan"),
+                "score_std": float(scores.std()) if len(scores) else float("nan"),
+                "top_10": markdown_table(result.table.take(order[:10]).select(["example_id", "score"]), 10),
+                "histogram": histogram_plot(scores, f"{scorer.name} scores ({capability})", "score",
+                                            path.with_suffix(".png")),
+                "path": path_value(path),
+                **{k: v for k, v in result.notes.items() if isinstance(v, (int, float, str))},
+            },
+            data_version=dg.DataVersion(result.version),
+        )
+
+    return _scores
+
+
+def _overlap(written: list[dict]) -> dict:
+    label = lambda w: w["capability"] + (f"/{w['slot']}" if w["slot"] else "")  # noqa: E731
+    return {label(a): {label(b): round(len(a["ids"] & b["ids"]) / max(1, len(a["ids"] | b["ids"])), 3)
+                       for b in written} for a in written}
+
+
+def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
+    Config = config_class(f"{_camel(method.name)}SubsetConfig", method.params)  # noqa: N806
+    scorer = method.scorer
+    if scorer is None:
+        deps = ["it_pool", "base_model"]
+    else:
+        deps = [dg.AssetDep(f"{scorer.name}_scores",
+                            partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None)]
+    name = f"{method.name}_subsets"
+
+    @dg.asset(
+        name=name,
+        group_name="subsets",
+        kinds={"parquet"},
+        code_version=method.code_version,
+        deps=deps,
+        check_specs=[dg.AssetCheckSpec("budget_respected", asset=name, blocking=True)],
+        description=f"{method.description} Policy: {method.policy}. Each subset is a version in `subsets` "
+                    "with its `subset_lineage`; the versions it holds now are in `current_subsets`.",
+    )
+    def _subsets(context: dg.AssetExecutionContext, config: Config, pipeline: PipelineResource) -> dg.MaterializeResult:
+        layout = LakeLayout(pipeline.settings.lake_dir)
+        params = to_params(method.params, config)
+        capabilities = selectable_capabilities(context.instance)
+        written = run_selection(layout, method, params, capabilities, read_model_record(layout))
+        register_subset_versions(context.instance, [w["subset_version"] for w in written])
+        sizes = budget_of(written)
+        n_pool = written[0]["n_pool"]
+        expected = {key: selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
+        summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k != "ids"} for w in written])
+        return dg.MaterializeResult(
+            metadata={
+                "n_pool": n_pool,
+                "subsets": markdown_table(summary, len(written)),
+                "jaccard_overlap": dg.MetadataValue.json(_overlap(written)),
+                "subset_versions": dg.MetadataValue.json(
+                    {key: w["subset_version"] for key, w in zip(sizes, written)}),
+            },
+            data_version=dg.DataVersion(sha256_json([w["subset_version"] for w in written])[:16]),
+            check_results=[dg.AssetCheckResult(
+                check_name="budget_respected",
+                passed=all(sizes[key] == expected[key] for key in sizes),
+                metadata={key: f"{sizes[key]} of {expected[key]}" for key in sizes},
+            )],
+        )
+
+    return _subsets
+
+
+score_assets = [build_scores_asset(s) for s in scorers().values()]
+subset_assets = [build_subsets_asset(m) for m in METHODS.values()]

@@ -1,0 +1,33 @@
+"""The method registry: every selection method, by name. Adding a method means writing its module
+(a :class:`~nait_pipeline.lib.methods.base.Scorer` and/or :class:`~nait_pipeline.lib.methods.base.Method`)
+and one line here; the Dagster assets, comparison, protocol, export and dump pick it up from this list."""
+
+from __future__ import annotations
+
+from nait_pipeline.lib.methods import nait_method, pool_stats, random_methods, rds
+from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    nait_method.METHOD,
+    rds.ROUND_ROBIN,
+    rds.TOP_B,
+    *pool_stats.PERPLEXITY_METHODS,
+    pool_stats.LONGEST,
+    random_methods.UNIFORM,
+    random_methods.BALANCED,
+    random_methods.FULL,
+]}
+
+
+def scorers() -> dict[str, Scorer]:
+    """Every scorer some registered method uses, once."""
+    return {m.scorer.name: m.scorer for m in METHODS.values() if m.scorer is not None}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise MethodInputError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["ALL", "METHODS", "Method", "MethodInputError", "Scorer", "get_method", "scorers"]

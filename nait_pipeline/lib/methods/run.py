@@ -1,0 +1,160 @@
+"""Run a registered method's stages on the lake: score the pool for a capability, then select.
+
+Dagster-free; the assets in ``defs/assets/methods.py`` call these two functions and turn what they
+return into metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.contract import CURRENT_SUBSETS_SCHEMA
+from nait_pipeline.lib.hashing import sha256_json
+from nait_pipeline.lib.lake import atomic_path, read_metadata, write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.methods.base import (ALL, Method, MethodInputError, Scorer, SelectionInput, params_dict,
+                                            pool_groups, read_pool_store)
+from nait_pipeline.lib.nait import require_finite
+from nait_pipeline.lib.subsets import write_subset
+
+
+@dataclass
+class ScoreRun:
+    table: pa.Table
+    version: str
+    read_seconds: float
+    score_seconds: float
+    notes: dict
+
+
+def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params) -> ScoreRun:
+    """Score every pool example for ``capability`` (``all`` for untargeted scorers) from the store
+    alone, and write ``scores/<scorer>__<capability>.parquet`` (plus the [N, m] matrix if any)."""
+    if not scorer.targeted and capability != ALL:
+        raise MethodInputError(f"{scorer.name} scores the pool once for every capability, not for {capability!r}")
+    started = time.perf_counter()
+    target, target_meta = (None, {})
+    if scorer.targeted:
+        target, target_meta = scorer.load_target(layout, capability, params)
+    pool, pool_version = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
+    if target_meta and pool.metadata["model_id"] != target_meta.get("model_id"):
+        raise MethodInputError(
+            f"pool activations come from {pool.metadata['model_id']} but the {capability} target model from "
+            f"{target_meta.get('model_id')}: re-materialize one of them with the same model")
+    read_seconds = time.perf_counter() - started
+    scored = scorer.score(pool, target, params)
+    unscored = scored.unscored if scored.unscored is not None else np.zeros(len(pool.ids), bool)
+    require_finite(scored.scores[~unscored], [i for i, u in zip(pool.ids, unscored) if not u])
+    score_seconds = time.perf_counter() - started - read_seconds
+    values = params_dict(params)
+    identity = ({scorer.version_key: target_meta["version"]} if scorer.targeted else {"scorer": scorer.name})
+    version = sha256_json({**identity, "pool": pool_version, **values})[:16]
+    n = len(pool.ids)
+    columns = {
+        "method": [scorer.name] * n, "capability": [capability] * n, "example_id": pool.ids,
+        "score": pa.array(np.where(unscored, np.nan, scored.scores), pa.float64(), mask=unscored),
+        "score_version": [version] * n, "pool_version": [pool_version] * n,
+        "model_id": [pool.metadata["model_id"]] * n,
+    }
+    columns.update({name: list(values_) for name, values_ in scored.columns.items()})
+    table = pa.table(columns)
+    write_parquet(table, layout.scores(scorer.name, capability), {
+        "score_version": version, "params": values, "pool_version": pool_version,
+        "target_version": target_meta.get("version"), "template_hash": pool.metadata.get("template_hash"),
+        # NAIT's lineage and dump read the directions version under its historical name.
+        **({"directions_version": target_meta["version"]} if scorer.version_key == "directions" else {}),
+        "seconds": round(read_seconds + score_seconds, 3), "unscored": int(unscored.sum())})
+    if scored.matrix is not None:
+        with atomic_path(layout.score_matrix(scorer.name, capability), ".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, matrix=scored.matrix.astype(np.float32), pool_ids=np.array(pool.ids),
+                         target_ids=np.array(scored.matrix_ids), score_version=np.array(version))
+    return ScoreRun(table, version, read_seconds, score_seconds, scored.notes)
+
+
+def _load_matrix(layout: LakeLayout, scorer: Scorer, versions: dict[str, str]):
+    def load(capability: str) -> tuple[np.ndarray, list[str]]:
+        path = layout.score_matrix(scorer.name, capability)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: materialize {scorer.name}_scores[{capability}]")
+        with np.load(path) as stored:
+            if str(stored["score_version"]) != versions[capability]:
+                raise MethodInputError(f"{path.name} is from another score version than the stored scores: "
+                                       f"re-materialize {scorer.name}_scores[{capability}]")
+            return stored["matrix"].astype(np.float64), stored["target_ids"].tolist()
+    return load
+
+
+def selection_input(layout: LakeLayout, method: Method, capabilities: list[str]) -> SelectionInput:
+    """Scores of every capability the method selects for (or the pool ids, for random methods),
+    checked to be on the current pool version."""
+    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    scorer = method.scorer
+    if scorer is None:
+        kept = pq.read_table(layout.pool_examples, columns=["example_id"], filters=[("status", "=", "kept")])
+        ids = sorted(kept.column("example_id").to_pylist())
+        return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores={}, score_versions={},
+                              score_params={}, unscored=np.zeros(len(ids), bool),
+                              groups={"source": pool_groups(layout, ids)})
+    keys = capabilities if scorer.targeted else [ALL]
+    if not keys:
+        raise MethodInputError(f"{method.name} needs at least one capability with a target set")
+    scores, versions, params, ids, unscored = {}, {}, {}, None, None
+    for capability in keys:
+        path = layout.scores(scorer.name, capability)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: materialize {scorer.name}_scores"
+                                    + (f"[{capability}]" if scorer.targeted else "") + " first")
+        table = pq.read_table(path, columns=["example_id", "score"])
+        meta = read_metadata(path)
+        if meta["pool_version"] != pool_version:
+            raise MethodInputError(f"{scorer.name}_scores[{capability}] was computed on pool version "
+                                   f"{meta['pool_version']}, the pool is now {pool_version}: re-materialize it")
+        these = table.column("example_id").to_pylist()
+        if ids is None:
+            ids = these
+            unscored = table.column("score").is_null().to_numpy(zero_copy_only=False)
+        elif these != ids:
+            raise MethodInputError(f"{scorer.name}_scores[{capability}] covers other rows than "
+                                   f"{scorer.name}_scores[{keys[0]}]: re-materialize it")
+        scores[capability] = table.column("score").fill_null(0.0).to_numpy()
+        versions[capability] = meta["score_version"]
+        params[capability] = meta["params"]
+    return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores=scores, score_versions=versions,
+                          score_params=params, unscored=unscored, groups={"source": pool_groups(layout, ids)},
+                          matrix_loader=_load_matrix(layout, scorer, versions))
+
+
+def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: dict) -> list[dict]:
+    """Select with ``method`` and write each subset with its lineage, then the method's current-subset
+    table. Returns one record per subset written (version, capability, slot, size, ids)."""
+    inp = selection_input(layout, method, capabilities)
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash"], filters=[("status", "=", "kept")])
+    hashes = dict(zip(pool.column("example_id").to_pylist(), pool.column("content_hash").to_pylist()))
+    written = []
+    for chosen in method.select(inp, params):
+        selected_unscored = [inp.ids[i] for i in chosen.indices if inp.unscored[i]]
+        if selected_unscored:
+            raise MethodInputError(f"{method.name} selected rows without a score: {selected_unscored[:5]}")
+        record = write_subset(layout, method=method.name, capability=chosen.capability, ids=inp.ids,
+                              scores=chosen.scores, chosen=chosen.indices, budget_ratio=chosen.budget_ratio,
+                              params=chosen.params, pool_version=inp.pool_version, model=model,
+                              content_hashes=hashes)
+        written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio})
+    now = datetime.now(timezone.utc)
+    write_parquet(pa.Table.from_pylist([
+        dict(method=method.name, capability=w["capability"], slot=w["slot"], budget_ratio=w["budget_ratio"],
+             subset_version=w["subset_version"], pool_version=inp.pool_version, selected_at=now) for w in written],
+        schema=CURRENT_SUBSETS_SCHEMA), layout.current_subsets(method.name))
+    return written
+
+
+def budget_of(written: list[dict]) -> dict[str, int]:
+    return {f"{w['capability']}{'/' + w['slot'] if w['slot'] else ''}": w["n_selected"] for w in written}
+

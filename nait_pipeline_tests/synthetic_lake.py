@@ -1,0 +1,65 @@
+"""A small lake written from seeded random arrays, in the layout the assets write, so every method's
+scoring and selection can be tested in milliseconds without a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from nait_pipeline.lib.feature_store import shard_input_version, write_features
+from nait_pipeline.lib.featurize import Features
+from nait_pipeline.lib.hashing import sha256_lines
+from nait_pipeline.lib.ingest import POOL_SCHEMA
+from nait_pipeline.lib.lake import write_json, write_parquet
+from nait_pipeline.lib.layout import LakeLayout
+
+CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
+SOURCES = ("alpaca", "dolly", "flan")
+IDENTITY = {"model_id": "tiny@0", "template_hash": "t0", "featurizer": {"spec": "synthetic"}}
+
+
+def _features(rng: np.random.Generator, n: int, layers: int, width: int, shift: float = 0.0,
+              last_token: bool = False) -> Features:
+    lengths = rng.integers(5, 60, n).astype(np.int32)
+    return Features(
+        layer_mean=(rng.normal(size=(n, layers, width)) + shift).astype(np.float32),
+        first_token=rng.normal(size=(n, layers, width)).astype(np.float32),
+        last_token=rng.normal(size=(n, layers, width)).astype(np.float32) if last_token else None,
+        rds_embedding=(rng.normal(size=(n, width)) + shift).astype(np.float32),
+        response_loss=rng.uniform(0.5, 3.0, n),
+        n_tokens=lengths + 10,
+        n_response_tokens=lengths,
+        full_length=lengths + 10,
+        truncated=np.zeros(n, bool),
+        stats={"seconds": 1.5, "tokens": int(lengths.sum() + 10 * n)},
+    )
+
+
+def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, width: int = 8,
+          n_targets: int = 6, seed: int = 0) -> LakeLayout:
+    rng = np.random.default_rng(seed)
+    layout = LakeLayout(root)
+    ids = [f"pool-{i:06d}" for i in range(n_pool)]
+    shards = [f"p0-s{i // shard_size:04d}" for i in range(n_pool)]
+    rows = [dict(example_id=i, pool="pool", source=SOURCES[k % len(SOURCES)], file="pool.parquet", row_index=k,
+                 instruction=f"instruction {k}", input="", output=f"output {k}", content_hash=f"h{k}",
+                 status="kept", duplicate_of=None, shard=s) for k, (i, s) in enumerate(zip(ids, shards))]
+    pool_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}\t{r['shard']}" for r in rows)[:16]
+    write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples, {"pool_version": pool_version})
+    features = _features(rng, n_pool, layers, width)
+    for shard in sorted(set(shards)):
+        index = [k for k, s in enumerate(shards) if s == shard]
+        part = Features(**{name: (value[index] if isinstance(value, np.ndarray) else value)
+                           for name, value in features.__dict__.items()})
+        write_features(layout.pool_activations(shard), [ids[k] for k in index], part,
+                       {**IDENTITY, "store_version": f"pool-{shard}", "stats": part.stats,
+                        "input_version": shard_input_version([ids[k] for k in index], [f"h{k}" for k in index])})
+    for position, capability in enumerate(CAPABILITIES):
+        target = _features(rng, n_targets, layers, width, shift=0.5 * (position + 1), last_token=True)
+        write_features(layout.target_activations(capability), [f"{capability}-{i}" for i in range(n_targets)],
+                       target, {**IDENTITY, "store_version": f"target-{capability}", "stats": target.stats})
+    write_json({"model_id": IDENTITY["model_id"], "template_hash": IDENTITY["template_hash"], "path": "unused"},
+               layout.model_record)
+    return layout

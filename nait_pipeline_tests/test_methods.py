@@ -1,0 +1,204 @@
+"""The method registry on a synthetic lake: NAIT's outputs pinned to the pre-registry code, and one
+contract every registered method must keep (determinism, finite scores, budget, lineage)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nait_pipeline_tests import synthetic_lake
+from nait_pipeline.defs.assets.methods import score_assets, subset_assets
+from nait_pipeline.defs.assets.nait import capability_directions
+from nait_pipeline.defs.partitions import CAPABILITIES_NAME
+from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib import selection
+from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.methods import METHODS, MethodInputError, scorers
+from nait_pipeline.lib.methods.base import make_params
+from nait_pipeline.lib.methods.run import run_selection
+
+ASSETS = [capability_directions, *score_assets, *subset_assets]
+
+# Produced by the NAIT assets as they were before the registry (commit 13bb6eb) on synthetic_lake.build():
+# subset version and selected ids in rank order. The registry must reproduce them exactly.
+PRE_REGISTRY_NAIT = {
+    "math": ["nait-math-f6aec131de68", ["pool-000014", "pool-000039", "pool-000028", "pool-000005"]],
+    "code": ["nait-code-b065c04c9e24", ["pool-000007", "pool-000000", "pool-000031", "pool-000039"]],
+    "reasoning": ["nait-reasoning-140343e84ec1", ["pool-000028", "pool-000030", "pool-000027", "pool-000037"]],
+    "knowledge": ["nait-knowledge-df72da86aab1", ["pool-000001", "pool-000027", "pool-000000", "pool-000003"]],
+    "multilingual": ["nait-multilingual-aaff4e1ba56f", ["pool-000034", "pool-000020", "pool-000009", "pool-000010"]],
+    "all": ["nait-all-1085e43bcb3c", ["pool-000000", "pool-000027", "pool-000005", "pool-000039"]],
+}
+
+
+def materialize(instance, resource, selection_, partition_key=None):
+    result = dg.materialize(ASSETS, selection=selection_, partition_key=partition_key, instance=instance,
+                            resources={"pipeline": resource})
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="module")
+def scored_lake(tmp_path_factory):
+    """Every scorer materialized on the synthetic lake."""
+    store = tmp_path_factory.mktemp("synthetic_store")
+    layout = synthetic_lake.build(store / "lake")
+    resource = PipelineResource(data_dir=str(store), store_dir=str(store))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(CAPABILITIES_NAME, list(synthetic_lake.CAPABILITIES))
+        for capability in synthetic_lake.CAPABILITIES:
+            materialize(instance, resource, ["capability_directions"], capability)
+        for scorer in scorers().values():
+            for key in synthetic_lake.CAPABILITIES if scorer.targeted else [None]:
+                materialize(instance, resource, [f"{scorer.name}_scores"], key)
+        yield instance, resource, layout
+
+
+def test_nait_through_the_registry_reproduces_the_pre_registry_subsets(scored_lake):
+    instance, resource, layout = scored_lake
+    result = materialize(instance, resource, ["nait_subsets"])
+    versions = result.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value
+    got = {c: [v, pq.read_table(layout.subset(v)).sort_by("rank").column("example_id").to_pylist()]
+           for c, v in versions.items()}
+    assert got == PRE_REGISTRY_NAIT
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_keeps_the_contract(scored_lake, name):
+    instance, resource, layout = scored_lake
+    method = METHODS[name]
+    first = materialize(instance, resource, [f"{name}_subsets"])
+    again = materialize(instance, resource, [f"{name}_subsets"])
+    metadata = lambda r: r.asset_materializations_for_node(f"{name}_subsets")[0].metadata  # noqa: E731
+    versions = metadata(first)["subset_versions"].value
+    assert versions == metadata(again)["subset_versions"].value, "same inputs must give the same subsets"
+    assert first.get_asset_check_evaluations()[0].passed
+    n_pool = 40
+    for key, version in versions.items():
+        subset = pq.read_table(layout.subset(version)).sort_by("rank")
+        lineage = pq.read_table(layout.lineage(version)).to_pylist()[0]
+        params = json.loads(lineage["params_json"])
+        expected = n_pool if name == "full" else selection.budget(n_pool, params["budget_ratio"])
+        assert len(subset) == lineage["n_selected"] == expected
+        assert len(set(subset.column("example_id").to_pylist())) == expected
+        assert lineage["method"] == name and lineage["n_pool"] == n_pool and lineage["model_id"] == "tiny@0"
+        assert subset.column("rank").to_pylist() == list(range(1, expected + 1))
+        scores = subset.column("score").to_numpy(zero_copy_only=False)
+        if method.scorer is not None:
+            assert np.isfinite(scores.astype(float)).all()
+    current = pq.read_table(layout.current_subsets(name)).to_pylist()
+    assert sorted(r["subset_version"] for r in current) == sorted(versions.values())
+    if method.scorer is not None and method.scorer.targeted:
+        assert set(versions) == {*synthetic_lake.CAPABILITIES, "all"}
+
+
+def test_scores_are_finite_and_cover_the_pool(scored_lake):
+    _, _, layout = scored_lake
+    for scorer in scorers().values():
+        for capability in synthetic_lake.CAPABILITIES if scorer.targeted else ["all"]:
+            table = pq.read_table(layout.scores(scorer.name, capability))
+            assert len(table) == 40
+            assert np.isfinite(table.column("score").drop_null().to_numpy()).all()
+
+
+def test_rds_round_robin_follows_the_stored_matrix(scored_lake):
+    _, _, layout = scored_lake
+    with np.load(layout.score_matrix("rds", "math")) as stored:
+        matrix, ids = stored["matrix"].astype(np.float64), stored["pool_ids"].tolist()
+    expected = selection.round_robin(selection.column_orders(ids, matrix), selection.budget(40, 0.1))
+    version = pq.read_table(layout.current_subsets("rds_round_robin")).to_pylist()
+    math = next(r["subset_version"] for r in version if r["capability"] == "math")
+    assert pq.read_table(layout.subset(math)).sort_by("rank").column("example_id").to_pylist() == \
+        [ids[i] for i in expected]
+
+
+def test_selection_without_scores_names_the_asset_to_materialize(tmp_path):
+    layout = synthetic_lake.build(tmp_path / "lake")
+    with pytest.raises(FileNotFoundError, match=r"materialize rds_scores\[math\]"):
+        run_selection(layout, METHODS["rds_top_b"], make_params(METHODS["rds_top_b"].params, {}), ["math"],
+                      {"model_id": "tiny@0", "template_hash": "t0"})
+
+
+def test_unknown_parameters_are_refused_by_name():
+    with pytest.raises(MethodInputError, match="unknown parameter.*'budget'"):
+        make_params(METHODS["length"].params, {"budget": 0.2})
+
+
+def test_a_method_reading_a_feature_the_store_lacks_says_which(tmp_path):
+    layout = synthetic_lake.build(tmp_path / "lake")
+    path = layout.pool_activations(layout.kept_shards()[0])
+    table = pq.read_table(path).drop_columns(["rds_embedding"])
+    pq.write_table(table, path)
+    from nait_pipeline.lib.methods.run import score_capability
+
+    with pytest.raises(MethodInputError, match="rds_embedding.*re-materialize pool_activations"):
+        score_capability(layout, scorers()["rds"], "math", scorers()["rds"].params())
+
+
+def test_registry_layout_is_what_the_readme_table_lists():
+    assert isinstance(LakeLayout, type)
+    assert set(METHODS) == {"nait", "rds_round_robin", "rds_top_b", "perplexity_top", "perplexity_middle",
+                            "perplexity_bottom", "length", "random", "random_balanced", "full"}
+
+
+def test_scores_refuse_features_computed_from_rewritten_rows(tmp_path):
+    """A pool file rewritten after featurization (same ids, new texts) must not be scored on the old
+    activations under the new pool version."""
+    import pyarrow as pa
+
+    from nait_pipeline.lib.lake import read_metadata, write_parquet
+    from nait_pipeline.lib.methods.run import score_capability
+
+    layout = synthetic_lake.build(tmp_path / "lake")
+    pool = pq.read_table(layout.pool_examples)
+    hashes = pool.column("content_hash").to_pylist()
+    hashes[17] = "a new text"
+    pool = pool.set_column(pool.schema.get_field_index("content_hash"), "content_hash", pa.array(hashes))
+    write_parquet(pool.replace_schema_metadata(None), layout.pool_examples, read_metadata(layout.pool_examples))
+    with pytest.raises(MethodInputError, match=r"featurized from other rows or texts.*\['p0-s0001'\]"):
+        score_capability(layout, scorers()["length"], "all", scorers()["length"].params())
+
+
+def _poison(layout, path, example_index: int, layer: int):
+    """Write a NaN into one example's layer of a feature file, as a corrupt store would hold."""
+    from nait_pipeline.lib.feature_store import read_features, write_features
+    from nait_pipeline.lib.featurize import Features
+    from nait_pipeline.lib.lake import read_metadata
+
+    meta = read_metadata(path)
+    names = ("layer_mean", "first_token", "rds_embedding") + (("last_token",) if "last_token" in pq.read_schema(path).names else ())
+    stored = read_features([path], vectors=names, scalars=("response_loss", "n_tokens", "n_response_tokens",
+                                                           "full_length", "truncated"))
+    layer_mean = stored.vectors["layer_mean"].copy()
+    layer_mean[example_index, layer - 1, 0] = np.nan
+    features = Features(layer_mean=layer_mean, first_token=stored.vectors["first_token"],
+                        last_token=stored.vectors.get("last_token"), rds_embedding=stored.vectors["rds_embedding"],
+                        **stored.scalars)
+    write_features(path, stored.ids, features, {k: v for k, v in meta.items()
+                                                if k not in ("num_layers", "hidden_size", "layers", "vector_dtypes")})
+    return stored.ids[example_index]
+
+
+def test_a_nan_in_a_target_row_names_the_example_capability_and_layer(tmp_path):
+    from nait_pipeline.lib.methods.nait_method import target_drifts
+
+    layout = synthetic_lake.build(tmp_path / "lake")
+    culprit = _poison(layout, layout.target_activations("code"), 2, layer=3)
+    with pytest.raises(ValueError, match=rf"layer_mean in the code in-domain set.*\['{culprit}'\].*layer\(s\) \[3\]"):
+        target_drifts(layout, "code", "R2")
+
+
+def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
+    from nait_pipeline.lib.methods.nait_method import NaitScoreParams
+    from nait_pipeline.lib.methods.base import read_pool_store
+
+    layout = synthetic_lake.build(tmp_path / "lake")
+    directions = np.ones((3, 8), np.float32) / np.sqrt(8)
+    culprit = _poison(layout, layout.pool_activations(layout.kept_shards()[1]), 4, layer=2)
+    pool, _ = read_pool_store(layout, ("layer_mean",))
+    with pytest.raises(ValueError, match=rf"1 example\(s\) \['{culprit}'\] in layer\(s\) \[2\]"):
+        scorers()["nait"].score(pool, directions, NaitScoreParams(aggregation="zscore"))
