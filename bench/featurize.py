@@ -34,8 +34,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _model_dir() -> Path:
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.settings import Settings
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.io.settings import Settings
 
     settings = Settings.from_env()
     if settings.model:
@@ -49,8 +49,8 @@ def _model_dir() -> Path:
 def _rows(n_pool: int, n_targets: int):
     import pyarrow.parquet as pq
 
-    from nait_pipeline.lib import targets
-    from nait_pipeline.lib.settings import Settings
+    from nait_pipeline.lib.data import targets
+    from nait_pipeline.lib.io.settings import Settings
 
     data = Settings.from_env().data_dir
     pool = pq.read_table(data / "pools" / "alpaca_cleaned.parquet").slice(0, n_pool).to_pylist()
@@ -79,10 +79,10 @@ def naive_features(model, template, rows, max_length):
 def _worker(path: str, n_pool: int, n_targets: int, max_length: int, queue) -> None:
     import torch
 
-    from nait_pipeline.lib import featurize as fz
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.feature_store import read_features, write_features
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.features import featurize as fz
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.features.feature_store import read_features, write_features
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     torch.set_num_threads(os.cpu_count() or 1)
     model_dir = _model_dir()
@@ -152,7 +152,7 @@ def flops(config, tokens: int, lm_head_tokens: int, mean_length: float) -> float
 
 
 def scores(pool_mean, target_mean, target_first):
-    from nait_pipeline.lib import nait
+    from nait_pipeline.lib.methods import nait_math as nait
 
     directions = nait.fit_directions(nait.drift(target_mean, target_first, None, "R2")).vectors
     return nait.aggregate(nait.layer_projections(pool_mean, directions))

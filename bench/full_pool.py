@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from nait_pipeline.cli import run_steps
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.settings import Settings
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 

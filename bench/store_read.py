@@ -34,11 +34,11 @@ def build(root: Path, rows: int, layout_name: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nait_pipeline.lib.feature_store import shard_input_version, write_features
-    from nait_pipeline.lib.featurize import Features
-    from nait_pipeline.lib.ingest import POOL_SCHEMA
-    from nait_pipeline.lib.lake import write_json, write_parquet
-    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
+    from nait_pipeline.lib.features.featurize import Features
+    from nait_pipeline.lib.data.ingest import POOL_SCHEMA
+    from nait_pipeline.lib.io.lake import write_json, write_parquet
+    from nait_pipeline.lib.io.layout import LakeLayout
 
     layout = LakeLayout(root / layout_name / "lake")
     if layout.model_record.exists():
@@ -84,7 +84,7 @@ def measure(root: Path, layout_name: str, what: str) -> dict:
     """Runs in a child process: one untimed pass (warm cache), then the timed one."""
     import pyarrow.parquet as pq
 
-    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.methods import scorers
     from nait_pipeline.lib.methods.run import score_capability
 

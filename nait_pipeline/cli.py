@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
-from nait_pipeline.lib.settings import PROJECT_ROOT, Settings
+from nait_pipeline.lib.io.settings import PROJECT_ROOT, Settings
 
 
 def capabilities(settings: Settings) -> list[str]:
@@ -43,14 +44,33 @@ def _all_assets() -> list:
     return list(defs().assets or [])
 
 
+SUMMARY_KEYS = ("row_count", "rows_read", "quarantined", "tokens", "reused", "n_pool", "score_seconds")
+
+
+def _summary(result) -> str:
+    """A few numbers from what a run materialized, for the one line the console shows per step."""
+    parts = []
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        values = [f"{k}={metadata[k].value}" for k in SUMMARY_KEYS if k in metadata]
+        if "subset_versions" in metadata:
+            values.append(f"subsets={len(metadata['subset_versions'].value)}")
+        parts.append(f"{event.asset_key.to_user_string()}" + (f" ({', '.join(values)})" if values else ""))
+    return "; ".join(parts)
+
+
 def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict | None = None) -> None:
-    """Materialize each step's assets (once per partition key when the step names keys)."""
+    """Materialize each step's assets (once per partition key when the step names keys), printing one
+    line per step and a progress line for long stages. Dagster's event stream stays in the run logs
+    (`dagster dev` shows them); NAIT_VERBOSE=1 prints it here too."""
     import dagster as dg
 
-    from nait_pipeline.defs.resources import pipeline_resource_from_env
-
     from nait_pipeline.defs.recovery import recover_dead_runs
+    from nait_pipeline.defs.resources import pipeline_resource_from_env
+    from nait_pipeline.lib.io.progress import CONSOLE_ENV
 
+    os.environ.setdefault(CONSOLE_ENV, "1")
+    log_level = "DEBUG" if os.environ.get("NAIT_VERBOSE") else "WARNING"
     assets = _all_assets()
     instance = _instance()
     for item in recover_dead_runs(instance):
@@ -59,19 +79,25 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
     for selection, partition_keys in steps:
         # Each step gets the config of its own assets only: Dagster refuses config for ops not in the run.
         ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in selection}
-        for key in partition_keys or [None]:
-            label = f"{', '.join(selection)}" + (f" [{key}]" if key else "")
-            print(f"==> materializing {label}", flush=True)
+        keys = partition_keys or [None]
+        for number, key in enumerate(keys, start=1):
+            label = f"{', '.join(selection)}" + (f" [{key}]" if key else "") + \
+                (f" ({number}/{len(keys)})" if len(keys) > 1 else "")
+            started = time.perf_counter()
+            config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **({"ops": ops} if ops else {})}
             result = dg.materialize(assets, selection=selection, partition_key=key, instance=instance,
-                                    resources=resources, run_config={"ops": ops} if ops else {}, raise_on_error=False)
+                                    resources=resources, run_config=config, raise_on_error=False)
             if not result.success:
-                raise SystemExit(f"materialization of {label} failed (run {result.run_id}); see the log above")
+                failure = next(iter(result.get_step_failure_events()), None)
+                reason = failure.step_failure_data.error.message.strip() if failure else "see `dagster dev`, Runs"
+                raise SystemExit(f"==> {label}: failed (run {result.run_id}): {reason}")
+            print(f"==> {label}: done in {time.perf_counter() - started:.1f}s  {_summary(result)}", flush=True)
 
 
 def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
     """The forward store over every shard of the current pool and every target set (shards already
     featurized are reused, not recomputed), and NAIT's capability directions."""
-    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.io.layout import LakeLayout
 
     shards = LakeLayout(settings.lake_dir).kept_shards()
     return [
@@ -139,9 +165,9 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
     from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
     from nait_pipeline.defs.resources import pipeline_resource_from_env
-    from nait_pipeline.lib import protocol as proto
-    from nait_pipeline.lib.lake import read_metadata, write_json
-    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.evaluation import protocol as proto
+    from nait_pipeline.lib.io.lake import read_metadata, write_json
+    from nait_pipeline.lib.io.layout import LakeLayout
 
     chosen = proto.get_protocol(args.name)
     base = Settings.from_env()
@@ -206,7 +232,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib import sql
+    from nait_pipeline.lib.io import sql
 
     malformed = [item for item in args.param if "=" not in item]
     if malformed:
@@ -220,8 +246,8 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib.audit import export_subset
-    from nait_pipeline.lib.layout import LakeLayout
+    from nait_pipeline.lib.methods.audit import export_subset
+    from nait_pipeline.lib.io.layout import LakeLayout
 
     count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out),
                           allow_changed=args.allow_changed)
@@ -231,10 +257,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_dump(args: argparse.Namespace) -> None:
     import json
 
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.audit import dump_selection
-    from nait_pipeline.lib.layout import LakeLayout
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.methods.audit import dump_selection
+    from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     layout = LakeLayout(Settings.from_env().lake_dir)
     model = json.loads(layout.model_record.read_text())
@@ -253,7 +279,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate_store(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib.feature_store import migrate_store_file
+    from nait_pipeline.lib.features.feature_store import migrate_store_file
 
     lake = Settings.from_env().lake_dir
     files = sorted(p for folder in ("pool_activations", "target_activations")
@@ -277,7 +303,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib import sql
+    from nait_pipeline.lib.io import sql
 
     with sql.connect_read_only(Settings.from_env().warehouse_path) as con:
         print(con.sql("SELECT subset_version, method, capability, n_selected, n_pool, created_at "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nait_pipeline.lib.settings import PROJECT_ROOT
+from nait_pipeline.lib.io.settings import PROJECT_ROOT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests never read a developer's nait_settings.toml: an empty settings file, defaults and env vars only.
@@ -26,7 +26,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once per test session from the real GGUF."""
-    from nait_pipeline.lib.model_io import convert_gguf, embedded_gguf_path
+    from nait_pipeline.lib.models.model_io import convert_gguf, embedded_gguf_path
 
     return convert_gguf(embedded_gguf_path(), tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct")
 

@@ -12,8 +12,8 @@ from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
 from nait_pipeline.defs.partitions import register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import sql
-from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.io import sql
+from nait_pipeline.lib.io.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse]
 

@@ -21,9 +21,9 @@ from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import sql
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.io import sql
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.settings import CAPABILITIES
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
           capability_directions, *score_assets, *subset_assets, finetuned_model, evaluation, comparison]
@@ -142,9 +142,9 @@ def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
 def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
     import json
 
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.audit import dump_nait_selection, export_subset
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.methods.audit import dump_nait_selection, export_subset
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     _, resource, layout, first = pipeline
     versions = first.asset_materializations_for_node("nait_subsets")[0].metadata["subset_versions"].value
@@ -189,9 +189,9 @@ def test_other_all_capability_merges_make_their_own_versions(pipeline, config):
 
 
 def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.audit import dump_nait_selection
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.methods.audit import dump_nait_selection
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     instance, resource, layout, _ = pipeline
     old = run(instance, resource, ["nait_subsets"]).asset_materializations_for_node("nait_subsets")[0]

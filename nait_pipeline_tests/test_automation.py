@@ -10,10 +10,10 @@ import pyarrow as pa
 
 from nait_pipeline.defs.automation import new_pool_files, unfeaturized_pool_shards
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.feature_store import shard_input_version
-from nait_pipeline.lib.ingest import POOL_SCHEMA
-from nait_pipeline.lib.lake import write_parquet
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.features.feature_store import shard_input_version
+from nait_pipeline.lib.data.ingest import POOL_SCHEMA
+from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 def resource(tmp_path) -> PipelineResource:
@@ -54,7 +54,7 @@ def test_shard_sensor_requests_only_unfeaturized_shards(tmp_path):
 
 def test_pool_sensor_stays_quiet_when_the_lake_holds_these_files(tmp_path):
     """A fresh `dagster dev` over a store the set-up built must not re-ingest (and replace) its pool."""
-    from nait_pipeline.lib.watch import pool_folder_fingerprint
+    from nait_pipeline.lib.features.watch import pool_folder_fingerprint
 
     pools = tmp_path / "data" / "pools"
     pools.mkdir(parents=True)
@@ -94,7 +94,7 @@ def test_automation_that_starts_hours_of_work_is_off_by_default():
 
 
 def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):
-    from nait_pipeline.lib.settings import PROJECT_ROOT, Settings
+    from nait_pipeline.lib.io.settings import PROJECT_ROOT, Settings
 
     settings_file = tmp_path / "nait_settings.toml"
     settings_file.write_text('data_dir = "../shared/data"\npool_sample = 100\n'

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from nait_pipeline.lib import comparison as cmp
-from nait_pipeline.lib import protocol
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.subsets import write_subset
+from nait_pipeline.lib.evaluation import comparison as cmp
+from nait_pipeline.lib.evaluation import protocol
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.selection.subsets import write_subset
 
 RUNS = [
     cmp.Run("nait-math-1", "nait:math", 10, 120.0, 50_000, 30.0, 2_000),
@@ -73,8 +73,8 @@ def test_compared_versions_come_from_the_current_subsets_table(tmp_path):
 
     import pyarrow as pa
 
-    from nait_pipeline.lib.contract import CURRENT_SUBSETS_SCHEMA
-    from nait_pipeline.lib.lake import write_parquet
+    from nait_pipeline.lib.io.contract import CURRENT_SUBSETS_SCHEMA
+    from nait_pipeline.lib.io.lake import write_parquet
 
     layout = LakeLayout(tmp_path)
     now = datetime.now(timezone.utc)

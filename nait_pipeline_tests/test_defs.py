@@ -9,7 +9,7 @@ import sys
 import dagster as dg
 
 from nait_pipeline.definitions import defs
-from nait_pipeline.lib.settings import PROJECT_ROOT
+from nait_pipeline.lib.io.settings import PROJECT_ROOT
 
 
 def test_asset_graph_and_partitions():

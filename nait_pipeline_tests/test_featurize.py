@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nait_pipeline.lib import featurize as fz
-from nait_pipeline.lib import model_io
-from nait_pipeline.lib.feature_store import read_features, write_features
-from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.features import featurize as fz
+from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.features.feature_store import read_features, write_features
+from nait_pipeline.lib.models.template import ChatTemplate
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_batches_respect_the_token_budget():
 def test_stores_of_the_list_layout_are_read_and_migrated_with_the_same_values(tmp_path):
     import pyarrow as pa
 
-    from nait_pipeline.lib.feature_store import PoolStore, migrate_store_file
-    from nait_pipeline.lib.lake import read_metadata, write_parquet
+    from nait_pipeline.lib.features.feature_store import PoolStore, migrate_store_file
+    from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 
     rng = np.random.default_rng(0)
     features = fz.Features(layer_mean=rng.normal(size=(3, 2, 4)).astype(np.float32),

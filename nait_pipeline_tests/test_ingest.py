@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nait_pipeline.lib import ingest
+from nait_pipeline.lib.data import ingest
 
 
 def write_jsonl(path: Path, lines: list[bytes | str | dict]) -> Path:

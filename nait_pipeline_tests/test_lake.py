@@ -8,8 +8,8 @@ import stat
 import pyarrow as pa
 import pytest
 
-from nait_pipeline.lib import lake
-from nait_pipeline.lib.lake import atomic_dir, read_metadata, write_parquet
+from nait_pipeline.lib.io import lake
+from nait_pipeline.lib.io.lake import atomic_dir, read_metadata, write_parquet
 
 
 def test_written_files_and_folders_follow_the_umask(tmp_path):

@@ -15,8 +15,8 @@ from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import selection
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.selection import policies as selection
+from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import METHODS, MethodInputError, scorers
 from nait_pipeline.lib.methods.base import make_params
 from nait_pipeline.lib.methods.run import run_selection
@@ -150,7 +150,7 @@ def test_scores_refuse_features_computed_from_rewritten_rows(tmp_path):
     activations under the new pool version."""
     import pyarrow as pa
 
-    from nait_pipeline.lib.lake import read_metadata, write_parquet
+    from nait_pipeline.lib.io.lake import read_metadata, write_parquet
     from nait_pipeline.lib.methods.run import score_capability
 
     layout = synthetic_lake.build(tmp_path / "lake")
@@ -165,9 +165,9 @@ def test_scores_refuse_features_computed_from_rewritten_rows(tmp_path):
 
 def _poison(layout, path, example_index: int, layer: int):
     """Write a NaN into one example's layer of a feature file, as a corrupt store would hold."""
-    from nait_pipeline.lib.feature_store import read_features, write_features
-    from nait_pipeline.lib.featurize import Features
-    from nait_pipeline.lib.lake import read_metadata
+    from nait_pipeline.lib.features.feature_store import read_features, write_features
+    from nait_pipeline.lib.features.featurize import Features
+    from nait_pipeline.lib.io.lake import read_metadata
 
     meta = read_metadata(path)
     names = ("layer_mean", "first_token", "rds_embedding") + (("last_token",) if "last_token" in pq.read_schema(path).names else ())
@@ -202,3 +202,54 @@ def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
     pool, _ = read_pool_store(layout, ("layer_mean",))
     with pytest.raises(ValueError, match=rf"1 example\(s\) \['{culprit}'\] in layer\(s\) \[2\]"):
         scorers()["nait"].score(pool, directions, NaitScoreParams(aggregation="zscore"))
+
+
+def _round_robin_by_hand(orders, k):
+    """The official RDS+ round-robin, written again independently of the library for this check."""
+    picked, heads = [], [0] * len(orders)
+    while len(picked) < k and any(h < len(o) for h, o in zip(heads, orders)):
+        for q, order in enumerate(orders):
+            if heads[q] < len(order) and len(picked) < k:
+                item = order[heads[q]]
+                heads[q] += 1
+                if item not in picked:
+                    picked.append(item)
+    return picked
+
+
+def test_dumps_let_anyone_redo_rds_perplexity_and_random_selections(scored_lake, tmp_path):
+    from nait_pipeline.lib.methods.audit import dump_selection
+
+    instance, resource, layout = scored_lake
+    for name in ("rds_round_robin", "perplexity_middle", "random_balanced"):
+        materialize(instance, resource, [f"{name}_subsets"])
+    current = {(r["method"], r["capability"], r["slot"]): r["subset_version"]
+               for name in ("rds_round_robin", "perplexity_middle", "random_balanced")
+               for r in pq.read_table(layout.current_subsets(name)).to_pylist()}
+    k = selection.budget(40, 0.1)
+
+    out = tmp_path / "rds"
+    manifest = json.loads(dump_selection(layout, current[("rds_round_robin", "math", "")], out, None).read_text())
+    assert manifest["method"] == "rds_round_robin" and set(manifest["files"]) <= {p.name for p in out.iterdir()}
+    ids = json.loads((out / "pool_ids.json").read_text())
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    cosine = unit(np.load(out / "pool_rds_embedding.npy")) @ unit(np.load(out / "target_rds_embedding_math.npy")).T
+    np.testing.assert_allclose(cosine, np.load(out / "score_matrix_math.npy"), rtol=1e-5, atol=1e-6)
+    orders = [sorted(range(len(ids)), key=lambda i: (-cosine[i, q], ids[i])) for q in range(cosine.shape[1])]
+    assert [ids[i] for i in _round_robin_by_hand(orders, k)] == json.loads((out / "selected_ids.json").read_text())
+
+    out = tmp_path / "perplexity"
+    dump_selection(layout, current[("perplexity_middle", "all", "")], out, None)
+    ids = json.loads((out / "pool_ids.json").read_text())
+    perplexity = np.exp(np.load(out / "pool_response_loss.npy"))
+    order = sorted(range(len(ids)), key=lambda i: (-perplexity[i], ids[i]))
+    start = (len(ids) - k) // 2
+    assert [ids[i] for i in order[start:start + k]] == json.loads((out / "selected_ids.json").read_text())
+
+    out = tmp_path / "balanced"
+    dump_selection(layout, current[("random_balanced", "all", "seed=0")], out, None)
+    sources = json.loads((out / "pool_sources.json").read_text())
+    chosen = json.loads((out / "selected_ids.json").read_text())
+    per_source = {s: sum(sources[json.loads((out / "pool_ids.json").read_text()).index(i)] == s for i in chosen)
+                  for s in set(sources)}
+    assert max(per_source.values()) - min(per_source.values()) <= 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nait_pipeline.lib import model_io
-from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.models.template import ChatTemplate
 
 
 def test_conversion_produces_a_loadable_30_layer_model(model_dir):

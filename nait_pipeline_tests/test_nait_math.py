@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nait_pipeline.lib import nait
+from nait_pipeline.lib.methods import nait_math as nait
 
 
 def test_drift_variants():
@@ -71,6 +71,10 @@ def test_scores_sum_layer_dot_products():
         nait.aggregate(projections, layers=[3])
 
 
-def test_non_finite_scores_name_the_examples():
-    with pytest.raises(nait.NaitInputError, match=r"non-finite scores for 2 example\(s\), e.g. \['b', 'c'\]"):
-        nait.require_finite(np.array([1.0, np.nan, np.inf]), ["a", "b", "c"])
+def test_non_finite_activations_name_the_examples_and_layers():
+    values = np.zeros((3, 4, 2))
+    values[1, 2, 0] = np.nan
+    values[2, 0, 1] = np.inf
+    with pytest.raises(nait.NaitInputError, match=r"2 example\(s\) \['b', 'c'\] in layer\(s\) \[1, 3\]"):
+        nait.require_finite_layers(values, ["a", "b", "c"], "activations")
+    nait.require_finite_layers(np.ones((2, 1)), ["a", "b"], "projections")  # [n, L] finite: passes

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nait_pipeline import cli
-from nait_pipeline.lib import sql
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.io import sql
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 @pytest.mark.slow

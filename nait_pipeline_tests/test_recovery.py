@@ -14,7 +14,7 @@ import time
 import dagster as dg
 
 from nait_pipeline.defs.recovery import recover_dead_runs
-from nait_pipeline.lib.settings import PROJECT_ROOT
+from nait_pipeline.lib.io.settings import PROJECT_ROOT
 
 SLOW_FEATURIZATION = textwrap.dedent("""
     import sys, time

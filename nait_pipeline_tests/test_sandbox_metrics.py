@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from nait_pipeline.lib import metrics
-from nait_pipeline.lib.sandbox import network_namespace_available, run_program
+from nait_pipeline.lib.evaluation import metrics
+from nait_pipeline.lib.evaluation.sandbox import network_namespace_available, run_program
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ def test_code_extraction_prefers_the_fenced_block():
 def test_code_programs_pass_with_reference_solutions_and_fail_with_wrong_ones(shared_data):
     import json
 
-    from nait_pipeline.lib import targets
-    from nait_pipeline.lib.benchmarks import code_program
+    from nait_pipeline.lib.data import targets
+    from nait_pipeline.lib.evaluation.benchmarks import code_program
 
     rows = targets.evaluation_rows(shared_data / "targets", "code").rows
     humaneval = [r for r in rows if r["example_id"] == "HumanEval/0"][0]

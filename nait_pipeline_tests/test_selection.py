@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nait_pipeline.lib import selection
-from nait_pipeline.lib.nait import NaitInputError
+from nait_pipeline.lib.selection import policies as selection
+from nait_pipeline.lib.selection.policies import NonFiniteScoreError
 
 
 def test_budget_is_ceil_of_ratio():
@@ -27,7 +27,7 @@ def test_ties_are_broken_by_id_regardless_of_input_order():
 
 
 def test_nan_scores_fail_loudly():
-    with pytest.raises(NaitInputError, match=r"\['b'\]"):
+    with pytest.raises(NonFiniteScoreError, match=r"\['b'\]"):
         selection.top_k(["a", "b"], np.array([1.0, np.nan]), 1)
 
 

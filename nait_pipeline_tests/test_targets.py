@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nait_pipeline.lib import targets
-from nait_pipeline.lib.settings import CAPABILITIES
+from nait_pipeline.lib.data import targets
+from nait_pipeline.lib.io.settings import CAPABILITIES
 
 
 @pytest.mark.parametrize("capability", CAPABILITIES)

@@ -9,10 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nait_pipeline.lib import evaluate, model_io
-from nait_pipeline.lib.featurize import FeaturizerSpec, featurize
-from nait_pipeline.lib.template import ChatTemplate
-from nait_pipeline.lib.train import TrainConfig, fine_tune
+from nait_pipeline.lib.evaluation import evaluate
+
+from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
+from nait_pipeline.lib.models.template import ChatTemplate
+from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +98,8 @@ def test_greedy_generation_batches_with_left_padding(base):
 @pytest.mark.parametrize("capability, metric", [("knowledge", "mmlu_accuracy"), ("math", "gsm8k_exact_match"),
                                                 ("reasoning", "bbh_exact_match"), ("code", None)])
 def test_capability_evaluation_on_sampled_test_rows(base, shared_data, capability, metric):
-    from nait_pipeline.lib import targets
-    from nait_pipeline.lib.benchmarks import EvalConfig, evaluate_capability, sample_rows
+    from nait_pipeline.lib.data import targets
+    from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability, sample_rows
 
     model, template = base
     rows = targets.evaluation_rows(shared_data / "targets", capability).rows
@@ -113,7 +115,7 @@ def test_capability_evaluation_on_sampled_test_rows(base, shared_data, capabilit
 
 
 def test_response_loss_equals_the_hf_loss_with_masked_labels(base, model_dir, rows):
-    from nait_pipeline.lib.train import _collate, _response_loss
+    from nait_pipeline.lib.models.train import _collate, _response_loss
 
     model, _ = base
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
@@ -126,8 +128,8 @@ def test_response_loss_equals_the_hf_loss_with_masked_labels(base, model_dir, ro
 
 
 def test_length_grouped_batches_cover_every_example_once_and_are_seeded():
-    from nait_pipeline.lib.template import TokenizedExample
-    from nait_pipeline.lib.train import _batches
+    from nait_pipeline.lib.models.template import TokenizedExample
+    from nait_pipeline.lib.models.train import _batches
 
     examples = [TokenizedExample(input_ids=list(range(n)), response_start=0, truncated=False, full_length=int(n))
                 for n in np.random.default_rng(0).integers(5, 500, size=300)]

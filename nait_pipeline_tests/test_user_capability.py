@@ -17,7 +17,7 @@ from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME, register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.feature_store import write_features
+from nait_pipeline.lib.features.feature_store import write_features
 from nait_pipeline_tests import synthetic_lake
 
 LEGAL = [{"prompt": f"What does clause {i} of the lease allow?", "answer": f"Clause {i} allows subletting."}

@@ -16,11 +16,11 @@ import dagster as dg
 
 from nait_pipeline.defs.partitions import pool_shard_partitions, register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.lake import read_metadata
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.settings import Settings
-from nait_pipeline.lib.targets import TargetFileError, user_capabilities
-from nait_pipeline.lib.watch import (ingested_fingerprint, pool_folder_fingerprint, target_file_fingerprints,
+from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.settings import Settings
+from nait_pipeline.lib.data.targets import TargetFileError, user_capabilities
+from nait_pipeline.lib.features.watch import (ingested_fingerprint, pool_folder_fingerprint, target_file_fingerprints,
                                      unfeaturized_shards)
 
 ingest_job = dg.define_asset_job("ingest_pool", selection=dg.AssetSelection.assets("it_pool"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from nait_pipeline.lib.targets import discover_capabilities
+from nait_pipeline.lib.data.targets import discover_capabilities
 
 CAPABILITIES_NAME = "capabilities"
 capability_partitions = dg.DynamicPartitionsDefinition(name=CAPABILITIES_NAME)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from nait_pipeline.lib.lake import atomic_path
+from nait_pipeline.lib.io.lake import atomic_path
 
 
 def bar_plot(values, labels, title: str, ylabel: str, destination: Path) -> dg.MarkdownMetadataValue:

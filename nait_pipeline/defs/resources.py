@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from nait_pipeline.lib.settings import Settings
+from nait_pipeline.lib.io.settings import Settings
 
 
 class PipelineResource(dg.ConfigurableResource):

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import featurize as fz
-from nait_pipeline.lib.feature_store import shard_input_version, write_features
-from nait_pipeline.lib.hashing import sha256_json, sha256_lines
-from nait_pipeline.lib.lake import read_metadata
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.features import featurize as fz
+from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
+from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
+from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.progress import Progress, to_console
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 class FeaturizerConfig(dg.Config):
@@ -47,8 +48,8 @@ def read_model_record(layout: LakeLayout) -> dict:
 @functools.lru_cache(maxsize=2)
 def _load(model_path: str, dtype: str, device: str):
     """One model per process: Dagster runs many shard steps in the same process with `materialize`."""
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     model = model_io.load_causal_lm(Path(model_path), dtype=dtype, device=device)
     return model, ChatTemplate(model_io.load_tokenizer(Path(model_path)))
@@ -68,10 +69,13 @@ def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], confi
 
     lm, template = _load(model["path"], spec.dtype, fz.resolve_device(config.device))
     step = max(1, len(rows) // 10)
+    meter = Progress(f"featurizing {destination.stem}", len(rows))
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, tokens: int) -> None:
+        line = meter.update(done, tokens)
+        to_console(line, final=done == total)
         if done // step != (done - 1) // step or done == total:
-            context.log.info(f"featurized {done}/{total} examples")
+            context.log.info(line)
 
     features = fz.featurize(lm, template, rows, spec, ids, progress=progress)
     write_features(destination, ids, features, {**identity, "store_version": version, "stats": features.stats})

@@ -14,18 +14,19 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.partitions import selectable_capabilities, subset_partitions
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import comparison as cmp
-from nait_pipeline.lib import featurize as fz
-from nait_pipeline.lib.audit import subset_rows
-from nait_pipeline.lib.benchmarks import EvalConfig, evaluate_capability
-from nait_pipeline.lib.evaluate import choose_generation_backend, make_generator
-from nait_pipeline.lib.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
-from nait_pipeline.lib.hashing import sha256_json
-from nait_pipeline.lib.lake import atomic_path, read_metadata, write_parquet
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.evaluation import comparison as cmp
+from nait_pipeline.lib.features import featurize as fz
+from nait_pipeline.lib.methods.audit import subset_rows
+from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
+from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
+from nait_pipeline.lib.io.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
+from nait_pipeline.lib.io.progress import Progress, to_console
+from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import METHODS
-from nait_pipeline.lib.protocol import compared_subset_versions
-from nait_pipeline.lib.train import TrainConfig, fine_tune
+from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
+from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 
 
 class FineTuneConfig(dg.Config):
@@ -75,10 +76,14 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
     train = config.train_config()
     destination = finetuned_dir(pipeline, subset_version)
     every = max(1, len(rows) // train.batch_size // 10)
+    meter = Progress(f"fine-tuning on {subset_version}", 0, unit="steps", rate_unit="")
 
     def progress(done: int, total: int, loss: float) -> None:
+        meter.total = total
+        line = f"{meter.update(done)}, loss {loss:.4f}"
+        to_console(line, final=done == total)
         if done % every == 0 or done == total:
-            context.log.info(f"step {done}/{total}: loss {loss:.4f}")
+            context.log.info(line)
 
     result = fine_tune(Path(model["path"]), rows, train, destination, progress, device=fz.resolve_device("auto"))
     params = train.as_dict()
@@ -110,8 +115,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     """The fine-tuned model of one subset version on every capability's held-out test split:
     answer NLL everywhere, MMLU accuracy, GSM8K and BBH exact match, MBPP/HumanEval pass@1 (code
     executed in a sandbox). Rows land in the `evaluations` view."""
-    from nait_pipeline.lib import model_io
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     layout = LakeLayout(pipeline.settings.lake_dir)
     subset_version = context.partition_key

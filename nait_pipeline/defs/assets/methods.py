@@ -12,9 +12,9 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import selection
-from nait_pipeline.lib.hashing import sha256_json
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.selection import policies as selection
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capability
 

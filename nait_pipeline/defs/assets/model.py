@@ -5,10 +5,10 @@ from pathlib import Path
 import dagster as dg
 
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import model_io
-from nait_pipeline.lib.hashing import sha256_file
-from nait_pipeline.lib.lake import write_json
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.io.hashing import sha256_file
+from nait_pipeline.lib.io.lake import write_json
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 def _embedded_model_dir(pipeline: PipelineResource, log) -> Path:
@@ -42,7 +42,7 @@ def base_model(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     info = model_io.describe_model(model_dir)
     write_json(info.as_dict(), LakeLayout(settings.lake_dir).model_record)
 
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
     prompt, response = template.render("Say hi.", "", "Hi!")

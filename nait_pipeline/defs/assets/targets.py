@@ -5,10 +5,10 @@ import dagster as dg
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import targets
-from nait_pipeline.lib.hashing import sha256_lines
-from nait_pipeline.lib.lake import write_parquet
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.data import targets
+from nait_pipeline.lib.io.hashing import sha256_lines
+from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 class TargetSetConfig(dg.Config):

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib import sql
-from nait_pipeline.lib.contract import ensure_contract_tables
+from nait_pipeline.lib.io import sql
+from nait_pipeline.lib.io.contract import ensure_contract_tables
 
 
 @dg.asset(

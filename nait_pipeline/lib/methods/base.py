@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.feature_store import PoolStore, stale_shards
-from nait_pipeline.lib.lake import read_metadata
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.features.feature_store import PoolStore, stale_shards
+from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.layout import LakeLayout
 
 ALL = "all"  # the capability label of a subset selected for every capability at once
 

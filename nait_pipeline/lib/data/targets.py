@@ -24,7 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.hashing import sha256_text
+from nait_pipeline.lib.io.contract import TARGET_SCHEMA
+from nait_pipeline.lib.io.hashing import sha256_text
 
 SELECTION_SPLITS = ("dev", "train", "fewshot")
 EVALUATION_SPLIT = "test"
@@ -32,18 +33,6 @@ REQUIRED_COLUMNS = ("id", "capability", "task", "split", "prompt", "answer")
 DEFAULT_TARGET_SIZE = 256
 SAMPLE_SEED = 0
 
-TARGET_SCHEMA = pa.schema(
-    [
-        ("example_id", pa.string()),
-        ("capability", pa.string()),
-        ("task", pa.string()),
-        ("split", pa.string()),
-        ("file", pa.string()),
-        ("prompt", pa.string()),
-        ("answer", pa.string()),
-        ("extra_json", pa.string()),
-    ]
-)
 
 
 class TargetFileError(ValueError):
@@ -156,7 +145,7 @@ def benchmark_capabilities(targets_dir: Path) -> dict[str, str]:
 def discover_capabilities(targets_dir: Path) -> list[str]:
     """Every capability the targets folder defines: the built-in ones in their usual order, other
     benchmark ones by name, then the user's by name."""
-    from nait_pipeline.lib.settings import CAPABILITIES
+    from nait_pipeline.lib.io.settings import CAPABILITIES
 
     benchmark = benchmark_capabilities(targets_dir)
     ordered = [c for c in CAPABILITIES if c in benchmark] + sorted(set(benchmark) - set(CAPABILITIES))

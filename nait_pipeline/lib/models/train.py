@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nait_pipeline.lib.lake import atomic_dir
-from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.io.lake import atomic_dir
+from nait_pipeline.lib.models.template import ChatTemplate
 
 IGNORE_INDEX = -100
 
@@ -101,7 +101,7 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from nait_pipeline.lib.model_io import load_causal_lm, load_tokenizer
+    from nait_pipeline.lib.models.model_io import load_causal_lm, load_tokenizer
 
     if not rows:
         raise ValueError("no training rows: the subset is empty")

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nait_pipeline.lib.featurize import plan_batches, response_losses
-from nait_pipeline.lib.metrics import CHOICES
-from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.features.featurize import plan_batches, response_losses
+from nait_pipeline.lib.evaluation.metrics import CHOICES
+from nait_pipeline.lib.models.template import ChatTemplate
 
 
 def _padded(token_lists: Sequence[list[int]], pad_id: int, left: bool = False):

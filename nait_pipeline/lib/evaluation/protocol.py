@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 @dataclass(frozen=True)

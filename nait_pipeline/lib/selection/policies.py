@@ -7,10 +7,20 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nait_pipeline.lib.hashing import sha256_lines, sha256_text
-from nait_pipeline.lib.nait import require_finite
+from nait_pipeline.lib.io.hashing import sha256_lines, sha256_text
 
 MERGES = ("zsum", "quota", "pooled")
+
+
+class NonFiniteScoreError(ValueError):
+    """A score (or a value a score is made from) that is NaN or infinite: selection must not go on."""
+
+
+def require_finite(scores: np.ndarray, ids: Sequence[str], what: str = "scores") -> None:
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        named = [ids[i] for i in np.flatnonzero(bad)[:20]]
+        raise NonFiniteScoreError(f"non-finite {what} for {int(bad.sum())} example(s), e.g. {named}")
 
 
 def budget(n_pool: int, ratio: float) -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.hashing import sha256_lines, sha256_text
+from nait_pipeline.lib.io.contract import POOL_SCHEMA, QUARANTINE_SCHEMA
+from nait_pipeline.lib.io.hashing import sha256_lines, sha256_text
 
 POOL_SUFFIXES = (".parquet", ".jsonl", ".json")
 REQUIRED_FIELDS = ("instruction", "output")
@@ -26,33 +27,6 @@ DEFAULT_MAX_CHARS = 30_000
 DEFAULT_SHARD_SIZE = 2048
 SAMPLE_SEED = 0
 
-POOL_SCHEMA = pa.schema(
-    [
-        ("example_id", pa.string()),
-        ("pool", pa.string()),
-        ("source", pa.string()),
-        ("file", pa.string()),
-        ("row_index", pa.int64()),
-        ("instruction", pa.string()),
-        ("input", pa.string()),
-        ("output", pa.string()),
-        ("content_hash", pa.string()),
-        ("status", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("shard", pa.string()),
-    ]
-)
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("pool", pa.string()),
-        ("file", pa.string()),
-        ("row_index", pa.int64()),
-        ("example_id", pa.string()),
-        ("field", pa.string()),
-        ("reason", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
 
 
 class PoolFileError(ValueError):

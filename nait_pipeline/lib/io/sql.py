@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from nait_pipeline.lib.hashing import sha256_tree
-from nait_pipeline.lib.settings import PROJECT_ROOT
+from nait_pipeline.lib.io.hashing import sha256_tree
+from nait_pipeline.lib.io.settings import PROJECT_ROOT
 
 SQL_DIR = PROJECT_ROOT / "sql"
 LAKE_TOKEN = "{{lake}}"

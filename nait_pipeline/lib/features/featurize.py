@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nait_pipeline.lib.template import ChatTemplate, TokenizedExample
+from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
 
 FEATURIZER_VERSION = "1"  # bump when the features computed below change
 HF_OUTPUT = "hf_output"  # HF output_hidden_states: the last entry is taken after the final norm
@@ -89,7 +89,7 @@ def featurize(
     rows: Sequence[dict],
     spec: FeaturizerSpec,
     ids: Sequence[str],
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> Features:
     """Run ``model`` (a HF causal LM) once over ``rows`` (dicts with instruction/input/output)."""
     import torch
@@ -127,14 +127,15 @@ def featurize(
         raise ValueError(f"hidden_states must be {HF_OUTPUT!r} or {PRENORM_LAST!r}, got {spec.hidden_states!r}")
 
     started = time.perf_counter()
-    done = 0
+    done = tokens_done = 0
     try:
         with torch.inference_mode():
             for batch in plan_batches(out.n_tokens.tolist(), spec.batch_tokens, spec.max_batch_size):
                 _run_batch(model, tokens, batch, out, pad_id, device, captured)
                 done += len(batch)
+                tokens_done += int(out.n_tokens[batch].sum())
                 if progress is not None:
-                    progress(done, n)
+                    progress(done, n, tokens_done)
     finally:
         if hook is not None:
             hook.remove()

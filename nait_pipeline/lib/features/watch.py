@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nait_pipeline.lib.hashing import sha256_json
-from nait_pipeline.lib.ingest import POOL_SUFFIXES
-from nait_pipeline.lib.layout import LakeLayout
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.data.ingest import POOL_SUFFIXES
+from nait_pipeline.lib.io.layout import LakeLayout
 
 
 def pool_folder_fingerprint(pools_dir: Path) -> str:
@@ -19,7 +19,7 @@ def pool_folder_fingerprint(pools_dir: Path) -> str:
 
 def ingested_fingerprint(layout: LakeLayout) -> str | None:
     """The pool folder fingerprint the lake's current pool was ingested from (None: nothing ingested)."""
-    from nait_pipeline.lib.lake import read_metadata
+    from nait_pipeline.lib.io.lake import read_metadata
 
     if not layout.pool_examples.exists():
         return None
@@ -28,7 +28,7 @@ def ingested_fingerprint(layout: LakeLayout) -> str | None:
 
 def target_file_fingerprints(targets_dir: Path) -> dict[str, str]:
     """Per target file name, a fingerprint that changes when the file is rewritten."""
-    from nait_pipeline.lib.targets import TARGET_SUFFIXES
+    from nait_pipeline.lib.data.targets import TARGET_SUFFIXES
 
     if not targets_dir.is_dir():
         return {}
@@ -39,7 +39,7 @@ def target_file_fingerprints(targets_dir: Path) -> dict[str, str]:
 def unfeaturized_shards(layout: LakeLayout) -> list[str]:
     """Shards of the current pool table with no activations yet, or with activations computed from
     other rows or texts (a pool file rewritten after featurization)."""
-    from nait_pipeline.lib.feature_store import stale_shards
+    from nait_pipeline.lib.features.feature_store import stale_shards
 
     if not layout.pool_examples.exists():
         return []

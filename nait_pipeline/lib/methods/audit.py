@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.feature_store import read_features
-from nait_pipeline.lib.lake import atomic_path, read_metadata, write_json, write_parquet
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.template import user_message
+from nait_pipeline.lib.features.feature_store import read_features
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_json, write_parquet
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.models.template import user_message
 
 EXPORT_FORMATS = ("alpaca", "chat", "parquet")
 

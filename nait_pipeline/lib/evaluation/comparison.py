@@ -19,10 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.lake import atomic_path, read_metadata
-from nait_pipeline.lib.layout import LakeLayout
-from nait_pipeline.lib.contract import COMPARISON_SCHEMA
-from nait_pipeline.lib.settings import CAPABILITIES as BUILT_IN
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.contract import COMPARISON_SCHEMA
+from nait_pipeline.lib.io.settings import CAPABILITIES as BUILT_IN
 
 # The measure a reader looks at first for each capability; answer NLL is reported for all of them.
 HEADLINE_METRIC = {"math": "gsm8k_exact_match", "code": "mbpp_pass@1", "reasoning": "bbh_exact_match",

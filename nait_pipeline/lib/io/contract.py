@@ -1,6 +1,7 @@
-"""The tables of the SQL contract that later stages fill: scores, subsets and their lineage.
+"""Every table of the SQL contract, in one place: the pool, target sets, feature stores, scores,
+subsets, lineage, current subsets, fine-tuning runs, evaluations and comparisons.
 
-Each lives as a folder of Parquet files in the lake; an empty file with the schema is written
+Globbed tables live as folders of Parquet files in the lake; an empty file with the schema is written
 first, so the warehouse views bind (and answer with zero rows) before any method has run.
 """
 
@@ -10,9 +11,68 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from nait_pipeline.lib.feature_store import EMPTY_SCHEMA as FEATURES_SCHEMA
-from nait_pipeline.lib.lake import write_parquet
-from nait_pipeline.lib.targets import TARGET_SCHEMA
+from nait_pipeline.lib.io.lake import write_parquet
+
+# Pool rows as ingested: every row read is kept, a duplicate, sampled out, or quarantined.
+POOL_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("pool", pa.string()),
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("row_index", pa.int64()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("content_hash", pa.string()),
+        ("status", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("shard", pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("pool", pa.string()),
+        ("file", pa.string()),
+        ("row_index", pa.int64()),
+        ("example_id", pa.string()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+# In-domain (selection) and held-out (test) target rows.
+TARGET_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("capability", pa.string()),
+        ("task", pa.string()),
+        ("split", pa.string()),
+        ("file", pa.string()),
+        ("prompt", pa.string()),
+        ("answer", pa.string()),
+        ("extra_json", pa.string()),
+    ]
+)
+
+# The forward feature store (one file per pool shard or capability). The per-layer vectors are one
+# fixed-size binary value per row (float16 or float32, see the file's `vector_dtypes`).
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("n_response_tokens", pa.int32()),
+        ("full_length", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("response_loss", pa.float64()),
+        ("layer_mean", pa.binary()),
+        ("first_token", pa.binary()),
+        ("rds_embedding", pa.list_(pa.float32())),
+    ]
+)
+
 
 SCORES_SCHEMA = pa.schema(
     [

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib import evaluate, metrics
-from nait_pipeline.lib.hashing import sha256_text
-from nait_pipeline.lib.sandbox import run_program
-from nait_pipeline.lib.template import ChatTemplate
+from nait_pipeline.lib.evaluation import evaluate
+
+from nait_pipeline.lib.evaluation import metrics
+from nait_pipeline.lib.io.hashing import sha256_text
+from nait_pipeline.lib.evaluation.sandbox import run_program
+from nait_pipeline.lib.models.template import ChatTemplate
 
 SAMPLE_SEED = 0
 

@@ -21,7 +21,7 @@ AGGREGATIONS = ("sum", "zscore", "cosine")
 
 
 class NaitInputError(ValueError):
-    """Unusable in-domain data (too few rows, no variance) or scores that are not finite."""
+    """Unusable in-domain data (too few rows, no variance, non-finite activations)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def fit_directions(drifts: np.ndarray, min_rows: int = 2, capability: str = "") 
 def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """a_l(y) . v_l for every example and layer: [N, L] float64. ``layer_mean`` may be float16 (as
     stored); it is widened to float32 a chunk at a time, so memory stays bounded."""
-    from nait_pipeline.lib.feature_store import to_float32
+    from nait_pipeline.lib.features.feature_store import to_float32
 
     out = np.empty((layer_mean.shape[0], layer_mean.shape[1]), np.float64)
     v = directions.astype(np.float32)
@@ -87,7 +87,7 @@ def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int
 
 def layer_norms(layer_mean: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """|a_l(y)| for every example and layer: [N, L], widened from the stored dtype a chunk at a time."""
-    from nait_pipeline.lib.feature_store import to_float32
+    from nait_pipeline.lib.features.feature_store import to_float32
 
     return np.concatenate([np.linalg.norm(to_float32(layer_mean[s : s + chunk]), axis=2)
                            for s in range(0, len(layer_mean), chunk)]) if len(layer_mean) else \
@@ -131,10 +131,3 @@ def require_finite_layers(values: np.ndarray, ids: Sequence[str], what: str) -> 
         named = sorted({ids[r] for r in rows})[:20]
         raise NaitInputError(f"non-finite {what} for {len(set(rows.tolist()))} example(s) {named} "
                              f"in layer(s) {sorted({int(l) + 1 for l in layers})[:20]}")
-
-
-def require_finite(scores: np.ndarray, ids: Sequence[str], what: str = "scores") -> None:
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        named = [ids[i] for i in np.flatnonzero(bad)[:20]]
-        raise NaitInputError(f"non-finite {what} for {int(bad.sum())} example(s), e.g. {named}")

@@ -21,27 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.featurize import Features
-from nait_pipeline.lib.hashing import sha256_lines
-from nait_pipeline.lib.lake import read_metadata, write_parquet
+from nait_pipeline.lib.features.featurize import Features
+from nait_pipeline.lib.io.hashing import sha256_lines
+from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 
 FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 VECTOR_COLUMNS = ("layer_mean", "first_token", "last_token")
 SCALAR_COLUMNS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
 
-EMPTY_SCHEMA = pa.schema(
-    [
-        ("example_id", pa.string()),
-        ("n_tokens", pa.int32()),
-        ("n_response_tokens", pa.int32()),
-        ("full_length", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("response_loss", pa.float64()),
-        ("layer_mean", pa.binary()),
-        ("first_token", pa.binary()),
-        ("rds_embedding", pa.list_(pa.float32())),
-    ]
-)
 
 
 BINARY_VECTORS = ("layer_mean", "first_token", "last_token")

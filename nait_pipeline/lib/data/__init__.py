@@ -1,0 +1,1 @@
+"""Raw inputs: pool ingestion (validation, quarantine, dedup, shards) and per-capability target sets."""

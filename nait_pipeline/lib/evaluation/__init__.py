@@ -1,0 +1,1 @@
+"""Closing the loop: per-capability evaluation, comparison of methods, protocols."""

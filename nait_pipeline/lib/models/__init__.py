@@ -1,0 +1,1 @@
+"""Models: loading (GGUF conversion), the chat/IT template, fine-tuning."""
