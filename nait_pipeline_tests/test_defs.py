@@ -20,6 +20,7 @@ def test_asset_graph_and_partitions():
 
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
                     "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
+                    "subset_diffs",
                     *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}
     assert {"nait_scores", "rds_scores", "perplexity_scores", "length_scores", "nait_subsets", "random_subsets",
             "full_subsets", "random_balanced_subsets"} <= keys

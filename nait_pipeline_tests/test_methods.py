@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nait_pipeline_tests import synthetic_lake
-from nait_pipeline.defs.assets.methods import score_assets, subset_assets
+from nait_pipeline.defs.assets.methods import score_assets, subset_assets, subset_diffs
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
 from nait_pipeline.defs.resources import PipelineResource
@@ -253,3 +253,28 @@ def test_dumps_let_anyone_redo_rds_perplexity_and_random_selections(scored_lake,
     per_source = {s: sum(sources[json.loads((out / "pool_ids.json").read_text()).index(i)] == s for i in chosen)
                   for s in set(sources)}
     assert max(per_source.values()) - min(per_source.values()) <= 1
+
+
+def test_a_changed_selection_gets_a_new_version_and_a_diff_that_says_why(scored_lake):
+    instance, resource, layout = scored_lake
+    config = lambda r: {"ops": {"length_subsets": {"config": {"budget_ratio": r}}}}  # noqa: E731
+    first = dg.materialize(ASSETS, selection=["length_subsets"], instance=instance, resources={"pipeline": resource},
+                           run_config=config(0.1))
+    second = dg.materialize(ASSETS, selection=["length_subsets"], instance=instance, resources={"pipeline": resource},
+                            run_config=config(0.2))
+    old = first.asset_materializations_for_node("length_subsets")[0].metadata["subset_versions"].value["all"]
+    new = second.asset_materializations_for_node("length_subsets")[0].metadata["subset_versions"].value["all"]
+    assert old != new
+    (slot,) = pq.read_table(layout.current_subsets("length")).to_pylist()
+    assert (slot["subset_version"], slot["previous_version"]) == (new, old)
+    lineage = pq.read_table(layout.lineage(new)).to_pylist()[0]
+    assert lineage["code_commit"]  # the code that made it, beside pool, model, template and parameters
+    result = dg.materialize([*ASSETS, subset_diffs], selection=["subset_diffs"], instance=instance,
+                            resources={"pipeline": resource})
+    metadata = result.asset_materializations_for_node("subset_diffs")[0].metadata
+    assert metadata["changed_slots"].value >= 1
+    assert "param budget_ratio: 0.1 -> 0.2" in metadata["changes"].value
+    rows = pq.read_table(layout.subset_diff(new, old)).to_pylist()
+    assert [r["change"] for r in rows].count("added") == 4 and [r["change"] for r in rows].count("kept") == 4
+    assert all(r["rank_change"] == 0 for r in rows if r["change"] == "kept")  # longest-k keeps its order
+    materialize(instance, resource, ["length_subsets"])  # back to the default budget for the other tests

@@ -80,3 +80,18 @@ def test_a_stale_write_ahead_log_does_not_break_the_rebuild(tmp_path):
     sql.build_warehouse(db, lake)
     with sql.connect_read_only(db) as con:
         assert con.execute("SELECT count(*) FROM subsets").fetchone()[0] == 0
+
+
+def test_subset_diff_query_lists_added_removed_and_moved_rows(tmp_path):
+    from nait_pipeline.lib.io.contract import SUBSETS_SCHEMA
+
+    layout = small_lake(tmp_path / "lake")
+    rows = [("old", 1, "p-0", "0"), ("old", 2, "p-1", "1"), ("new", 1, "p-1", "1b"), ("new", 2, "p-2", "2")]
+    write_parquet(pa.Table.from_pylist([dict(subset_version=v, method="m", capability="all", budget_ratio=0.1, rank=r,
+                                             example_id=i, score=None, content_hash=h) for v, r, i, h in rows],
+                                       schema=SUBSETS_SCHEMA), layout.subset("both"))
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, layout.root)
+    got = sql.run_query(db, "subset_diff", {"old_version": "old", "new_version": "new"}).to_pylist()
+    summary = {(r["example_id"], r["change"], r["rank_change"], r["text_changed"]) for r in got}
+    assert summary == {("p-2", "added", None, False), ("p-0", "removed", None, False), ("p-1", "kept", 1, True)}

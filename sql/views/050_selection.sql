@@ -14,3 +14,7 @@ SELECT * FROM read_parquet({{lake}} || '/subset_lineage/*.parquet', union_by_nam
 -- method's last selection wrote.
 CREATE OR REPLACE VIEW current_subsets AS
 SELECT * FROM read_parquet({{lake}} || '/current_subsets/*.parquet', union_by_name = true);
+
+-- Row-level changes between a slot's previous and current subset version (the subset_diffs asset).
+CREATE OR REPLACE VIEW subset_diffs AS
+SELECT * FROM read_parquet({{lake}} || '/subset_diffs/*.parquet', union_by_name = true);

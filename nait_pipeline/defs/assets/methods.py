@@ -5,6 +5,7 @@ methods live in ``lib/methods`` and are listed in its registry."""
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.config import config_class, to_params
@@ -12,8 +13,10 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capability
@@ -121,3 +124,40 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
 
 score_assets = [build_scores_asset(s) for s in scorers().values()]
 subset_assets = [build_subsets_asset(m) for m in METHODS.values()]
+
+
+@dg.asset(
+    group_name="subsets",
+    kinds={"parquet"},
+    code_version="1",
+    deps=[f"{name}_subsets" for name in METHODS],
+)
+def subset_diffs(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """For every slot whose last selection replaced an earlier subset version: the rows added, removed
+    and kept (with rank changes and changed texts), and why (the pool version, model, template,
+    parameters or code that differ). Rows land in the `subset_diffs` view; the named queries
+    `subset_changes` and `subset_diff` answer the same questions for any two versions."""
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    current = []
+    for path in sorted(layout.current_subsets_dir.glob("*.parquet")) if layout.current_subsets_dir.exists() else []:
+        if not path.name.startswith("_"):
+            current += pq.read_table(path).to_pylist()
+    summaries = []
+    for slot in diff.changed_slots(current):
+        old, new = slot["previous_version"], slot["subset_version"]
+        rows = diff.diff_rows(layout, old, new)
+        write_parquet(rows, layout.subset_diff(new, old))
+        summary = diff.explain(layout, old, new, rows)
+        moved = sum(1 for change in rows.column("rank_change").to_pylist() if change)
+        summaries.append({"method": slot["method"], "slot": slot["capability"] + (f"/{slot['slot']}" if slot["slot"] else ""),
+                          "old": old, "new": new, "added": summary["added"], "removed": summary["removed"],
+                          "moved": moved, "new_text": summary["kept_with_new_text"], "why": diff.why_line(summary)})
+    if summaries:
+        context.log.info(f"{len(summaries)} slot(s) changed since their previous selection")
+    table = pa.Table.from_pylist(summaries) if summaries else pa.table({"method": pa.array([], pa.string())})
+    return dg.MaterializeResult(
+        metadata={"changed_slots": len(summaries),
+                  "changes": markdown_table(table, 50) if summaries else dg.MetadataValue.md("no subset changed"),
+                  },
+        data_version=dg.DataVersion(sha256_json([(s["old"], s["new"]) for s in summaries])[:16]),
+    )

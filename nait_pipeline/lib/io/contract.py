@@ -110,8 +110,20 @@ LINEAGE_SCHEMA = pa.schema(
         ("n_selected", pa.int64()),
         ("selected_ids_sha256", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("code_commit", pa.string()),  # git commit of the code that first made this version
     ]
 )
+# Row-level changes between a slot's previous and current subset version.
+SUBSET_DIFFS_SCHEMA = pa.schema([
+    ("old_version", pa.string()),
+    ("new_version", pa.string()),
+    ("example_id", pa.string()),
+    ("change", pa.string()),  # added | removed | kept
+    ("old_rank", pa.int64()),
+    ("new_rank", pa.int64()),
+    ("rank_change", pa.int64()),  # old_rank - new_rank: positive means it moved up
+    ("text_changed", pa.bool_()),
+])
 # One row per slot (method, capability, slot such as "seed=0"): the subset version that the last
 # selection of the method wrote there. Comparisons and protocols read what the pipeline holds now here.
 CURRENT_SUBSETS_SCHEMA = pa.schema(
@@ -123,6 +135,7 @@ CURRENT_SUBSETS_SCHEMA = pa.schema(
         ("subset_version", pa.string()),
         ("pool_version", pa.string()),
         ("selected_at", pa.timestamp("us", tz="UTC")),
+        ("previous_version", pa.string()),  # what filled the slot before (subset_diffs shows the change)
     ]
 )
 FINETUNE_SCHEMA = pa.schema(
@@ -171,7 +184,7 @@ COMPARISON_SCHEMA = pa.schema([
     ("subset_versions", pa.string()),
 ])
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
-                   "current_subsets": CURRENT_SUBSETS_SCHEMA,
+                   "current_subsets": CURRENT_SUBSETS_SCHEMA, "subset_diffs": SUBSET_DIFFS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.

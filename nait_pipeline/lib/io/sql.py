@@ -22,6 +22,7 @@ QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "top_subset_examples": {"method": "nait", "capability": "math", "k": 20},
     "lineage_of_subset": {"subset_version": "nait-math-000000000000"},
     "protocol_comparison": {"protocol": "cpu-2k"},
+    "subset_diff": {"old_version": "nait-math-000000000000", "new_version": "nait-math-111111111111"},
 }
 
 

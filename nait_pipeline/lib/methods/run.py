@@ -148,9 +148,21 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                               content_hashes=hashes)
         written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio})
     now = datetime.now(timezone.utc)
+    before = {}
+    if layout.current_subsets(method.name).exists():
+        before = {(r["capability"], r["slot"]): r for r in pq.read_table(layout.current_subsets(method.name)).to_pylist()}
+
+    def previous(w: dict) -> str | None:
+        old = before.get((w["capability"], w["slot"]))
+        if old is None:
+            return None
+        # Re-selecting the same version keeps the version it replaced, so the last change stays visible.
+        return old.get("previous_version") if old["subset_version"] == w["subset_version"] else old["subset_version"]
+
     write_parquet(pa.Table.from_pylist([
         dict(method=method.name, capability=w["capability"], slot=w["slot"], budget_ratio=w["budget_ratio"],
-             subset_version=w["subset_version"], pool_version=inp.pool_version, selected_at=now) for w in written],
+             subset_version=w["subset_version"], pool_version=inp.pool_version, selected_at=now,
+             previous_version=previous(w)) for w in written],
         schema=CURRENT_SUBSETS_SCHEMA), layout.current_subsets(method.name))
     return written
 

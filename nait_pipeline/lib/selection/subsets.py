@@ -12,6 +12,7 @@ from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.io.contract import LINEAGE_SCHEMA, SUBSETS_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.provenance import code_commit
 from nait_pipeline.lib.io.layout import LakeLayout
 
 
@@ -40,7 +41,8 @@ def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[
             subset_version=version, pool_version=pool_version, model_id=model["model_id"],
             template_hash=model["template_hash"], method=method, capability=capability,
             params_json=json.dumps(params, sort_keys=True), n_pool=len(ids), n_selected=len(selected),
-            selected_ids_sha256=digest, created_at=datetime.now(timezone.utc))], schema=LINEAGE_SCHEMA),
+            selected_ids_sha256=digest, created_at=datetime.now(timezone.utc), code_commit=code_commit())],
+            schema=LINEAGE_SCHEMA),
             layout.lineage(version))
     return {"subset_version": version, "capability": capability, "n_selected": len(selected), "n_pool": len(ids),
             "selected_ids_sha256": digest, "ids": set(selected)}
