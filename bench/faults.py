@@ -65,11 +65,16 @@ def kill_during_featurization(work: Path, shared: Path) -> dict:
     lake = work / "kill" / "store" / "lake" / "features" / "pool_activations"
     victim = subprocess.Popen([CLI, "materialize", "--methods", "nait", "length"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+    import dagster as dg
+
     deadline = time.time() + 900
-    while not any(p.name.startswith("first") for p in lake.glob("*.parquet")):
-        if time.time() > deadline or victim.poll() is not None:
-            return {"observed": "could not catch the run mid-featurization", "ok": False}
-        time.sleep(0.5)
+    # Kill once the first shard is stored and the second one's run holds the cpu_heavy slot.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while not (any(p.name.startswith("first") for p in lake.glob("*.parquet"))
+                   and instance.event_log_storage.get_concurrency_info("cpu_heavy").claimed_slots):
+            if time.time() > deadline or victim.poll() is not None:
+                return {"observed": "could not catch the run mid-featurization", "ok": False}
+            time.sleep(0.2)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in lake.glob("*.parquet")}
@@ -78,7 +83,8 @@ def kill_during_featurization(work: Path, shared: Path) -> dict:
                            text=True, timeout=1800)
     recovered = [line for line in again.stdout.splitlines() if "recovered run" in line]
     reused = all(p.stat().st_mtime_ns == finished[p.name] for p in lake.glob("*.parquet") if p.name in finished)
-    ok = again.returncode == 0 and bool(recovered) and reused and len(list(lake.glob("*.parquet"))) == 2
+    shards = [p for p in lake.glob("*.parquet") if not p.name.startswith("_")]
+    ok = again.returncode == 0 and bool(recovered) and reused and len(shards) == 2
     return {"observed": f"rerun exit {again.returncode} in {time.perf_counter() - started:.0f} s; "
                         f"{len(recovered)} dead run recovered; finished shard reused: {reused}", "ok": ok}
 
@@ -145,16 +151,19 @@ def overwritten_during_ingest(work: Path, shared: Path) -> dict:
     consistent = mixed = refused = 0
 
     def copier():
+        version = 0
         while time.time() < stop:
+            version += 1
             with open(path, "w") as handle:  # truncate, then write in pieces, as cp does
-                for row in (new if int(time.time() * 10) % 2 else old):
+                for row in (new if version % 2 else old):
                     handle.write(json.dumps(row) + "\n")
+            time.sleep(0.3)  # a pause between copies: an ingest may then read a whole file
 
     thread = threading.Thread(target=copier)
     thread.start()
     while time.time() < stop:
         try:
-            rows = ingest.ingest_pools([path]).pool_rows
+            rows = ingest.ingest_pools([path], settle_s=ingest.SETTLE_SECONDS).pool_rows
         except ingest.PoolFileError:
             refused += 1
             continue

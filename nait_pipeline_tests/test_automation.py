@@ -25,12 +25,18 @@ def test_pool_sensor_fires_once_per_change(tmp_path):
     pools.mkdir(parents=True)
     (pools / "a.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
     res = {"pipeline": resource(tmp_path)}
-    first = new_pool_files(dg.build_sensor_context(resources=res))
+    seen = new_pool_files(dg.build_sensor_context(resources=res))
+    assert not seen.run_requests and seen.cursor.startswith("pending:")  # waits one interval to settle
+    (pools / "a.jsonl").write_text(json.dumps({"instruction": "a", "output": "b, still growing"}) + "\n")
+    grown = new_pool_files(dg.build_sensor_context(cursor=seen.cursor, resources=res))
+    assert not grown.run_requests and grown.cursor != seen.cursor  # still changing: still waiting
+    first = new_pool_files(dg.build_sensor_context(cursor=grown.cursor, resources=res))
     assert len(first.run_requests) == 1
     unchanged = new_pool_files(dg.build_sensor_context(cursor=first.cursor, resources=res))
     assert isinstance(unchanged, dg.SkipReason)
     (pools / "b.jsonl").write_text(json.dumps({"instruction": "c", "output": "d"}) + "\n")
-    changed = new_pool_files(dg.build_sensor_context(cursor=first.cursor, resources=res))
+    pending = new_pool_files(dg.build_sensor_context(cursor=first.cursor, resources=res))
+    changed = new_pool_files(dg.build_sensor_context(cursor=pending.cursor, resources=res))
     assert len(changed.run_requests) == 1 and changed.cursor != first.cursor
 
 

@@ -196,3 +196,21 @@ def test_unsupported_files_in_the_pools_folder_are_named(tmp_path):
     (tmp_path / "rows.csv").write_text("instruction,output\nx,y\n")
     (tmp_path / ".hidden").write_text("")
     assert ingest.unsupported_pool_files(tmp_path) == ["rows.csv"]
+
+
+def test_a_file_written_moments_ago_is_waited_for(tmp_path):
+    import time
+
+    path = write_jsonl(tmp_path / "fresh.jsonl", [row()])
+    started = time.perf_counter()
+    assert ingest.read_snapshot(path, settle_s=0.5) == path.read_bytes()
+    assert time.perf_counter() - started >= 0.45  # it waited for the file to be 0.5 s quiet
+
+
+def test_file_changes_since_the_last_ingest(tmp_path):
+    previous = tmp_path / "files.parquet"
+    pq.write_table(pa.table({"file": ["a.jsonl", "b.jsonl", "c.jsonl"], "rows_read": [1, 1, 1],
+                             "sha256": ["ha", "hb", "hc"]}), previous)
+    changes = ingest.file_changes(previous, {"a.jsonl": "ha", "b.jsonl": "hb2", "d.jsonl": "hd"})
+    assert changes == {"added": ["d.jsonl"], "removed": ["c.jsonl"], "rewritten": ["b.jsonl"]}
+    assert ingest.file_changes(tmp_path / "none.parquet", {"a.jsonl": "ha"})["added"] == ["a.jsonl"]

@@ -33,7 +33,8 @@ refresh_job = dg.define_asset_job("nightly_refresh", selection=dg.AssetSelection
 @dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
     """Re-ingest the pool when the files in `$NAIT_DATA_DIR/pools` differ from those the lake's pool was
-    ingested from (a file added, removed or rewritten)."""
+    ingested from (a file added, removed or rewritten) and have not changed for one interval (a file
+    still being copied is not ingested)."""
     settings = pipeline.settings
     fingerprint = pool_folder_fingerprint(settings.data_dir / "pools")
     if not fingerprint:
@@ -42,6 +43,11 @@ def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResour
         return dg.SkipReason("the lake's pool was ingested from these files")
     if fingerprint == context.cursor:
         return dg.SkipReason("an ingest of these files was already requested")
+    # A file still being copied changes between evaluations: ingest only once the folder held still
+    # for one whole interval.
+    if context.cursor != f"pending:{fingerprint}":
+        return dg.SensorResult(skip_reason=dg.SkipReason("pool files changed; waiting one interval for them "
+                                                         "to settle"), cursor=f"pending:{fingerprint}")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint)], cursor=fingerprint)
 
 

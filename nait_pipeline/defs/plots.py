@@ -50,3 +50,28 @@ def histogram_plot(values, title: str, xlabel: str, destination: Path, bins: int
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return embedded_png(destination, title)
+
+
+def heatmap_plot(matrix, labels, title: str, destination: Path) -> dg.MarkdownMetadataValue:
+    """A labelled square matrix (overlaps between subsets) with its values written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(3.0, 0.55 * len(labels) + 1.5)
+    figure, axis = plt.subplots(figsize=(size + 1, size), dpi=90)
+    image = axis.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    axis.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                      color="white" if value > 0.6 else "black")
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return embedded_png(destination, title)

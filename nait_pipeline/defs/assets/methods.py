@@ -11,7 +11,7 @@ from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
-from nait_pipeline.defs.plots import histogram_plot
+from nait_pipeline.defs.plots import heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
@@ -103,11 +103,16 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         n_pool = written[0]["n_pool"]
         expected = {key: selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
         summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k != "ids"} for w in written])
+        overlap = _overlap(written)
         return dg.MaterializeResult(
             metadata={
                 "n_pool": n_pool,
                 "subsets": markdown_table(summary, len(written)),
-                "jaccard_overlap": dg.MetadataValue.json(_overlap(written)),
+                "jaccard_overlap": dg.MetadataValue.json(overlap),
+                **({"overlap_plot": heatmap_plot([list(row.values()) for row in overlap.values()], list(overlap),
+                                                 f"{method.name}: Jaccard overlap of its subsets",
+                                                 layout.root / "subsets" / "_plots" / f"{method.name}_overlap.png")}
+                   if len(written) > 1 else {}),
                 "subset_versions": dg.MetadataValue.json(
                     {key: w["subset_version"] for key, w in zip(sizes, written)}),
             },

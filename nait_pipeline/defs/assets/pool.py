@@ -18,6 +18,8 @@ class PoolConfig(dg.Config):
     """Rows with an instruction, input or output longer than this go to quarantine."""
     shard_size: int = ingest.DEFAULT_SHARD_SIZE
     """Kept rows per featurization shard (a `pool_shards` partition)."""
+    settle_seconds: float = ingest.SETTLE_SECONDS
+    """A file modified more recently than this is still being written: wait for it, then refuse."""
 
 
 @dg.asset(
@@ -48,12 +50,16 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Pip
         context.log.warning(f"not ingested, unsupported file type (use {', '.join(ingest.POOL_SUFFIXES)}): {unsupported}")
     context.log.info(f"ingesting {len(files)} pool file(s): {[f.name for f in files]}")
     result = ingest.ingest_pools(files, max_chars=config.max_chars, sample=settings.pool_sample,
-                                 shard_size=config.shard_size)
+                                 shard_size=config.shard_size, settle_s=config.settle_seconds)
+    layout = LakeLayout(settings.lake_dir)
+    file_changes = ingest.file_changes(layout.pool_files, result.file_hashes)
+    if file_changes["removed"] or file_changes["rewritten"]:
+        context.log.warning(f"pool files removed {file_changes['removed']} or rewritten {file_changes['rewritten']} "
+                            "since the last ingest: subsets holding their rows refuse to export until re-selected")
     pool_table = result.pool_table()
     quarantine = result.quarantine_table()
     files_table = pa.table({"file": list(result.rows_read), "rows_read": list(result.rows_read.values()),
                             "sha256": [result.file_hashes[name] for name in result.rows_read]})
-    layout = LakeLayout(settings.lake_dir)
     version = result.pool_version()
     params = {"pool_version": version, "pool_sample": settings.pool_sample, "max_chars": config.max_chars,
               "shard_size": config.shard_size, "folder_fingerprint": fingerprint}
@@ -80,6 +86,7 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Pip
             "sampled_out": counts["sampled_out"],
             "quarantined": counts["quarantined"],
             "rows_read_per_file": dg.MetadataValue.json(result.rows_read),
+            "file_changes": dg.MetadataValue.json(file_changes),
             "shards": len(shards),
             "new_shards": len(new_shards),
             "path": path_value(layout.pool_examples),

@@ -72,6 +72,22 @@ def unsupported_pool_files(pools_dir: Path) -> list[str]:
                   if p.is_file() and p.suffix not in POOL_SUFFIXES and not p.name.startswith("."))
 
 
+def file_changes(previous_files_table: Path, file_hashes: dict[str, str]) -> dict[str, list[str]]:
+    """Pool files added, removed or rewritten since the ingest that wrote ``previous_files_table``."""
+    before: dict[str, str] = {}
+    if previous_files_table.exists():
+        table = pq.read_table(previous_files_table)
+        if "sha256" in table.column_names:
+            before = dict(zip(table.column("file").to_pylist(), table.column("sha256").to_pylist()))
+        else:  # written before file hashes were recorded: only additions and removals are known
+            before = dict.fromkeys(table.column("file").to_pylist())
+    return {
+        "added": sorted(set(file_hashes) - set(before)),
+        "removed": sorted(set(before) - set(file_hashes)),
+        "rewritten": sorted(n for n in set(before) & set(file_hashes) if before[n] and before[n] != file_hashes[n]),
+    }
+
+
 def discover_pool_files(pools_dir: Path) -> list[Path]:
     if not pools_dir.is_dir():
         raise FileNotFoundError(f"pool folder {pools_dir} does not exist (set NAIT_DATA_DIR to a folder with pools/)")
@@ -90,27 +106,34 @@ def content_hash(instruction: str, input_text: str, output: str) -> str:
 
 
 SNAPSHOT_TRIES = 3
+SETTLE_SECONDS = 2.0  # the it_pool asset's default: a file modified more recently is still being written
 
 
-def read_snapshot(path: Path, tries: int = SNAPSHOT_TRIES, pause_s: float = 0.2) -> bytes:
+def read_snapshot(path: Path, tries: int = SNAPSHOT_TRIES, pause_s: float = 0.2, settle_s: float = 0.0) -> bytes:
     """The file's bytes, read once, from a moment when it was not being written.
 
     A file overwritten in place while it is read (``cp`` truncates, then writes) would otherwise give
-    a mix of old and new rows. Size and modification time are compared before and after the read;
-    a change means a writer was active, so the read is retried, then refused."""
+    a mix of old and new rows. The file must be ``settle_s`` old (a writer that pauses mid-file leaves
+    a stable but partial file; only quiet time tells it apart), and size and modification time are
+    compared before and after the read; a change means a writer was active, so the read is retried
+    (after waiting for the file to settle), then refused."""
     import time
 
     for attempt in range(tries):
+        age = time.time() - path.stat().st_mtime
+        if age < settle_s:
+            time.sleep(settle_s - age)
         before = path.stat()
-        data = path.read_bytes()
-        after = path.stat()
-        unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-        if unchanged and len(data) == after.st_size:
-            return data
+        if time.time() - before.st_mtime >= settle_s:
+            data = path.read_bytes()
+            after = path.stat()
+            unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+            if unchanged and len(data) == after.st_size:
+                return data
         if attempt + 1 < tries:
             time.sleep(pause_s)
-    raise PoolFileError(f"{path}: the file changed while it was being read ({tries} tries); "
-                        "ingest again once the copy has finished")
+    raise PoolFileError(f"{path}: the file changed while it was being read or within {settle_s:g} s before "
+                        f"({tries} tries); ingest again once the copy has finished")
 
 
 def _read_records(path: Path, data: bytes) -> Iterator[tuple[int, dict | None, str | None]]:
@@ -212,6 +235,7 @@ def ingest_pools(
     max_chars: int = DEFAULT_MAX_CHARS,
     sample: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    settle_s: float = 0.0,
 ) -> IngestResult:
     """Validate, de-duplicate, sample and shard every row of ``files`` (processed in the given order)."""
     result = IngestResult()
@@ -220,7 +244,7 @@ def ingest_pools(
     for path in files:
         pool = pool_name(path)
         count = 0
-        data = read_snapshot(path)
+        data = read_snapshot(path, settle_s=settle_s)
         result.file_hashes[path.name] = hashlib.sha256(data).hexdigest()
         for row_index, record, problem in _read_records(path, data):
             count += 1
