@@ -69,7 +69,7 @@ def test_pool_sensor_stays_quiet_when_the_lake_holds_these_files(tmp_path):
     write_parquet(POOL_SCHEMA.empty_table(), layout.pool_examples,
                   {"pool_version": "v1", "folder_fingerprint": pool_folder_fingerprint(pools)})
     quiet = new_pool_files(dg.build_sensor_context(resources={"pipeline": resource(tmp_path)}))
-    assert isinstance(quiet, dg.SkipReason) and "ingested from these files" in str(quiet.skip_message)
+    assert not quiet.run_requests and "ingested from these files" in quiet.skip_reason.skip_message
 
 
 def test_target_sensor_registers_dropped_capabilities_and_reports_bad_files(tmp_path):
@@ -83,9 +83,17 @@ def test_target_sensor_registers_dropped_capabilities_and_reports_bad_files(tmp_
         first = new_target_files(dg.build_sensor_context(instance=instance, resources=res))
         assert instance.get_dynamic_partitions("capabilities") == ["legal"]
         assert [r.partition_key for r in first.run_requests] == ["legal"]
+        target_set = LakeLayout(tmp_path / "store" / "lake").target_selection("legal")
+        write_parquet(pa.table({"example_id": ["legal-000000"]}), target_set)  # as the requested run would
         (targets_dir / "Bad Name.jsonl").write_text("{}\n")
+        (targets_dir / "contracts.jsonl").write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+        mixed = new_target_files(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=res))
+        # The bad file is reported by name; the good new one is still registered and built.
+        assert [r.partition_key for r in mixed.run_requests] == ["contracts"]
+        assert "contracts" in instance.get_dynamic_partitions("capabilities")
+        (targets_dir / "contracts.jsonl").unlink()
         bad = new_target_files(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=res))
-        assert isinstance(bad, dg.SkipReason) and "Bad Name.jsonl" in str(bad.skip_message)
+        assert "Bad Name.jsonl" in bad.skip_reason.skip_message
         (targets_dir / "Bad Name.jsonl").unlink()
         (targets_dir / "legal.jsonl").write_text(json.dumps({"prompt": "p2", "answer": "a2"}) + "\n")
         rewritten = new_target_files(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=res))
@@ -96,7 +104,7 @@ def test_automation_that_starts_hours_of_work_is_off_by_default():
     from nait_pipeline.defs.automation import nightly_refresh
 
     assert unfeaturized_pool_shards.default_status == dg.DefaultSensorStatus.STOPPED
-    assert nightly_refresh.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert nightly_refresh.default_status == dg.DefaultSensorStatus.STOPPED
 
 
 def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):
@@ -118,3 +126,34 @@ def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):
     settings_file.write_text("pool_sampel = 3\n")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['pool_sampel'\]"):
         Settings.from_env()
+
+
+def test_pool_sensor_names_an_unreadable_file_and_still_works(tmp_path):
+    pools = tmp_path / "data" / "pools"
+    pools.mkdir(parents=True)
+    (pools / "a.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    (pools / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # a dangling link
+    res = {"pipeline": resource(tmp_path)}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=res)
+        pending = new_pool_files(context)
+        assert pending.cursor.startswith("pending:")
+        ready = new_pool_files(dg.build_sensor_context(instance=instance, cursor=pending.cursor, resources=res))
+        assert len(ready.run_requests) == 1  # the ingest runs and fails naming gone.jsonl; the sensor goes on
+    from nait_pipeline.lib.features.watch import unreadable_pool_files
+
+    assert unreadable_pool_files(pools) == ["gone.jsonl (No such file or directory)"]
+
+
+def test_the_pool_folder_is_observed_with_its_fingerprint_as_data_version(tmp_path):
+    from nait_pipeline.lib.features.watch import pool_folder_fingerprint
+
+    pools = tmp_path / "data" / "pools"
+    pools.mkdir(parents=True)
+    (pools / "a.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    result = new_pool_files(dg.build_sensor_context(resources={"pipeline": resource(tmp_path)}))
+    (observation,) = result.asset_events
+    assert observation.asset_key == dg.AssetKey("pool_folder")
+    assert observation.tags["dagster/data_version"] == pool_folder_fingerprint(pools)
+    again = new_pool_files(dg.build_sensor_context(cursor=result.cursor, resources={"pipeline": resource(tmp_path)}))
+    assert not again.asset_events  # observed once per change

@@ -20,14 +20,15 @@ def test_asset_graph_and_partitions():
 
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
                     "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
-                    "subset_diffs",
+                    "subset_diffs", "pool_folder",
                     *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}
     assert {"nait_scores", "rds_scores", "perplexity_scores", "length_scores", "nait_subsets", "random_subsets",
             "full_subsets", "random_balanced_subsets"} <= keys
     assert graph.get(dg.AssetKey("pool_activations")).partitions_def.name == "pool_shards"
     assert {s.name for s in definitions.sensors} == {"new_pool_files", "new_target_files", "unfeaturized_pool_shards",
-                                                    "dead_run_reaper"}
-    assert {s.name for s in definitions.schedules} == {"nightly_refresh"}
+                                                    "dead_run_reaper", "nightly_refresh"}
+    assert not definitions.schedules  # the nightly refresh is a declarative condition on it_pool
+    assert graph.get(dg.AssetKey("it_pool")).automation_condition is not None
     target_sets = graph.get(dg.AssetKey("target_sets"))
     assert target_sets.partitions_def.name == "capabilities"  # dynamic: registered as target files appear
     for key in graph.get_all_asset_keys():

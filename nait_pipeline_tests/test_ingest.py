@@ -214,3 +214,10 @@ def test_file_changes_since_the_last_ingest(tmp_path):
     changes = ingest.file_changes(previous, {"a.jsonl": "ha", "b.jsonl": "hb2", "d.jsonl": "hd"})
     assert changes == {"added": ["d.jsonl"], "removed": ["c.jsonl"], "rewritten": ["b.jsonl"]}
     assert ingest.file_changes(tmp_path / "none.parquet", {"a.jsonl": "ha"})["added"] == ["a.jsonl"]
+
+
+def test_a_dangling_pool_link_fails_the_ingest_naming_it(tmp_path):
+    write_jsonl(tmp_path / "ok.jsonl", [row()])
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(ingest.PoolFileError, match=r"\['gone.jsonl'\].*not readable files"):
+        ingest.discover_pool_files(tmp_path)

@@ -7,7 +7,8 @@
 - `unfeaturized_pool_shards` (stopped unless the settings file says `[automation]
   featurize_new_shards = true`: a whole pool is hours of CPU) featurizes shards that have no
   activations yet, at most `max_shards_per_tick` per evaluation, so only new rows go through the model;
-- schedule `nightly_refresh` (stopped by default) re-ingests the pool and rebuilds the warehouse.
+- automation sensor `nightly_refresh` (stopped by default) evaluates the assets' declarative
+  conditions: `it_pool` on cron at 02:00, then `warehouse` eagerly after it.
 """
 
 import json
@@ -21,13 +22,15 @@ from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import Settings
 from nait_pipeline.lib.data.targets import TargetFileError, user_capabilities
 from nait_pipeline.lib.features.watch import (ingested_fingerprint, pool_folder_fingerprint, target_file_fingerprints,
-                                     unfeaturized_shards)
+                                              unfeaturized_shards, unreadable_pool_files)
+
+# The tag Dagster reads an observation's data version from (no public constant exports it).
+DATA_VERSION_TAG = "dagster/data_version"
 
 ingest_job = dg.define_asset_job("ingest_pool", selection=dg.AssetSelection.assets("it_pool"))
 featurize_job = dg.define_asset_job("featurize_shard", selection=dg.AssetSelection.assets("pool_activations"))
 target_job = dg.define_asset_job("build_target_sets",
                                  selection=dg.AssetSelection.assets("target_sets", "target_test_sets"))
-refresh_job = dg.define_asset_job("nightly_refresh", selection=dg.AssetSelection.assets("it_pool", "warehouse"))
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -39,15 +42,23 @@ def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResour
     fingerprint = pool_folder_fingerprint(settings.data_dir / "pools")
     if not fingerprint:
         return dg.SkipReason(f"no pool folder at {settings.data_dir / 'pools'}")
+    for name in unreadable_pool_files(settings.data_dir / "pools"):
+        context.log.warning(f"pool file not readable: {name}")
+    # The folder is an observed source: each new fingerprint is its data version.
+    seen = context.cursor.removeprefix("pending:") if context.cursor else None
+    observed = [] if fingerprint == seen else [dg.AssetObservation(
+        asset_key="pool_folder", tags={DATA_VERSION_TAG: fingerprint}, metadata={"fingerprint": fingerprint})]
     if fingerprint == ingested_fingerprint(LakeLayout(settings.lake_dir)):
-        return dg.SkipReason("the lake's pool was ingested from these files")
+        return dg.SensorResult(skip_reason=dg.SkipReason("the lake's pool was ingested from these files"),
+                               asset_events=observed, cursor=fingerprint)
     if fingerprint == context.cursor:
         return dg.SkipReason("an ingest of these files was already requested")
     # A file still being copied changes between evaluations: ingest only once the folder held still
     # for one whole interval.
     if context.cursor != f"pending:{fingerprint}":
         return dg.SensorResult(skip_reason=dg.SkipReason("pool files changed; waiting one interval for them "
-                                                         "to settle"), cursor=f"pending:{fingerprint}")
+                                                         "to settle"), asset_events=observed,
+                               cursor=f"pending:{fingerprint}")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint)], cursor=fingerprint)
 
 
@@ -58,11 +69,14 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineReso
     the others keep working."""
     settings = pipeline.settings
     targets_dir = settings.data_dir / "targets"
+    problems: list[str] = []
     try:
-        names = register_capabilities(context.instance, targets_dir)
-        user = user_capabilities(targets_dir)
+        names = register_capabilities(context.instance, targets_dir, problems)
+        user = user_capabilities(targets_dir, [])
     except (TargetFileError, FileNotFoundError) as exc:
         return dg.SkipReason(f"targets folder not usable: {exc}")
+    for problem in problems:
+        context.log.warning(f"not used: {problem}")
     layout = LakeLayout(settings.lake_dir)
     seen = json.loads(context.cursor) if context.cursor else {}
     current = target_file_fingerprints(targets_dir)
@@ -74,8 +88,8 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineReso
         if not layout.target_selection(name).exists() or changed:
             requests.append(dg.RunRequest(run_key=f"{name}:{[current.get(f) for f in files]}", partition_key=name))
     if not requests:
-        return dg.SensorResult(skip_reason=dg.SkipReason("every capability has its target set"),
-                               cursor=json.dumps(current))
+        reason = "every capability has its target set" + (f"; not used: {'; '.join(problems)}" if problems else "")
+        return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=json.dumps(current))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(current))
 
 
@@ -101,5 +115,8 @@ def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: Pipe
     )
 
 
-nightly_refresh = dg.ScheduleDefinition(name="nightly_refresh", job=refresh_job, cron_schedule="0 2 * * *",
-                                        default_status=dg.DefaultScheduleStatus.STOPPED)
+# The rule lives on the assets (automation_condition); this sensor evaluates it. Stopped by default.
+nightly_refresh = dg.AutomationConditionSensorDefinition(
+    "nightly_refresh", target=dg.AssetSelection.assets("it_pool", "warehouse"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-ingests the pool at 02:00 (it_pool: on cron) and rebuilds the warehouse after it (eager).")

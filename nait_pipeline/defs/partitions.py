@@ -22,9 +22,11 @@ def register_subset_versions(instance: dg.DagsterInstance, versions: list[str]) 
         instance.add_dynamic_partitions(SUBSET_VERSIONS_NAME, new)
 
 
-def register_capabilities(instance: dg.DagsterInstance, targets_dir: Path) -> list[str]:
-    """Register every capability the targets folder defines; returns them (built-in ones first)."""
-    names = discover_capabilities(targets_dir)
+def register_capabilities(instance: dg.DagsterInstance, targets_dir: Path,
+                          problems: list[str] | None = None) -> list[str]:
+    """Register every capability the targets folder defines; returns them (built-in ones first).
+    With a ``problems`` list, unusable files are reported there and the others still registered."""
+    names = discover_capabilities(targets_dir, problems)
     new = [n for n in names if not instance.has_dynamic_partition(CAPABILITIES_NAME, n)]
     if new:
         instance.add_dynamic_partitions(CAPABILITIES_NAME, new)

@@ -134,7 +134,9 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     created = datetime.now(timezone.utc)
     records, no_test_rows = [], []
     started = time.perf_counter()
-    for capability in selectable_capabilities(context.instance):
+    capabilities = selectable_capabilities(context.instance)
+    meter = Progress(f"evaluating {subset_version}", len(capabilities), unit="capabilities", rate_unit="")
+    for done, capability in enumerate(capabilities, start=1):
         path = layout.target_test(capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
@@ -147,6 +149,9 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
                                             generator):
             records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
                                 created_at=created, **result))
+        line = meter.update(done)
+        context.log.info(line)
+        to_console(line, final=done == len(capabilities))
     table = pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
     write_parquet(table, layout.evaluation(subset_version))
     return dg.MaterializeResult(

@@ -13,6 +13,17 @@ from nait_pipeline.lib.features.watch import pool_folder_fingerprint
 from nait_pipeline.lib.io.layout import LakeLayout
 
 
+pool_folder = dg.AssetSpec(
+    "pool_folder",
+    group_name="pool",
+    kinds={"json", "parquet"},
+    code_version="1",
+    description="The pool files in `$NAIT_DATA_DIR/pools`, observed by the `new_pool_files` sensor: its data "
+                "version is the folder's fingerprint (file names, sizes, modification times), so `it_pool` shows "
+                "as stale in the UI as soon as a file is added, removed or rewritten.",
+)
+
+
 class PoolConfig(dg.Config):
     max_chars: int = ingest.DEFAULT_MAX_CHARS
     """Rows with an instruction, input or output longer than this go to quarantine."""
@@ -26,6 +37,8 @@ class PoolConfig(dg.Config):
     group_name="pool",
     kinds={"parquet"},
     code_version="1",
+    deps=[pool_folder],
+    automation_condition=dg.AutomationCondition.on_cron("0 2 * * *"),
     check_specs=[
         dg.AssetCheckSpec("every_row_accounted_for", asset="it_pool", blocking=True),
         dg.AssetCheckSpec("unique_example_ids", asset="it_pool", blocking=True),

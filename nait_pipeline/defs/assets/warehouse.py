@@ -13,6 +13,7 @@ from nait_pipeline.lib.io.contract import ensure_contract_tables
     code_version=sql.sql_version(),
     deps=["it_pool", "target_sets", "target_test_sets"],
     pool="duckdb_writer",
+    automation_condition=dg.AutomationCondition.eager(),
     check_specs=[dg.AssetCheckSpec("queries_run_read_only", asset="warehouse", blocking=True)],
 )
 def warehouse(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:

@@ -91,7 +91,12 @@ def file_changes(previous_files_table: Path, file_hashes: dict[str, str]) -> dic
 def discover_pool_files(pools_dir: Path) -> list[Path]:
     if not pools_dir.is_dir():
         raise FileNotFoundError(f"pool folder {pools_dir} does not exist (set NAIT_DATA_DIR to a folder with pools/)")
-    files = sorted(p for p in pools_dir.iterdir() if p.is_file() and p.suffix in POOL_SUFFIXES)
+    candidates = sorted(p for p in pools_dir.iterdir() if p.suffix in POOL_SUFFIXES and not p.name.startswith("."))
+    unreadable = [p.name for p in candidates if not p.is_file()]
+    if unreadable:
+        raise PoolFileError(f"pool file(s) {unreadable} in {pools_dir} are not readable files (a dangling link or a "
+                            "folder?): fix or remove them; nothing was ingested")
+    files = candidates
     if not files:
         raise FileNotFoundError(f"no pool files ({', '.join(POOL_SUFFIXES)}) in {pools_dir}")
     names = [pool_name(p) for p in files]

@@ -99,35 +99,53 @@ def _stem(path: Path) -> str:
     return path.name[: -len(path.suffix)]
 
 
-def user_capabilities(targets_dir: Path) -> dict[str, UserCapability]:
-    """Capabilities defined by dropping ``<name>.jsonl`` / ``<name>.parquet`` in the targets folder."""
+def user_capabilities(targets_dir: Path, problems: list[str] | None = None) -> dict[str, UserCapability]:
+    """Capabilities defined by dropping ``<name>.jsonl`` / ``<name>.parquet`` in the targets folder.
+
+    A file that cannot define a capability raises :class:`TargetFileError` naming it; with a
+    ``problems`` list, the message is appended there instead and the others are still returned (the
+    sensor reports the bad file and keeps serving the good ones)."""
     if not targets_dir.is_dir():
         raise FileNotFoundError(f"target folder {targets_dir} does not exist (set NAIT_DATA_DIR)")
+
+    def refuse(message: str) -> None:
+        if problems is None:
+            raise TargetFileError(message)
+        problems.append(message)
+
     files = [p for p in sorted(targets_dir.iterdir()) if p.suffix in TARGET_SUFFIXES and not p.name.startswith(".")]
-    user = [p for p in files if not _is_benchmark_file(p)]
     main: dict[str, Path] = {}
     tests: dict[str, Path] = {}
-    for path in user:
+    clashing: set[str] = set()
+    for path in files:
+        try:
+            if _is_benchmark_file(path):
+                continue
+        except Exception as exc:  # an unreadable Parquet file: pyarrow raises several types
+            refuse(f"{path}: not a readable Parquet file ({exc})")
+            continue
         stem = _stem(path)
         is_test = stem.endswith(TEST_MARK)
         name = stem[: -len(TEST_MARK)] if is_test else stem
         if not CAPABILITY_NAME.match(name):
-            raise TargetFileError(f"{path}: {name!r} is not a valid capability name (lower-case letters, digits, "
-                                  "'_' or '-', starting with a letter): rename the file")
+            refuse(f"{path}: {name!r} is not a valid capability name (lower-case letters, digits, '_' or '-', "
+                   "starting with a letter): rename the file")
+            continue
         into = tests if is_test else main
         if name in into:
-            raise TargetFileError(f"{into[name]} and {path} both define capability {name!r}: keep one of them")
+            refuse(f"{into[name]} and {path} both define capability {name!r}: keep one of them")
+            clashing.add(name)
+            continue
         into[name] = path
-    orphans = sorted(set(tests) - set(main))
-    if orphans:
-        raise TargetFileError(f"{tests[orphans[0]]} is a test file for capability {orphans[0]!r}, which has no "
-                              f"in-domain file ({orphans[0]}.jsonl or {orphans[0]}.parquet)")
+    for name in sorted(set(tests) - set(main)):
+        refuse(f"{tests[name]} is a test file for capability {name!r}, which has no in-domain file "
+               f"({name}.jsonl or {name}.parquet)")
     benchmark = benchmark_capabilities(targets_dir)
     for name, path in main.items():
         if name in benchmark:
-            raise TargetFileError(f"{path} defines capability {name!r}, which {benchmark[name]} already provides: "
-                                  "rename the file")
-    return {name: UserCapability(name, path, tests.get(name)) for name, path in main.items()}
+            refuse(f"{path} defines capability {name!r}, which {benchmark[name]} already provides: rename the file")
+            clashing.add(name)
+    return {name: UserCapability(name, path, tests.get(name)) for name, path in main.items() if name not in clashing}
 
 
 def benchmark_capabilities(targets_dir: Path) -> dict[str, str]:
@@ -142,14 +160,14 @@ def benchmark_capabilities(targets_dir: Path) -> dict[str, str]:
     return found
 
 
-def discover_capabilities(targets_dir: Path) -> list[str]:
+def discover_capabilities(targets_dir: Path, problems: list[str] | None = None) -> list[str]:
     """Every capability the targets folder defines: the built-in ones in their usual order, other
-    benchmark ones by name, then the user's by name."""
+    benchmark ones by name, then the user's by name (``problems``: see :func:`user_capabilities`)."""
     from nait_pipeline.lib.io.settings import CAPABILITIES
 
     benchmark = benchmark_capabilities(targets_dir)
     ordered = [c for c in CAPABILITIES if c in benchmark] + sorted(set(benchmark) - set(CAPABILITIES))
-    return ordered + sorted(user_capabilities(targets_dir))
+    return ordered + sorted(user_capabilities(targets_dir, problems))
 
 
 def _user_row(record: dict, capability: str, path: Path, index: int) -> dict:

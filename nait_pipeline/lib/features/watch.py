@@ -13,8 +13,25 @@ def pool_folder_fingerprint(pools_dir: Path) -> str:
     """Changes when a pool file is added, removed or rewritten (name, size, modification time)."""
     if not pools_dir.is_dir():
         return ""
-    files = sorted(p for p in pools_dir.iterdir() if p.is_file() and p.suffix in POOL_SUFFIXES)
-    return sha256_json([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])[:16]
+    entries = []
+    for path in sorted(p for p in pools_dir.iterdir() if p.suffix in POOL_SUFFIXES):
+        try:
+            stat = path.stat()
+            entries.append([path.name, stat.st_size, stat.st_mtime_ns])
+        except OSError as exc:  # a dangling link, a file removed meanwhile: part of the fingerprint, named
+            entries.append([path.name, f"unreadable: {exc.strerror}"])
+    return sha256_json(entries)[:16]
+
+
+def unreadable_pool_files(pools_dir: Path) -> list[str]:
+    """Pool files the sensor cannot stat (ingesting them fails naming them)."""
+    bad = []
+    for path in sorted(p for p in pools_dir.iterdir() if p.suffix in POOL_SUFFIXES) if pools_dir.is_dir() else []:
+        try:
+            path.stat()
+        except OSError as exc:
+            bad.append(f"{path.name} ({exc.strerror})")
+    return bad
 
 
 def ingested_fingerprint(layout: LakeLayout) -> str | None:

@@ -29,7 +29,7 @@ class Progress:
     total: int
     unit: str = "rows"
     rate_unit: str = "tokens"
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=lambda: time.perf_counter())
     done: int = 0
     amount: float = 0.0
 
