@@ -95,7 +95,10 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
                                     resources=resources, run_config=config, raise_on_error=False)
             if not result.success:
                 failure = next(iter(result.get_step_failure_events()), None)
-                reason = failure.step_failure_data.error.message.strip() if failure else "see `dagster dev`, Runs"
+                error = failure.step_failure_data.error if failure else None
+                while error is not None and error.cause is not None:  # the user's error, not Dagster's wrapper
+                    error = error.cause
+                reason = error.message.strip() if error else "see `dagster dev`, Runs"
                 raise SystemExit(f"==> {label}: failed (run {result.run_id}): {reason}")
             print(f"==> {label}: done in {time.perf_counter() - started:.1f}s  {_summary(result)}", flush=True)
 

@@ -43,12 +43,15 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
     layout = LakeLayout(root)
     ids = [f"pool-{i:06d}" for i in range(n_pool)]
     shards = [f"p0-s{i // shard_size:04d}" for i in range(n_pool)]
+    features = _features(rng, n_pool, layers, width)
+    features.response_loss[7] = np.nan  # truncation left this row no response token: it has no perplexity
+    # Response texts as long as the stored response token counts, as in a real store.
     rows = [dict(example_id=i, pool="pool", source=SOURCES[k % len(SOURCES)], file="pool.parquet", row_index=k,
-                 instruction=f"instruction {k}", input="", output=f"output {k}", content_hash=f"h{k}",
-                 status="kept", duplicate_of=None, shard=s) for k, (i, s) in enumerate(zip(ids, shards))]
+                 instruction=f"instruction {k}", input="", output="word " * int(features.n_response_tokens[k]),
+                 content_hash=f"h{k}", status="kept", duplicate_of=None, shard=s)
+            for k, (i, s) in enumerate(zip(ids, shards))]
     pool_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}\t{r['shard']}" for r in rows)[:16]
     write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples, {"pool_version": pool_version})
-    features = _features(rng, n_pool, layers, width)
     for shard in sorted(set(shards)):
         index = [k for k, s in enumerate(shards) if s == shard]
         part = Features(**{name: (value[index] if isinstance(value, np.ndarray) else value)

@@ -16,8 +16,12 @@ def test_progress_line_counts_rate_and_time_left(monkeypatch):
 
 def test_console_output_only_when_the_cli_asks(monkeypatch, capsys):
     monkeypatch.delenv(progress.CONSOLE_ENV, raising=False)
+    monkeypatch.setattr(progress, "_last_logged", [0.0])
     progress.to_console("quiet")
     assert capsys.readouterr().err == ""
     monkeypatch.setenv(progress.CONSOLE_ENV, "1")
-    progress.to_console("shown", final=True)
-    assert "shown" in capsys.readouterr().err
+    progress.to_console("first", final=False)
+    progress.to_console("too soon after it", final=False)  # a log file gets one line per LOG_EVERY_S
+    progress.to_console("done", final=True)
+    err = capsys.readouterr().err
+    assert "first" in err and "too soon" not in err and "done" in err

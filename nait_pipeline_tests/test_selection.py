@@ -112,3 +112,26 @@ def test_balanced_random_gives_each_source_its_share():
     reordered = list(reversed(range(30)))
     again = selection.balanced_random([ids[i] for i in reordered], [groups[i] for i in reordered], 9, seed=0)
     assert sorted(ids[reordered[i]] for i in again) == sorted(ids[i] for i in chosen)
+
+
+def test_spearman_matches_hand_computed_ranks():
+    from nait_pipeline.lib.selection.diagnostics import spearman
+
+    # x ranks 0,1,2,3; y ranks 0,2,1,3 -> d^2 = 0+1+1+0 = 2 -> rho = 1 - 6*2/(4*15) = 0.8
+    assert spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 30.0, 20.0, 40.0])) == pytest.approx(0.8)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([5.0, 5.0, 5.0])) is None  # constant: undefined
+
+
+def test_diagnostics_of_a_length_selector_and_of_a_balanced_subset():
+    from nait_pipeline.lib.selection.diagnostics import diagnose
+
+    ids = [f"r{i}" for i in range(10)]
+    lengths = np.arange(1, 11, dtype=float) * 10  # r9 longest
+    sources = ["a"] * 5 + ["b"] * 5
+    longest = diagnose(ids, lengths, sources, [9, 8], scores=lengths)
+    assert longest.overlap_longest == 1.0 and longest.spearman_length == 1.0
+    assert longest.length_ratio == pytest.approx(95 / 55, rel=1e-3) and not longest.passes_length_gates()
+    assert longest.composition == {"b": 1.0} and longest.enrichment == {"a": 0.0, "b": 2.0}
+    middle = diagnose(ids, lengths, sources, [4, 5], scores=-np.abs(lengths - 55))
+    assert middle.length_ratio == pytest.approx(1.0) and middle.passes_length_gates()
+    assert middle.overlap_longest == 0.0 and middle.enrichment == {"a": 1.0, "b": 1.0}

@@ -18,3 +18,8 @@ SELECT * FROM read_parquet({{lake}} || '/current_subsets/*.parquet', union_by_na
 -- Row-level changes between a slot's previous and current subset version (the subset_diffs asset).
 CREATE OR REPLACE VIEW subset_diffs AS
 SELECT * FROM read_parquet({{lake}} || '/subset_diffs/*.parquet', union_by_name = true);
+
+-- Offline diagnostics of every subset version: length coupling, overlap with longest-k and random,
+-- source composition and enrichment.
+CREATE OR REPLACE VIEW subset_diagnostics AS
+SELECT * FROM read_parquet({{lake}} || '/subset_diagnostics/*.parquet', union_by_name = true);

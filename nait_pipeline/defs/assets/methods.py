@@ -45,8 +45,9 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
         result = score_capability(layout, scorer, capability, to_params(scorer.params, config))
         scores = result.table.column("score").drop_null().to_numpy()
         path = layout.scores(scorer.name, capability)
-        order = selection.rank_order(result.table.column("example_id").to_pylist(),
-                                     result.table.column("score").fill_null(float("-inf")).to_numpy())
+        with_score = result.table.filter(result.table.column("score").is_valid())  # NULL: no score defined
+        order = selection.rank_order(with_score.column("example_id").to_pylist(),
+                                     with_score.column("score").to_numpy())
         return dg.MaterializeResult(
             metadata={
                 "row_count": len(result.table),
@@ -55,7 +56,7 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
                 "score_seconds": round(result.score_seconds, 3),
                 "score_mean": float(scores.mean()) if len(scores) else float("nan"),
                 "score_std": float(scores.std()) if len(scores) else float("nan"),
-                "top_10": markdown_table(result.table.take(order[:10]).select(["example_id", "score"]), 10),
+                "top_10": markdown_table(with_score.take(order[:10]).select(["example_id", "score"]), 10),
                 "histogram": histogram_plot(scores, f"{scorer.name} scores ({capability})", "score",
                                             path.with_suffix(".png")),
                 "path": path_value(path),
@@ -89,7 +90,10 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         kinds={"parquet"},
         code_version=method.code_version,
         deps=deps,
-        check_specs=[dg.AssetCheckSpec("budget_respected", asset=name, blocking=True)],
+        check_specs=[dg.AssetCheckSpec("budget_respected", asset=name, blocking=True),
+                     dg.AssetCheckSpec("not_a_length_selector", asset=name,
+                                       description="every subset's mean length within 0.8-1.25x the pool's and "
+                                                   "|Spearman(score, length)| <= 0.3 (warning)")],
         description=f"{method.description} Policy: {method.policy}. Each subset is a version in `subsets` "
                     "with its `subset_lineage`; the versions it holds now are in `current_subsets`.",
     )
@@ -102,12 +106,18 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]
         expected = {key: selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
-        summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k != "ids"} for w in written])
+        summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k not in ("ids", "diagnostics")}
+                                        for w in written])
+        diagnostics = pa.Table.from_pylist([{"subset": key, **{k: v for k, v in w["diagnostics"].as_row().items()
+                                                               if k != "composition_json"}}
+                                            for key, w in zip(sizes, written)])
+        length_selectors = [key for key, w in zip(sizes, written) if not w["diagnostics"].passes_length_gates()]
         overlap = _overlap(written)
         return dg.MaterializeResult(
             metadata={
                 "n_pool": n_pool,
                 "subsets": markdown_table(summary, len(written)),
+                "diagnostics": markdown_table(diagnostics, len(written)),
                 "jaccard_overlap": dg.MetadataValue.json(overlap),
                 **({"overlap_plot": heatmap_plot([list(row.values()) for row in overlap.values()], list(overlap),
                                                  f"{method.name}: Jaccard overlap of its subsets",
@@ -121,6 +131,11 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
                 check_name="budget_respected",
                 passed=all(sizes[key] == expected[key] for key in sizes),
                 metadata={key: f"{sizes[key]} of {expected[key]}" for key in sizes},
+            ), dg.AssetCheckResult(
+                check_name="not_a_length_selector",
+                passed=not length_selectors,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"length_selectors": dg.MetadataValue.json(length_selectors)},
             )],
         )
 

@@ -113,6 +113,19 @@ LINEAGE_SCHEMA = pa.schema(
         ("code_commit", pa.string()),  # git commit of the code that first made this version
     ]
 )
+# Offline diagnostics of each subset version (lib/selection/diagnostics.py).
+SUBSET_DIAGNOSTICS_SCHEMA = pa.schema([
+    ("subset_version", pa.string()),
+    ("method", pa.string()),
+    ("capability", pa.string()),
+    ("n_selected", pa.int64()),
+    ("length_ratio", pa.float64()),  # mean response characters of the subset / of the pool
+    ("spearman_length", pa.float64()),  # Spearman(score, response characters) over the pool; NULL: no score
+    ("overlap_longest", pa.float64()),  # |subset ∩ longest-k| / k
+    ("overlap_random", pa.float64()),  # |subset ∩ seeded random k| / k
+    ("composition_json", pa.string()),  # source -> share of the subset
+    ("enrichment_json", pa.string()),  # source -> share of the subset / share of the pool
+])
 # Row-level changes between a slot's previous and current subset version.
 SUBSET_DIFFS_SCHEMA = pa.schema([
     ("old_version", pa.string()),
@@ -185,6 +198,7 @@ COMPARISON_SCHEMA = pa.schema([
 ])
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
                    "current_subsets": CURRENT_SUBSETS_SCHEMA, "subset_diffs": SUBSET_DIFFS_SCHEMA,
+                   "subset_diagnostics": SUBSET_DIAGNOSTICS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.

@@ -56,6 +56,9 @@ class LakeLayout:
         """The subset versions the last selection of ``method`` wrote, one row per slot."""
         return self.current_subsets_dir / f"{method}.parquet"
 
+    def subset_diagnostics(self, subset_version: str) -> Path:
+        return self.root / "subset_diagnostics" / f"{subset_version}.parquet"
+
     def subset_diff(self, new_version: str, old_version: str) -> Path:
         return self.root / "subset_diffs" / f"{new_version}__from__{old_version}.parquet"
 

@@ -48,12 +48,21 @@ class Progress:
         return f"{self.what}: {self.done:,}/{self.total:,} {self.unit}{share}{rate}, {_duration(elapsed)}{eta}"
 
 
+LOG_EVERY_S = 15.0  # without a terminal (a log file, CI), one progress line per this many seconds
+_last_logged = [0.0]
+
+
 def to_console(line: str, final: bool = False) -> None:
-    """Show a progress line in the terminal when the CLI asked for it (rewritten in place on a tty)."""
+    """Show a progress line in the terminal when the CLI asked for it: rewritten in place on a tty,
+    else one line every LOG_EVERY_S seconds and the final one, so logs stay short."""
     if not os.environ.get(CONSOLE_ENV):
         return
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
     else:
+        now = time.monotonic()
+        if not final and now - _last_logged[0] < LOG_EVERY_S:
+            return
+        _last_logged[0] = now
         sys.stderr.write(line + "\n")
     sys.stderr.flush()

@@ -14,13 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.io.contract import CURRENT_SUBSETS_SCHEMA
+from nait_pipeline.lib.io.contract import CURRENT_SUBSETS_SCHEMA, SUBSET_DIAGNOSTICS_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.base import (ALL, Method, MethodInputError, Scorer, SelectionInput, params_dict,
                                             pool_groups, read_pool_store)
 from nait_pipeline.lib.selection.policies import require_finite
+from nait_pipeline.lib.selection.diagnostics import diagnose
 from nait_pipeline.lib.selection.subsets import write_subset
 
 
@@ -135,8 +136,13 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
     """Select with ``method`` and write each subset with its lineage, then the method's current-subset
     table. Returns one record per subset written (version, capability, slot, size, ids)."""
     inp = selection_input(layout, method, capabilities)
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash"], filters=[("status", "=", "kept")])
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash", "output", "source"],
+                         filters=[("status", "=", "kept")])
     hashes = dict(zip(pool.column("example_id").to_pylist(), pool.column("content_hash").to_pylist()))
+    position = {example_id: i for i, example_id in enumerate(pool.column("example_id").to_pylist())}
+    rows = [position[i] for i in inp.ids]
+    lengths = np.array([len(text) for text in pool.column("output").to_pylist()], np.float64)[rows]
+    sources = [pool.column("source").to_pylist()[i] for i in rows]
     written = []
     for chosen in method.select(inp, params):
         selected_unscored = [inp.ids[i] for i in chosen.indices if inp.unscored[i]]
@@ -146,7 +152,12 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                               scores=chosen.scores, chosen=chosen.indices, budget_ratio=chosen.budget_ratio,
                               params=chosen.params, pool_version=inp.pool_version, model=model,
                               content_hashes=hashes)
-        written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio})
+        found = diagnose(inp.ids, lengths, sources, chosen.indices, chosen.scores,
+                         None if chosen.scores is None else ~inp.unscored)
+        write_parquet(pa.Table.from_pylist([{"subset_version": record["subset_version"], "method": method.name,
+                                             "capability": chosen.capability, **found.as_row()}],
+                                           schema=SUBSET_DIAGNOSTICS_SCHEMA), layout.subset_diagnostics(record["subset_version"]))
+        written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found})
     now = datetime.now(timezone.utc)
     before = {}
     if layout.current_subsets(method.name).exists():
