@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from nait_pipeline.cli import run_steps
+from nait_pipeline.cli import capabilities, run_steps
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import Settings
 
@@ -54,6 +54,8 @@ def main() -> None:
     new_tokens = sum(int(pq.read_table(layout.pool_activations(s), columns=["n_tokens"]).column("n_tokens")
                          .to_numpy().sum()) for s in shards if s not in done_before)
 
+    if args.capability not in capabilities(settings):  # registers the capability partitions
+        raise SystemExit(f"no capability {args.capability!r} in {settings.data_dir / 'targets'}")
     run_steps([(["target_sets", "target_activations", "capability_directions"], [args.capability])])
     scoring_started = time.perf_counter()
     run_steps([(["nait_scores"], [args.capability])])

@@ -95,3 +95,47 @@ def test_subset_diff_query_lists_added_removed_and_moved_rows(tmp_path):
     got = sql.run_query(db, "subset_diff", {"old_version": "old", "new_version": "new"}).to_pylist()
     summary = {(r["example_id"], r["change"], r["rank_change"], r["text_changed"]) for r in got}
     assert summary == {("p-2", "added", None, False), ("p-0", "removed", None, False), ("p-1", "kept", 1, True)}
+
+
+def test_two_refreshes_started_together_leave_a_whole_warehouse(tmp_path):
+    """Two warehouse rebuilds at once (two runs, or a run and the nightly refresh) while a reader
+    queries: every rebuild succeeds, every read succeeds, and the file left is a complete warehouse."""
+    import threading
+
+    lake = small_lake(tmp_path / "lake")
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, lake.root)
+    errors: list[str] = []
+    reads = [0]
+    done = threading.Event()
+
+    def rebuild():
+        for _ in range(15):
+            try:
+                sql.build_warehouse(db, lake.root)
+            except Exception as exc:  # collected: any failure is what the test looks for
+                errors.append(f"rebuild: {exc}")
+
+    def read():
+        while not done.is_set():
+            try:
+                with sql.connect_read_only(db) as con:
+                    assert con.execute("SELECT count(*) FROM pool_examples").fetchone()[0] == 3
+                reads[0] += 1
+            except Exception as exc:  # collected, as above
+                errors.append(f"read: {exc}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    builders = [threading.Thread(target=rebuild) for _ in range(2)]
+    for thread in builders:
+        thread.start()
+    for thread in builders:
+        thread.join()
+    done.set()
+    reader.join()
+    assert errors == [] and reads[0] > 0
+    with sql.connect_read_only(db) as con:
+        assert {"pool_examples", "subsets", "current_subsets"} <= {
+            r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert not list(tmp_path.glob(".warehouse.duckdb.*"))  # no temporary file left behind

@@ -76,7 +76,8 @@ PERPLEXITY_METHODS = [
         cost="the shared forward store (response loss); one sort",
         recipe=(f"perplexity = exp(response_loss) over rows with a response token; descending order, ties by "
                 f"ascending id; {which}: " + {"top": "the first k", "bottom": "the last k (reversed)",
-                                             "middle": "positions floor((N-k)/2) .. +k"}[which] + "."),
+                                             "middle": "positions floor((N-k)/2) .. +k of the N rows with a "
+                                                       "response token"}[which] + "."),
     )
     for which in selection.PERPLEXITY_BANDS
 ]
