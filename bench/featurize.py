@@ -34,8 +34,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _model_dir() -> Path:
-    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.io.settings import Settings
+    from nait_pipeline.lib.models import model_io
 
     settings = Settings.from_env()
     if settings.model:
@@ -80,8 +80,8 @@ def _worker(path: str, n_pool: int, n_targets: int, max_length: int, queue) -> N
     import torch
 
     from nait_pipeline.lib.features import featurize as fz
-    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.features.feature_store import read_features, write_features
+    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
     torch.set_num_threads(os.cpu_count() or 1)

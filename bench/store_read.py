@@ -34,9 +34,9 @@ def build(root: Path, rows: int, layout_name: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from nait_pipeline.lib.data.ingest import POOL_SCHEMA
     from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
     from nait_pipeline.lib.features.featurize import Features
-    from nait_pipeline.lib.data.ingest import POOL_SCHEMA
     from nait_pipeline.lib.io.lake import write_json, write_parquet
     from nait_pipeline.lib.io.layout import LakeLayout
 

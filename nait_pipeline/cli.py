@@ -255,8 +255,8 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib.methods.audit import export_subset
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.methods.audit import export_subset
 
     count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out),
                           allow_changed=args.allow_changed)
@@ -266,9 +266,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_dump(args: argparse.Namespace) -> None:
     import json
 
-    from nait_pipeline.lib.models import model_io
-    from nait_pipeline.lib.methods.audit import dump_selection
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.methods.audit import dump_selection
+    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
     layout = LakeLayout(Settings.from_env().lake_dir)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from nait_pipeline.lib.data.ingest import POOL_SCHEMA
 from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.io.hashing import sha256_lines
-from nait_pipeline.lib.data.ingest import POOL_SCHEMA
 from nait_pipeline.lib.io.lake import write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 

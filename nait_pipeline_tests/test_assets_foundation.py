@@ -9,8 +9,7 @@ from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
-from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
-from nait_pipeline.defs.partitions import register_capabilities
+from nait_pipeline.defs.partitions import POOL_SHARDS_NAME, register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.settings import CAPABILITIES

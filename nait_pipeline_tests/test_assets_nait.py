@@ -13,8 +13,8 @@ import pytest
 from nait_pipeline.defs.assets import features as features_module
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
 from nait_pipeline.defs.assets.loop import comparison, evaluation, finetuned_model
-from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
+from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
@@ -143,8 +143,8 @@ def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
 def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
     import json
 
-    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.methods.audit import dump_nait_selection, export_subset
+    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
     _, resource, layout, first = pipeline
@@ -190,8 +190,8 @@ def test_other_all_capability_merges_make_their_own_versions(pipeline, config):
 
 
 def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
-    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.methods.audit import dump_nait_selection
+    from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
     instance, resource, layout, _ = pipeline

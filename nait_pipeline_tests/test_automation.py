@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import pytest
 import pyarrow as pa
+import pytest
 
 from nait_pipeline.defs.automation import new_pool_files, unfeaturized_pool_shards
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.features.feature_store import shard_input_version
 from nait_pipeline.lib.data.ingest import POOL_SCHEMA
+from nait_pipeline.lib.features.feature_store import shard_input_version
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 

@@ -10,7 +10,6 @@ import pytest
 from nait_pipeline.lib.evaluation import comparison as cmp
 from nait_pipeline.lib.evaluation import protocol
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.selection.subsets import write_subset
 
 RUNS = [
     cmp.Run("nait-math-1", "nait:math", 10, 120.0, 50_000, 30.0, 2_000),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.features.feature_store import read_features, write_features
+from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.models.template import ChatTemplate
 
 

@@ -10,16 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nait_pipeline_tests import synthetic_lake
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets, subset_diffs
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import METHODS, MethodInputError, scorers
 from nait_pipeline.lib.methods.base import make_params
 from nait_pipeline.lib.methods.run import run_selection
+from nait_pipeline.lib.selection import policies as selection
+from nait_pipeline_tests import synthetic_lake
 
 ASSETS = [capability_directions, *score_assets, *subset_assets]
 
@@ -198,8 +198,8 @@ def test_a_nan_in_a_target_row_names_the_example_capability_and_layer(tmp_path):
 
 
 def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
-    from nait_pipeline.lib.methods.nait_method import NaitScoreParams
     from nait_pipeline.lib.methods.base import read_pool_store
+    from nait_pipeline.lib.methods.nait_method import NaitScoreParams
 
     layout = synthetic_lake.build(tmp_path / "lake")
     directions = np.ones((3, 8), np.float32) / np.sqrt(8)

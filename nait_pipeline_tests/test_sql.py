@@ -6,9 +6,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from nait_pipeline.lib.data.ingest import POOL_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.contract import ensure_contract_tables
-from nait_pipeline.lib.data.ingest import POOL_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 

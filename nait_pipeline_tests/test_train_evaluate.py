@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from nait_pipeline.lib.evaluation import evaluate
-
-from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
+from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.models.template import ChatTemplate
 from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 

@@ -17,12 +17,17 @@ import dagster as dg
 
 from nait_pipeline.defs.partitions import pool_shard_partitions, register_capabilities
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib.data.targets import TargetFileError, user_capabilities
+from nait_pipeline.lib.features.watch import (
+    ingested_fingerprint,
+    pool_folder_fingerprint,
+    target_file_fingerprints,
+    unfeaturized_shards,
+    unreadable_pool_files,
+)
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import Settings
-from nait_pipeline.lib.data.targets import TargetFileError, user_capabilities
-from nait_pipeline.lib.features.watch import (ingested_fingerprint, pool_folder_fingerprint, target_file_fingerprints,
-                                              unfeaturized_shards, unreadable_pool_files)
 
 # The tag Dagster reads an observation's data version from (no public constant exports it).
 DATA_VERSION_TAG = "dagster/data_version"

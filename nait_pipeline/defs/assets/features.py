@@ -16,8 +16,8 @@ from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata
-from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.progress import Progress, to_console
 
 
 class FeaturizerConfig(dg.Config):

@@ -11,21 +11,21 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
-from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.partitions import selectable_capabilities, subset_partitions
+from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.evaluation import comparison as cmp
-from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.methods.audit import subset_rows
 from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
+from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
+from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.io.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
-from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods import METHODS
-from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
+from nait_pipeline.lib.methods.audit import subset_rows
 from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 
 

@@ -13,13 +13,13 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.selection import diff
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capability
+from nait_pipeline.lib.selection import diff
+from nait_pipeline.lib.selection import policies as selection
 
 
 def _camel(name: str) -> str:

@@ -5,10 +5,10 @@ from pathlib import Path
 import dagster as dg
 
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.io.hashing import sha256_file
 from nait_pipeline.lib.io.lake import write_json
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.models import model_io
 
 
 def _embedded_model_dir(pipeline: PipelineResource, log) -> Path:

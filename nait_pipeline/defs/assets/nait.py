@@ -9,10 +9,10 @@ from nait_pipeline.defs.metadata import path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.methods import nait_math as nait
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.methods import nait_math as nait
 from nait_pipeline.lib.methods.nait_method import CODE_VERSION, target_drifts
 
 

@@ -8,10 +8,9 @@ from nait_pipeline.defs.metadata import markdown_table, path_value, table_schema
 from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.data import ingest
-from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.features.watch import pool_folder_fingerprint
+from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
-
 
 pool_folder = dg.AssetSpec(
     "pool_folder",

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib.evaluation import evaluate
-
-from nait_pipeline.lib.evaluation import metrics
-from nait_pipeline.lib.io.hashing import sha256_text
+from nait_pipeline.lib.evaluation import evaluate, metrics
 from nait_pipeline.lib.evaluation.sandbox import run_program
+from nait_pipeline.lib.io.hashing import sha256_text
 from nait_pipeline.lib.models.template import ChatTemplate
 
 SAMPLE_SEED = 0

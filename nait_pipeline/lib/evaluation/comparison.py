@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.io.contract import COMPARISON_SCHEMA
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.io.contract import COMPARISON_SCHEMA
 from nait_pipeline.lib.io.settings import CAPABILITIES as BUILT_IN
 
 # The measure a reader looks at first for each capability; answer NLL is reported for all of them.

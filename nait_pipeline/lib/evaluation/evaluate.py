@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nait_pipeline.lib.features.featurize import plan_batches, response_losses
 from nait_pipeline.lib.evaluation.metrics import CHOICES
+from nait_pipeline.lib.features.featurize import plan_batches, response_losses
 from nait_pipeline.lib.models.template import ChatTemplate
 
 

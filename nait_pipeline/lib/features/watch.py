@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.data.ingest import POOL_SUFFIXES
+from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.layout import LakeLayout
 
 

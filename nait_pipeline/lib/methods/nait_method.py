@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.methods import nait_math as nait
-
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.methods import nait_math as nait
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput, read_pool_store
+from nait_pipeline.lib.selection import policies as selection
 
 CODE_VERSION = "1"
 

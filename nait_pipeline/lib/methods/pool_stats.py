@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
+from nait_pipeline.lib.selection import policies as selection
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, SelectionInput
+from nait_pipeline.lib.selection import policies as selection
 
 
 @dataclass(frozen=True)

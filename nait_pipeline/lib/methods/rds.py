@@ -13,11 +13,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods.base import (ALL, Chosen, Method, MethodInputError, Scored, Scorer, SelectionInput,
-                                            require_store_columns)
+from nait_pipeline.lib.methods.base import (
+    ALL,
+    Chosen,
+    Method,
+    MethodInputError,
+    Scored,
+    Scorer,
+    SelectionInput,
+    require_store_columns,
+)
+from nait_pipeline.lib.selection import policies as selection
 
 
 @dataclass(frozen=True)

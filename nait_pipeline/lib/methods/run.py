@@ -18,10 +18,18 @@ from nait_pipeline.lib.io.contract import CURRENT_SUBSETS_SCHEMA, SUBSET_DIAGNOS
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods.base import (ALL, Method, MethodInputError, Scorer, SelectionInput, params_dict,
-                                            pool_groups, read_pool_store)
-from nait_pipeline.lib.selection.policies import require_finite
+from nait_pipeline.lib.methods.base import (
+    ALL,
+    Method,
+    MethodInputError,
+    Scorer,
+    SelectionInput,
+    params_dict,
+    pool_groups,
+    read_pool_store,
+)
 from nait_pipeline.lib.selection.diagnostics import diagnose
+from nait_pipeline.lib.selection.policies import require_finite
 from nait_pipeline.lib.selection.subsets import write_subset
 
 

@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.io.contract import LINEAGE_SCHEMA, SUBSETS_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.provenance import code_commit
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.provenance import code_commit
+from nait_pipeline.lib.selection import policies as selection
 
 
 def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[str], scores: np.ndarray | None,
