@@ -78,3 +78,10 @@ def test_non_finite_activations_name_the_examples_and_layers():
     with pytest.raises(nait.NaitInputError, match=r"2 example\(s\) \['b', 'c'\] in layer\(s\) \[1, 3\]"):
         nait.require_finite_layers(values, ["a", "b", "c"], "activations")
     nait.require_finite_layers(np.ones((2, 1)), ["a", "b"], "projections")  # [n, L] finite: passes
+
+
+def test_sink_alignment_is_the_cosine_with_the_mean_first_token_state():
+    directions = np.array([[1.0, 0.0], [0.0, -1.0]])
+    first_token = np.array([[[2.0, 0.0], [1.0, 1.0]],
+                            [[4.0, 0.0], [1.0, 1.0]]])  # [n=2, L=2, d=2]; means [3, 0] and [1, 1]
+    np.testing.assert_allclose(nait.sink_alignment(directions, first_token), [1.0, 1 / np.sqrt(2)])

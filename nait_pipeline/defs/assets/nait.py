@@ -9,6 +9,7 @@ from nait_pipeline.defs.metadata import path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -39,12 +40,15 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
     drifts, store_meta = target_drifts(layout, capability, config.drift)
     fitted = nait.fit_directions(drifts, config.min_rows, capability)
     n_layers = fitted.vectors.shape[0]
+    first_token = read_features([layout.target_activations(capability)], vectors=("first_token",))
+    alignment = nait.sink_alignment(fitted.vectors, first_token.vectors["first_token"])
     table = pa.table({
         "capability": [capability] * n_layers,
         "layer": list(range(1, n_layers + 1)),
         "direction": [row.astype(np.float32) for row in fitted.vectors],
         "explained_variance_ratio": fitted.explained_variance_ratio,
         "sign_flipped": fitted.sign_flipped,
+        "sink_alignment": alignment,
     })
     version = sha256_json({"store": store_meta["store_version"], "drift": config.drift, "code": CODE_VERSION})[:16]
     path = write_parquet(table, layout.directions(capability), {
@@ -62,6 +66,10 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
             "mean_explained_variance": float(fitted.explained_variance_ratio.mean()),
             "sign_flipped_layers": int(fitted.sign_flipped.sum()),
             "explained_variance_plot": plot,
+            "mean_sink_alignment": float(alignment.mean()),
+            "sink_alignment_plot": bar_plot(alignment, range(1, n_layers + 1),
+                                            f"{capability}: |cos(direction, first-token state)| per layer", "|cos|",
+                                            path.with_name(f"{capability}_sink_alignment.png")),
             "path": path_value(path),
         },
         data_version=dg.DataVersion(version),

@@ -209,6 +209,7 @@ DIRECTIONS_SCHEMA = pa.schema(
         ("direction", pa.list_(pa.float32())),
         ("explained_variance_ratio", pa.float64()),
         ("sign_flipped", pa.bool_()),
+        ("sink_alignment", pa.float64()),  # |cos(direction, mean first-token state)|: near 1 = a length axis
     ]
 )
 GLOBBED_FOLDERS = {

@@ -72,6 +72,18 @@ def fit_directions(drifts: np.ndarray, min_rows: int = 2, capability: str = "") 
     return Directions(vectors=vectors, explained_variance_ratio=ratio, sign_flipped=flipped, n_rows=n)
 
 
+def sink_alignment(directions: np.ndarray, first_token: np.ndarray) -> np.ndarray:
+    """Per layer |cos(v_l, f_l)|, f_l the mean first-token state of the in-domain rows ([n, L, d] in).
+
+    Every rendered example starts with the same chat prefix whose first token carries a massive
+    activation; a direction aligned with it (near 1) measures how much of that constant prefix a token
+    mean holds, i.e. 1/length, not the capability (selection-quality.md section 1)."""
+    f = first_token.astype(np.float64).mean(axis=0)
+    v = directions.astype(np.float64)
+    norms = np.linalg.norm(v, axis=1) * np.linalg.norm(f, axis=1)
+    return np.abs((v * f).sum(axis=1)) / np.where(norms > 0, norms, 1.0)
+
+
 def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 256) -> np.ndarray:
     """a_l(y) . v_l for every example and layer: [N, L] float64. ``layer_mean`` may be float16 (as
     stored); it is widened to float32 a small chunk at a time (256 rows: ~17 MB, cache-sized, twice
