@@ -55,7 +55,7 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2),
         target_size=8,
-        methods=("nait", "rds_round_robin", "length", "random", "full"),
+        methods=("nait", "length", "random", "full"),
         train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
         evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0},
     ),
