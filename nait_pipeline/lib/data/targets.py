@@ -211,15 +211,20 @@ def _user_records(source: UserCapability, splits: tuple[str, ...]) -> tuple[list
                 raise TargetFileError(f"{where}: id {row['example_id']!r} is already used by {seen[row['example_id']]}")
             seen[row["example_id"]] = where
             # Any split but "test" is in-domain data for selection in a user file.
-            if (row["split"] == EVALUATION_SPLIT) != for_evaluation:
-                continue
-            empty = [name for name in ("prompt", "answer") if not row[name].strip()]
-            if empty:
-                skipped.append({"file": path.name, "row_index": index, "example_id": row["example_id"],
-                                "reason": f"empty {', '.join(empty)}"})
-            else:
-                rows.append(row)
+            if (row["split"] == EVALUATION_SPLIT) == for_evaluation:
+                _keep_or_skip(row, path, index, rows, skipped)
     return rows, skipped
+
+
+def _keep_or_skip(row: dict, path: Path, index: int, rows: list[dict], skipped: list[dict]) -> None:
+    """Keep a row, or list it in ``skipped`` with its file, row and reason when its prompt or answer is
+    empty: reported, never dropped silently."""
+    empty = [name for name in ("prompt", "answer") if not row[name].strip()]
+    if empty:
+        skipped.append({"file": path.name, "row_index": index, "example_id": row["example_id"],
+                        "reason": f"empty {', '.join(empty)}"})
+    else:
+        rows.append(row)
 
 
 def _to_row(record: dict, path: Path) -> dict:
@@ -249,13 +254,7 @@ def _capability_records(targets_dir: Path, capability: str, splits: tuple[str, .
         for index, record in enumerate(_read_target_file(path)):
             if record["capability"] != capability or record["split"] not in splits:
                 continue
-            row = _to_row(record, path)
-            empty = [name for name in ("prompt", "answer") if not row[name].strip()]
-            if empty:
-                skipped.append({"file": path.name, "row_index": index, "example_id": row["example_id"],
-                                "reason": f"empty {', '.join(empty)}"})
-            else:
-                rows.append(row)
+            _keep_or_skip(_to_row(record, path), path, index, rows, skipped)
     return rows, skipped
 
 

@@ -138,14 +138,14 @@ def read_pool_store(layout: LakeLayout, vectors: Sequence[str], scalars: Sequenc
     shards = layout.kept_shards()
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     paths = [layout.pool_activations(s) for s in shards]
-    missing = [s for s, p in zip(shards, paths) if not p.exists()]
+    unusable = stale_shards(layout.pool_examples, layout.pool_activations)  # missing, or of other texts
+    missing = [s for s in unusable if not layout.pool_activations(s).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} pool shard(s) not featurized yet, e.g. {missing[:5]}: "
                                 "materialize pool_activations for them")
-    stale = stale_shards(layout.pool_examples, layout.pool_activations)
-    if stale:
-        raise MethodInputError(f"{len(stale)} pool shard(s) were featurized from other rows or texts than the pool "
-                               f"holds now (a pool file rewritten?), e.g. {stale[:5]}: re-materialize "
+    if unusable:  # every one of them has a store, computed from other texts
+        raise MethodInputError(f"{len(unusable)} pool shard(s) were featurized from other rows or texts than the "
+                               f"pool holds now (a pool file rewritten?), e.g. {unusable[:5]}: re-materialize "
                                "pool_activations for them")
     for path in paths:
         require_store_columns(path, [*vectors, *scalars], needed_by)

@@ -77,7 +77,6 @@ def _score(pool, directions: np.ndarray, params: NaitScoreParams) -> Scored:
     nait.require_finite_layers(projections, pool.ids, "pool activations (projection on the direction)")
     scores = nait.aggregate(projections, params.aggregation, params.layers,
                             np.concatenate(norms) if norms else None)
-    selection.require_finite(scores, pool.ids)
     return Scored(scores=scores, columns={"layer_projections": projections.astype(np.float32)})
 
 

@@ -66,33 +66,30 @@ def _score(pool, target, params: RdsScoreParams) -> Scored:
                   notes={"queries": len(query_ids)})
 
 
+def _chosen(inp: SelectionInput, r: float, policy: str, capability: str, indices: list[int],
+            scores: np.ndarray) -> Chosen:
+    """A subset with the lineage parameters both RDS+ policies record."""
+    versions = inp.score_versions if capability == ALL else {capability: inp.score_versions[capability]}
+    return Chosen(capability, indices, scores, {"budget_ratio": r, "policy": policy, "score_versions": versions}, r)
+
+
 def _round_robin(inp: SelectionInput, params: RdsSubsetParams) -> list[Chosen]:
     ids, r = inp.ids, params.budget_ratio
     k = selection.budget(len(ids), r)
-    out = []
-    for capability in inp.scores:
-        matrix, _ = inp.matrix(capability)
-        out.append(Chosen(capability, selection.round_robin(selection.column_orders(ids, matrix), k),
-                          inp.scores[capability], {"budget_ratio": r, "policy": "round_robin",
-                                                   "score_versions": {capability: inp.score_versions[capability]}}, r))
+    out = [_chosen(inp, r, "round_robin", c, selection.round_robin(selection.column_orders(ids, inp.matrix(c)[0]), k),
+                   inp.scores[c]) for c in inp.scores]
     capabilities = sorted(inp.scores)
     orders = [selection.rank_order(ids, inp.scores[c]) for c in capabilities]
     merged = np.max([inp.scores[c] for c in capabilities], axis=0)
-    out.append(Chosen(ALL, selection.round_robin(orders, k), merged,
-                      {"budget_ratio": r, "policy": "round_robin", "score_versions": inp.score_versions}, r))
-    return out
+    return out + [_chosen(inp, r, "round_robin", ALL, selection.round_robin(orders, k), merged)]
 
 
 def _top_b(inp: SelectionInput, params: RdsSubsetParams) -> list[Chosen]:
     ids, r = inp.ids, params.budget_ratio
     k = selection.budget(len(ids), r)
-    out = [Chosen(c, selection.top_k(ids, s, k), s,
-                  {"budget_ratio": r, "policy": "top_b", "score_versions": {c: inp.score_versions[c]}}, r)
-           for c, s in inp.scores.items()]
+    out = [_chosen(inp, r, "top_b", c, selection.top_k(ids, s, k), s) for c, s in inp.scores.items()]
     merged = np.max(list(inp.scores.values()), axis=0)
-    out.append(Chosen(ALL, selection.top_k(ids, merged, k), merged,
-                      {"budget_ratio": r, "policy": "top_b", "score_versions": inp.score_versions}, r))
-    return out
+    return out + [_chosen(inp, r, "top_b", ALL, selection.top_k(ids, merged, k), merged)]
 
 
 SCORER = Scorer(

@@ -144,13 +144,13 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
     """Select with ``method`` and write each subset with its lineage, then the method's current-subset
     table. Returns one record per subset written (version, capability, slot, size, ids)."""
     inp = selection_input(layout, method, capabilities)
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash", "output", "source"],
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash", "output"],
                          filters=[("status", "=", "kept")])
-    hashes = dict(zip(pool.column("example_id").to_pylist(), pool.column("content_hash").to_pylist()))
-    position = {example_id: i for i, example_id in enumerate(pool.column("example_id").to_pylist())}
-    rows = [position[i] for i in inp.ids]
-    lengths = np.array([len(text) for text in pool.column("output").to_pylist()], np.float64)[rows]
-    sources = [pool.column("source").to_pylist()[i] for i in rows]
+    pool_ids = pool.column("example_id").to_pylist()
+    hashes = dict(zip(pool_ids, pool.column("content_hash").to_pylist()))
+    output_length = dict(zip(pool_ids, (len(text) for text in pool.column("output").to_pylist())))
+    lengths = np.array([output_length[i] for i in inp.ids], np.float64)
+    sources = inp.groups["source"]  # aligned with inp.ids by selection_input
     written = []
     for chosen in method.select(inp, params):
         selected_unscored = [inp.ids[i] for i in chosen.indices if inp.unscored[i]]
