@@ -62,3 +62,33 @@ def test_an_added_file_featurizes_only_its_rows(model_dir, tmp_path):
         changes = again.asset_materializations_for_node("it_pool")[0].metadata["file_changes"].value
         assert changes == {"added": [], "removed": ["first.jsonl"], "rewritten": ["second.jsonl"]}
         assert unfeaturized_shards(layout) == ["second-0000"]  # its texts changed: featurized again
+
+
+def test_a_backfill_range_featurizes_many_shards_in_one_run(model_dir, tmp_path):
+    """The backfill policy puts several shards in one run (one model load); each shard's store is
+    written as a single-shard run would write it, and a rerun of the range recomputes nothing."""
+    data = tmp_path / "data"
+    (data / "pools").mkdir(parents=True)
+    write_pool(data / "pools" / "a.jsonl", 0, 5)
+    write_pool(data / "pools" / "b.jsonl", 50, 4)
+    resource = PipelineResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
+    layout = LakeLayout(tmp_path / "store" / "lake")
+    assert pool_activations.backfill_policy.max_partitions_per_run > 1
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(ASSETS, selection=["base_model", "it_pool"], instance=instance,
+                              resources={"pipeline": resource}, run_config=QUICK).success
+        shards = layout.kept_shards()
+        assert shards == ["a-0000", "b-0000"]
+        ranged = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
+        first = dg.materialize(ASSETS, selection=["pool_activations"], instance=instance, tags=ranged,
+                               resources={"pipeline": resource})
+        events = first.asset_materializations_for_node("pool_activations")
+        assert sorted(e.partition for e in events) == shards
+        assert events[0].metadata["row_count"].value == 9 and events[0].metadata["recomputed_shards"].value == 2
+        assert unfeaturized_shards(layout) == []
+        # The same store a single-shard run finds up to date.
+        single = featurize_all(instance, resource, layout)
+        assert single == {"a-0000": {"rows": 5, "reused": True}, "b-0000": {"rows": 4, "reused": True}}
+        again = dg.materialize(ASSETS, selection=["pool_activations"], instance=instance, tags=ranged,
+                               resources={"pipeline": resource})
+        assert again.asset_materializations_for_node("pool_activations")[0].metadata["recomputed_shards"].value == 0

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -100,24 +101,50 @@ def _result(table: pa.Table, path: Path, version: str, extra: dict) -> dg.Materi
     )
 
 
+# Dagster marks `backfill_policy` beta; it is the documented way to batch partitions per run.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+# A backfill of a whole pool runs up to this many shards per run: one process, one model load.
+SHARDS_PER_RUN = 8
+
+
 @dg.asset(
     group_name="features",
     kinds={"torch", "parquet"},
     code_version=fz.FEATURIZER_VERSION,
     partitions_def=pool_shard_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
     deps=["it_pool", "base_model"],
     pool="cpu_heavy",
 )
 def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
                      pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Forward features of one pool shard: per decoder layer the token mean of the residual stream
+    """Forward features of pool shards: per decoder layer the token mean of the residual stream
     and the first-token state, plus the RDS+ position-weighted last-layer mean and the response loss.
 
     A shard whose store already matches (same rows, model, template and featurizer) is not recomputed,
-    so a killed backfill resumes where it stopped; new pool data only adds shards.
+    so a killed backfill resumes where it stopped; new pool data only adds shards. A backfill runs up to
+    `SHARDS_PER_RUN` shards per run; Dagster then records one data version for the whole range (the hash
+    of its shards' store versions), so a change in any shard of a range marks the range changed.
     """
     layout = LakeLayout(pipeline.settings.lake_dir)
-    shard = context.partition_key
+    shards = context.partition_keys
+    results = [_featurize_shard(context, layout, shard, config) for shard in shards]
+    if len(results) == 1:
+        return results[0]
+    per_shard = [{"shard": shard, "rows": r.metadata["row_count"], "reused": r.metadata["reused"],
+                  "store_version": r.metadata["store_version"]} for shard, r in zip(shards, results)]
+    version = sha256_json([row["store_version"] for row in per_shard])[:16]
+    return dg.MaterializeResult(
+        metadata={"shards": len(shards), "row_count": sum(row["rows"] for row in per_shard),
+                  "recomputed_shards": sum(not row["reused"] for row in per_shard),
+                  "tokens": sum(r.metadata["tokens"] for r in results),
+                  "per_shard": markdown_table(pa.Table.from_pylist(per_shard), rows=len(per_shard)),
+                  "range_version": version},
+        data_version=dg.DataVersion(version))
+
+
+def _featurize_shard(context, layout: LakeLayout, shard: str, config: FeaturizerConfig) -> dg.MaterializeResult:
     pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
                          columns=["example_id", "instruction", "input", "output", "content_hash"])
     if len(pool) == 0:
