@@ -38,7 +38,7 @@ target_job = dg.define_asset_job("build_target_sets",
                                  selection=dg.AssetSelection.assets("target_sets", "target_test_sets"))
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
     """Re-ingest the pool when the files in `$NAIT_DATA_DIR/pools` differ from those the lake's pool was
     ingested from (a file added, removed or rewritten) and have not changed for one interval (a file
@@ -101,7 +101,7 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineReso
 _SETTINGS = Settings.from_env()
 
 
-@dg.sensor(job=featurize_job, minimum_interval_seconds=60,
+@dg.sensor(job=featurize_job, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING if _SETTINGS.featurize_new_shards
            else dg.DefaultSensorStatus.STOPPED)
 def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: PipelineResource):

@@ -62,9 +62,13 @@ def explain(layout: LakeLayout, old: str, new: str, rows: pa.Table | None = None
     """Why ``new`` differs from ``old``: the changed lineage inputs and parameters, and the counts."""
     a, b = _lineage(layout, old), _lineage(layout, new)
     changed_inputs = {k: [a.get(k), b.get(k)] for k in LINEAGE_INPUTS if a.get(k) != b.get(k)}
+    # The score versions a selection read are recorded with its parameters, but they are inputs (they move
+    # with the pool or the features), not choices a person made: reported apart.
     pa_params, pb_params = _flat("", json.loads(a["params_json"]), {}), _flat("", json.loads(b["params_json"]), {})
-    changed_params = {k: [pa_params.get(k), pb_params.get(k)] for k in sorted(set(pa_params) | set(pb_params))
-                      if pa_params.get(k) != pb_params.get(k)}
+    changed = {k: [pa_params.get(k), pb_params.get(k)] for k in sorted(set(pa_params) | set(pb_params))
+               if pa_params.get(k) != pb_params.get(k)}
+    changed_scores = {k: v for k, v in changed.items() if k.startswith("score_versions.")}
+    changed_params = {k: v for k, v in changed.items() if k not in changed_scores}
     rows = rows if rows is not None else diff_rows(layout, old, new)
     changes = rows.column("change").to_pylist()
     return {
@@ -73,12 +77,15 @@ def explain(layout: LakeLayout, old: str, new: str, rows: pa.Table | None = None
         "kept_with_new_text": sum(bool(x) for x in rows.column("text_changed").to_pylist()),
         "changed_inputs": changed_inputs,
         "changed_params": changed_params,
+        "changed_scores": changed_scores,
     }
 
 
 def why_line(summary: dict) -> str:
     reasons = [f"{k}: {v[0]} -> {v[1]}" for k, v in summary["changed_inputs"].items()]
     reasons += [f"param {k}: {v[0]} -> {v[1]}" for k, v in summary["changed_params"].items()]
+    reasons += [f"scores {k.removeprefix('score_versions.')}: {v[0]} -> {v[1]}"
+                for k, v in summary.get("changed_scores", {}).items()]
     return "; ".join(reasons) or "same inputs"
 
 
