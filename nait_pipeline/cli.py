@@ -124,6 +124,10 @@ def method_steps(settings: Settings, methods: list[str]) -> list[tuple[list[str]
     targeted = [f"{s.name}_scores" for s in scorers.values() if s.targeted]
     pooled = [f"{s.name}_scores" for s in scorers.values() if not s.targeted]
     steps: list[tuple[list[str], list[str] | None]] = []
+    # Feature kinds besides the forward store (LP's selector trajectories and clusters), in order.
+    extra = [a for s in scorers.values() for a in s.feature_assets if a != "pool_activations"]
+    if extra:
+        steps.append((list(dict.fromkeys(extra)), None))
     if targeted:
         steps.append((targeted, capabilities(settings)))
     if pooled:

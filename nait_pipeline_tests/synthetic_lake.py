@@ -65,4 +65,26 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
                        target, {**IDENTITY, "store_version": f"target-{capability}", "stats": target.stats})
     write_json({"model_id": IDENTITY["model_id"], "template_hash": IDENTITY["template_hash"], "path": "unused"},
                layout.model_record)
+    _selector_store(rng, layout, ids[: n_pool * 3 // 4], pool_version)
     return layout
+
+
+def _selector_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str], pool_version: str) -> None:
+    """LP's trajectories (P0..P3) and clusters for a slice of the pool, with the edge cases named in
+    lp_math: a row without a response, a zero denominator, perplexity rising in epoch 1."""
+    n = len(ids)
+    p0 = rng.uniform(2.0, 20.0, n)
+    drops = rng.uniform(0.0, 0.4, (n, 3)).cumsum(1)
+    p = np.column_stack([p0, p0[:, None] * (1 - drops / 1.5)])
+    p[3, 1:] = p[3, 0]  # P0 == PE: LP(1) is 0 by the official rule
+    p[5, 1] = p[5, 0] * 1.2  # rose in epoch 1: negative LP
+    no_response = np.zeros(n, bool)
+    no_response[9] = True
+    p[9] = 0.0
+    store = {"trajectory_version": "1", "selector_model_id": "selector@0", "template_hash": "t0", "rows": "r",
+             "config": {"epochs": 3}, "store_version": "traj0", "pool_version": pool_version}
+    columns = {"example_id": ids, **{f"p{e}": p[:, e] for e in range(4)},
+               "response_tokens": np.where(no_response, 0, 12), "no_response": no_response}
+    write_parquet(pa.table(columns), layout.selector_trajectories, store)
+    write_parquet(pa.table({"example_id": ids, "cluster": np.arange(n) % 2, "distance_to_centre": np.ones(n)}),
+                  layout.selector_clusters, {"clusters_version": "c0", "n_clusters": 2, "trajectories_version": "traj0"})

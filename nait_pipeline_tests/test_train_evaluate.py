@@ -114,29 +114,29 @@ def test_capability_evaluation_on_sampled_test_rows(base, shared_data, capabilit
 
 
 def test_response_loss_equals_the_hf_loss_with_masked_labels(base, model_dir, rows):
-    from nait_pipeline.lib.models.train import _collate, _response_loss
+    from nait_pipeline.lib.models.train import collate, response_loss
 
     model, _ = base
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
     examples = [template.tokenize(r["instruction"], r["input"], r["output"], 512) for r in rows]
-    input_ids, mask, labels = _collate(examples, template.tokenizer.pad_token_id)
+    input_ids, mask, labels = collate(examples, template.tokenizer.pad_token_id)
     with torch.inference_mode():
-        ours = _response_loss(model, input_ids, mask, labels)
+        ours = response_loss(model, input_ids, mask, labels)
         reference = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
     assert torch.allclose(ours, reference, rtol=1e-5)
 
 
 def test_length_grouped_batches_cover_every_example_once_and_are_seeded():
     from nait_pipeline.lib.models.template import TokenizedExample
-    from nait_pipeline.lib.models.train import _batches
+    from nait_pipeline.lib.models.train import length_grouped_batches
 
     examples = [TokenizedExample(input_ids=list(range(n)), response_start=0, truncated=False, full_length=int(n))
                 for n in np.random.default_rng(0).integers(5, 500, size=300)]
-    batches = _batches(examples, batch_size=8, seed=3, epoch=0)
+    batches = length_grouped_batches(examples, batch_size=8, seed=3, epoch=0)
     flat = [id(e) for batch in batches for e in batch]
     assert sorted(flat) == sorted(id(e) for e in examples)
-    assert [[id(e) for e in b] for b in batches] == [[id(e) for e in b] for b in _batches(examples, 8, 3, 0)]
-    assert [[id(e) for e in b] for b in batches] != [[id(e) for e in b] for b in _batches(examples, 8, 3, 1)]
+    assert [[id(e) for e in b] for b in batches] == [[id(e) for e in b] for b in length_grouped_batches(examples, 8, 3, 0)]
+    assert [[id(e) for e in b] for b in batches] != [[id(e) for e in b] for b in length_grouped_batches(examples, 8, 3, 1)]
     # Grouped by length: padding is a small share of the tokens, unlike random batches of these lengths.
     padded = sum(len(b) * max(len(e.input_ids) for e in b) for b in batches)
     real = sum(len(e.input_ids) for e in examples)

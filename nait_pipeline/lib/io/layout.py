@@ -38,6 +38,19 @@ class LakeLayout:
     def target_activations(self, capability: str) -> Path:
         return self.root / "features" / "target_activations" / f"{capability}.parquet"
 
+    @property
+    def selector_run(self) -> Path:
+        """Learning Percentage's selector training: per-epoch perplexities and the newest checkpoint."""
+        return self.root / "features" / "selector" / "run"
+
+    @property
+    def selector_trajectories(self) -> Path:
+        return self.root / "features" / "selector" / "trajectories.parquet"
+
+    @property
+    def selector_clusters(self) -> Path:
+        return self.root / "features" / "selector" / "clusters.parquet"
+
     def directions(self, capability: str) -> Path:
         return self.root / "directions" / f"{capability}.parquet"
 

@@ -4,7 +4,7 @@ and one line here; the Dagster assets, comparison, protocol, export and dump pic
 
 from __future__ import annotations
 
-from nait_pipeline.lib.methods import nait_method, pool_stats, random_methods, rds
+from nait_pipeline.lib.methods import lp, nait_method, pool_stats, random_methods, rds
 from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -16,6 +16,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     random_methods.UNIFORM,
     random_methods.BALANCED,
     random_methods.FULL,
+    *lp.METHODS,
 ]}
 
 

@@ -101,6 +101,14 @@ class _Dump:
         write_json(value, self.out_dir / name)
         self.files[name] = {"description": description}
 
+    def pickle(self, name: str, value, description: str) -> None:
+        """For official scripts that read pickles (LP's subset.py); plain lists and dicts only."""
+        import pickle
+
+        with atomic_path(self.out_dir / name, ".pkl") as tmp, open(tmp, "wb") as handle:
+            pickle.dump(value, handle)
+        self.files[name] = {"description": description}
+
     def jsonl(self, name: str, records: list[dict], description: str) -> None:
         with atomic_path(self.out_dir / name, ".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
             for record in records:
@@ -218,6 +226,12 @@ def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, templ
             if current != version:
                 raise ValueError(f"{subset_version} was selected from {capability} score version {version}, but "
                                  f"the lake now holds {current}: dump a subset made from the current scores")
+        if scorer.read_pool is not None:  # LP: the selector's trajectories and clusters
+            _dump_lp_inputs(dump, layout, scorer.read_pool(layout)[0])
+            dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
+            return write_json({"subset_version": subset_version, "method": method.name,
+                               "lineage": {k: str(v) for k, v in lineage.items()}, "params": params,
+                               "recipe": method.recipe, "files": dump.files}, out_dir / "manifest.json")
         store, _ = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars)
         dump.json("pool_ids.json", store.ids, "pool example ids; row i of every pool array is this id")
         stored = {**{name: store.vector(name) for name in scorer.pool_vectors}, **store.scalars}
@@ -252,3 +266,26 @@ def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, templ
         "files": dump.files,
     }
     return write_json(manifest, out_dir / "manifest.json")
+
+
+def _dump_lp_inputs(dump: _Dump, layout: LakeLayout, pool) -> None:
+    """LP's inputs as arrays and in the official `subset.py` formats: `dataset.json` (rows in
+    `pool_ids.json` order), `clustering.pkl` (row i: {"cluster_num": c}) and `epoch<e>.pkl` (row i's
+    perplexity after epoch e; epoch0 before training). The official script reads epoch0..epoch3 and
+    ranks by LP(1) with P3 as the last epoch: with E = 3 epochs the files map one to one."""
+    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
+                          filters=[("status", "=", "kept")])
+    by_id = {r["example_id"]: r for r in texts.to_pylist()}
+    dump.json("pool_ids.json", pool.ids, "the selector's slice, sorted by id; row i of every array and of dataset.json")
+    dump.array("pool_perplexities.npy", pool.perplexities, "[N, E+1] response perplexity before training, then "
+               "after each epoch (0 where no_response)")
+    dump.array("pool_no_response.npy", pool.no_response, "[N] bool: no response token survived truncation")
+    dump.array("pool_clusters.npy", pool.clusters, "[N] KMeans cluster of each row")
+    dump.json("dataset.json", [{k: by_id[i][k] for k in ("instruction", "input", "output")} for i in pool.ids],
+              "official subset.py --dataset: the slice's rows, pool_ids.json order")
+    dump.pickle("clustering.pkl", [{"cluster_num": int(c)} for c in pool.clusters],
+                "official subset.py --clustering: row i -> {'cluster_num': c}")
+    for epoch in range(pool.perplexities.shape[1]):
+        dump.pickle(f"epoch{epoch}.pkl", pool.perplexities[:, epoch].tolist(),
+                    f"official subset.py --epoch{epoch}: perplexities " + ("before training" if epoch == 0
+                                                                          else f"after epoch {epoch}"))

@@ -57,6 +57,11 @@ class Scorer:
     target_assets: tuple[str, ...] = ()  # assets the target model is read from
     version_key: str = "target"  # the key the target version is hashed under (NAIT keeps "directions")
     code_version: str = "1"
+    # Another feature kind than the forward store: read_pool(layout) -> (features with .ids and .metadata,
+    # pool version); its metadata's "features_version" is hashed into the score version.
+    read_pool: Callable[..., tuple[object, str]] | None = None
+    feature_assets: tuple[str, ...] = ("pool_activations",)  # the assets the pool features come from
+    group_columns: tuple[str, ...] = ()  # score columns a policy reads as row groups (LP: cluster)
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Chosen:
     params: dict  # recorded in lineage and hashed into the subset version
     budget_ratio: float
     slot: str = ""  # distinguishes several subsets of one method and capability (random seeds)
+    # The size the method's own rounding rule gives (LP's per-cluster chunks); None: ceil(r * N).
+    expected_size: int | None = None
 
 
 @dataclass(frozen=True)

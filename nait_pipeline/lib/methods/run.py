@@ -51,7 +51,10 @@ def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params
     target, target_meta = (None, {})
     if scorer.targeted:
         target, target_meta = scorer.load_target(layout, capability, params)
-    pool, pool_version = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
+    if scorer.read_pool is not None:
+        pool, pool_version = scorer.read_pool(layout)
+    else:
+        pool, pool_version = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
     if target_meta and pool.metadata["model_id"] != target_meta.get("model_id"):
         raise MethodInputError(
             f"pool activations come from {pool.metadata['model_id']} but the {capability} target model from "
@@ -63,6 +66,8 @@ def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params
     score_seconds = time.perf_counter() - started - read_seconds
     values = params_dict(params)
     identity = ({scorer.version_key: target_meta["version"]} if scorer.targeted else {"scorer": scorer.name})
+    if "features_version" in pool.metadata:
+        identity["features"] = pool.metadata["features_version"]
     version = sha256_json({**identity, "pool": pool_version, **values})[:16]
     n = len(pool.ids)
     columns = {
@@ -114,13 +119,13 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
     keys = capabilities if scorer.targeted else [ALL]
     if not keys:
         raise MethodInputError(f"{method.name} needs at least one capability with a target set")
-    scores, versions, params, ids, unscored = {}, {}, {}, None, None
+    scores, versions, params, ids, unscored, groups = {}, {}, {}, None, None, {}
     for capability in keys:
         path = layout.scores(scorer.name, capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize {scorer.name}_scores"
                                     + (f"[{capability}]" if scorer.targeted else "") + " first")
-        table = pq.read_table(path, columns=["example_id", "score"])
+        table = pq.read_table(path, columns=["example_id", "score", *scorer.group_columns])
         meta = read_metadata(path)
         if meta["pool_version"] != pool_version:
             raise MethodInputError(f"{scorer.name}_scores[{capability}] was computed on pool version "
@@ -133,11 +138,12 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
             raise MethodInputError(f"{scorer.name}_scores[{capability}] covers other rows than "
                                    f"{scorer.name}_scores[{keys[0]}]: re-materialize it")
         scores[capability] = table.column("score").fill_null(0.0).to_numpy()
+        groups.update({name: table.column(name).to_pylist() for name in scorer.group_columns})
         versions[capability] = meta["score_version"]
         params[capability] = meta["params"]
     return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores=scores, score_versions=versions,
-                          score_params=params, unscored=unscored, groups={"source": pool_groups(layout, ids)},
-                          matrix_loader=_load_matrix(layout, scorer, versions))
+                          score_params=params, unscored=unscored,
+                          groups={"source": pool_groups(layout, ids), **groups}, matrix_loader=_load_matrix(layout, scorer, versions))
 
 
 def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: dict) -> list[dict]:
@@ -165,7 +171,8 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
         write_parquet(pa.Table.from_pylist([{"subset_version": record["subset_version"], "method": method.name,
                                              "capability": chosen.capability, **found.as_row()}],
                                            schema=SUBSET_DIAGNOSTICS_SCHEMA), layout.subset_diagnostics(record["subset_version"]))
-        written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found})
+        written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found,
+                        "expected_size": chosen.expected_size})
     now = datetime.now(timezone.utc)
     before = {}
     if layout.current_subsets(method.name).exists():

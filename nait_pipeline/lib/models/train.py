@@ -52,7 +52,7 @@ class TrainResult:
     seconds: float
 
 
-def _batches(examples: list, batch_size: int, seed: int, epoch: int) -> list[list]:
+def length_grouped_batches(examples: list, batch_size: int, seed: int, epoch: int) -> list[list]:
     """Seeded shuffle, then length grouping: rows are sorted by length inside windows of 32 batches,
     cut into batches, and the batches shuffled again. Padding, not learning, is what a random batch of
     mixed lengths mostly computes on a CPU; the windows keep the order random at the scale of an epoch."""
@@ -68,7 +68,7 @@ def _batches(examples: list, batch_size: int, seed: int, epoch: int) -> list[lis
     return [[examples[i] for i in batch] for batch in batches]
 
 
-def _collate(batch, pad_id: int):
+def collate(batch, pad_id: int):
     import torch
 
     width = max(len(t.input_ids) for t in batch)
@@ -83,7 +83,7 @@ def _collate(batch, pad_id: int):
     return input_ids, mask, labels
 
 
-def _response_loss(model, input_ids, mask, labels):
+def response_loss(model, input_ids, mask, labels):
     """Mean cross-entropy over response tokens, with the LM head applied only where a label exists
     (the head is a fifth of a small model's FLOPs; prompts and padding need none of it)."""
     import torch
@@ -137,10 +137,10 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
     started = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     for epoch in range(config.epochs):
-        for batch in _batches(examples, config.batch_size, config.seed, epoch):
-            input_ids, mask, labels = (t.to(device) for t in _collate(batch, pad_id))
+        for batch in length_grouped_batches(examples, config.batch_size, config.seed, epoch):
+            input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
             with autocast:
-                loss = _response_loss(model, input_ids, mask, labels)
+                loss = response_loss(model, input_ids, mask, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
             loss.backward()
