@@ -216,7 +216,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
         subset_config[f"{name}_subsets"] = {"config": {
             **({"budget_ratio": chosen.budget_ratio} if "budget_ratio" in fields else {}),
             **({"seeds": list(chosen.random_seeds)} if "seeds" in fields else {})}}
-    stage("selection", method_steps(settings, list(chosen.methods)), subset_config)
+    stage("selection", method_steps(settings, list(chosen.methods)), {**chosen.features, **subset_config})
 
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,

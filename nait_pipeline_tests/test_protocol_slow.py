@@ -21,8 +21,8 @@ def test_smoke_protocol_runs_end_to_end_and_resumes(shared_data, model_dir, tmp_
     layout = LakeLayout(store / "lake")
     table = pq.read_table(layout.comparison("smoke")).to_pylist()
     assert {r["method"] for r in table} == {f"nait:{c}" for c in ("math", "code", "reasoning", "knowledge",
-                                                                    "multilingual", "all")} | {"length", "random",
-                                                                                               "full"}
+                                                                    "multilingual", "all")} | {"length", "lp_low",
+                                                                                               "random", "full"}
     assert all(r["runs"] == 3 for r in table if r["method"] == "random")
     rows = sql.run_query(store / "warehouse.duckdb", "protocol_comparison", {"protocol": "smoke"}).to_pylist()
     assert len(rows) == len(table)
@@ -30,5 +30,5 @@ def test_smoke_protocol_runs_end_to_end_and_resumes(shared_data, model_dir, tmp_
     capsys.readouterr()
     cli.main(["protocol", "smoke", "--store", str(store)])  # everything trained and evaluated is kept
     out = capsys.readouterr().out
-    assert out.count("fine-tuned model with these parameters exists, kept") == 11
-    assert out.count("evaluation with these parameters exists, kept") == 11
+    assert out.count("fine-tuned model with these parameters exists, kept") == 12
+    assert out.count("evaluation with these parameters exists, kept") == 12

@@ -28,6 +28,7 @@ class Protocol:
     methods: tuple[str, ...]  # registered methods whose subsets are fine-tuned and compared
     train: dict = field(default_factory=dict)  # finetuned_model config
     evaluation: dict = field(default_factory=dict)  # evaluation config
+    features: dict = field(default_factory=dict)  # config of feature assets besides the forward store, by asset
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +56,12 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2),
         target_size=8,
-        methods=("nait", "length", "random", "full"),
+        methods=("nait", "length", "lp_low", "random", "full"),
         train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
         evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0},
+        # LP's selector sees the whole (40-row) protocol pool; 4 clusters of ~10 rows.
+        features={"selector_trajectories": {"config": {"slice_rows": 0, "epochs": 2, "max_length": 256}},
+                  "selector_clusters": {"config": {"rows_per_cluster": 10}}},
     ),
 }
 
