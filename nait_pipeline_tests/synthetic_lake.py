@@ -66,7 +66,19 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
     write_json({"model_id": IDENTITY["model_id"], "template_hash": IDENTITY["template_hash"], "path": "unused"},
                layout.model_record)
     _selector_store(rng, layout, ids[: n_pool * 3 // 4], pool_version)
+    _template_prefix(rng, layout, layers, width)
     return layout
+
+
+def _template_prefix(rng: np.random.Generator, layout: LakeLayout, layers: int, width: int) -> None:
+    """A 4-token prefix whose first state has one massive dimension per layer (NAIT-C masks it)."""
+    first = rng.normal(size=(layers, width))
+    first[:, 0] = 5000.0
+    sums = first + rng.normal(size=(layers, width))
+    write_parquet(pa.table({"layer": np.arange(1, layers + 1), "prefix_sum": list(sums.astype(np.float32)),
+                            "first_state": list(first.astype(np.float32))}), layout.template_prefix,
+                  {"prefix_tokens": 4, "prefix_text": "<s>", "prefix_version": "prefix0",
+                   "model_id": IDENTITY["model_id"], "template_hash": IDENTITY["template_hash"]})
 
 
 def _selector_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str], pool_version: str) -> None:

@@ -47,7 +47,7 @@ def read_model_record(layout: LakeLayout) -> dict:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(model_path: str, dtype: str, device: str):
+def cached_model(model_path: str, dtype: str, device: str):
     """One model per process: Dagster runs many shard steps in the same process with `materialize`."""
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
@@ -68,7 +68,7 @@ def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], confi
         table = pq.read_table(destination, columns=["example_id", "n_tokens", "truncated", "response_loss"])
         return _result(table, destination, version, {"reused": True})
 
-    lm, template = _load(model["path"], spec.dtype, fz.resolve_device(config.device))
+    lm, template = cached_model(model["path"], spec.dtype, fz.resolve_device(config.device))
     step = max(1, len(rows) // 10)
     meter = Progress(f"featurizing {destination.stem}", len(rows))
 

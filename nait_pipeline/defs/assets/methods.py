@@ -62,6 +62,7 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
                                             path.with_suffix(".png")),
                 "path": path_value(path),
                 **{k: v for k, v in result.notes.items() if isinstance(v, (int, float, str))},
+                **{k: dg.MetadataValue.json(v) for k, v in result.notes.items() if isinstance(v, list)},
             },
             data_version=dg.DataVersion(result.version),
         )

@@ -14,6 +14,7 @@ from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import nait_math as nait
+from nait_pipeline.lib.methods.nait_c_math import massive_dims
 from nait_pipeline.lib.methods.nait_method import CODE_VERSION, target_drifts
 
 
@@ -72,5 +73,52 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
                                             path.with_name(f"{capability}_sink_alignment.png")),
             "path": path_value(path),
         },
+        data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset(
+    group_name="nait",
+    kinds={"torch", "parquet"},
+    code_version="1",
+    deps=["it_pool", "target_sets", "base_model"],
+)
+def template_prefix(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """The template prefix every rendered pool and in-domain prompt starts with (measured: the longest
+    shared token prefix), and one forward of it: per layer the sum of its states and its first state.
+    NAIT-C removes that sum from the stored token means exactly and masks the first token's massive
+    dimensions. A template without a common start gives an empty prefix (reported), not an assumed one."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from nait_pipeline.defs.assets.features import cached_model, read_model_record
+    from nait_pipeline.lib.features import prefix as pf
+
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    record = read_model_record(layout)
+    pool = pq.read_table(layout.pool_examples, columns=["instruction", "input"], filters=[("status", "=", "kept")])
+    rows = pool.to_pylist()
+    for path in sorted((layout.root / "targets" / "selection").glob("*.parquet")):
+        rows += [{"instruction": r["prompt"], "input": ""} for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
+    model, template = cached_model(record["path"], "float32", "cpu")
+    tokens = pf.prompt_tokens(template, rows, max_length=512)
+    length = pf.common_prefix_length(tokens)
+    sums, first = pf.prefix_states(model, tokens[0][:length] if tokens else [])
+    text = template.tokenizer.decode(tokens[0][:length]) if length else ""
+    version = sha256_json({"model": record["model_id"], "template": record["template_hash"], "tokens": tokens[0][:length]
+                           if tokens else []})[:16]
+    write_parquet(pa.table({"layer": np.arange(1, len(sums) + 1), "prefix_sum": list(sums.astype(np.float32)),
+                            "first_state": list(first.astype(np.float32))}), layout.template_prefix,
+                  {"prefix_tokens": length, "prefix_text": text, "prefix_version": version,
+                   "model_id": record["model_id"], "template_hash": record["template_hash"], "rows_checked": len(rows)})
+    if length == 0:
+        context.log.warning("the rendered prompts share no token prefix: NAIT-C cleans nothing")
+    massive = massive_dims(first)  # against the first state's own median: an underestimate of the count
+    return dg.MaterializeResult(
+        metadata={"prefix_tokens": length, "prefix_text": dg.MetadataValue.md(f"```\n{text}\n```"),
+                  "rows_checked": len(rows), "max_first_token_magnitude": float(np.abs(first).max()) if length else 0.0,
+                  "massive_dims_per_layer": dg.MetadataValue.json(massive.sum(1).tolist()),
+                  "path": path_value(Path(layout.template_prefix)), "prefix_version": version},
         data_version=dg.DataVersion(version),
     )

@@ -27,8 +27,9 @@ _TrainingConfig = config_class("SelectorTrainingConfig", tr.SelectorConfig)
 
 
 class SelectorTrajectoriesConfig(_TrainingConfig):
-    slice_rows: int = 256
-    """Pool rows the selector trains on, a seeded slice (0: the whole pool; hours on a CPU)."""
+    slice_rows: int = 128
+    """Pool rows the selector trains on, a seeded slice (0: the whole pool). Full fine-tuning runs at
+    ~100 tokens/s on 2 CPU cores: 128 alpaca-like rows x 3 epochs take ~10 minutes."""
     slice_seed: int = 0
     selector_model: str = ""
     """A local Hugging Face model directory to select with; empty: the base model (any size may

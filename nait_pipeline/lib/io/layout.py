@@ -39,6 +39,11 @@ class LakeLayout:
         return self.root / "features" / "target_activations" / f"{capability}.parquet"
 
     @property
+    def template_prefix(self) -> Path:
+        """The constant template prefix every rendered example starts with: its length and per-layer states."""
+        return self.root / "features" / "template_prefix.parquet"
+
+    @property
     def selector_run(self) -> Path:
         """Learning Percentage's selector training: per-epoch perplexities and the newest checkpoint."""
         return self.root / "features" / "selector" / "run"

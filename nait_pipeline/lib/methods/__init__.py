@@ -4,11 +4,12 @@ and one line here; the Dagster assets, comparison, protocol, export and dump pic
 
 from __future__ import annotations
 
-from nait_pipeline.lib.methods import lp, nait_method, pool_stats, random_methods, rds
+from nait_pipeline.lib.methods import lp, nait_c_method, nait_method, pool_stats, random_methods, rds
 from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     nait_method.METHOD,
+    nait_c_method.METHOD,
     rds.ROUND_ROBIN,
     rds.TOP_B,
     *pool_stats.PERPLEXITY_METHODS,

@@ -71,6 +71,24 @@ def equal_quota(ids: Sequence[str], per_capability: Mapping[str, np.ndarray], k:
     return chosen
 
 
+def length_decile_quota(ids: Sequence[str], scores: np.ndarray, lengths: np.ndarray, k: int,
+                        bins: int = 10) -> list[int]:
+    """Top-k with the pool's length profile: rows are cut into ``bins`` length quantile bins (ties by id),
+    each bin gets its share of k (largest remainders, then the shorter bin first) and is filled by
+    descending score; the result is in descending score order."""
+    order = sorted(range(len(ids)), key=lambda i: (float(lengths[i]), ids[i]))
+    groups = np.array_split(np.array(order, np.int64), min(bins, len(ids)))
+    exact = [k * len(g) / len(ids) for g in groups]
+    quotas = [int(e) for e in exact]
+    for b in sorted(range(len(groups)), key=lambda b: (-(exact[b] - quotas[b]), b))[: k - sum(quotas)]:
+        quotas[b] += 1
+    chosen = []
+    for group, quota in zip(groups, quotas):
+        members = group.tolist()
+        chosen += [members[i] for i in top_k([ids[m] for m in members], scores[members], quota)]
+    return sorted(chosen, key=lambda i: (-float(scores[i]), ids[i]))
+
+
 def seeded_random(ids: Sequence[str], k: int, seed: int) -> list[int]:
     """k indices drawn uniformly by ranking ids on a hash of (seed, id): independent of row order."""
     keys = [sha256_text(f"{seed}:{example_id}") for example_id in ids]
