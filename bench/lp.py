@@ -33,8 +33,8 @@ def main() -> None:
 
     import pyarrow.parquet as pq
     import torch
-
     from featurize import _model_dir  # bench/ is on sys.path when run as a script
+
     from nait_pipeline.lib.features import clusters as cl
     from nait_pipeline.lib.features import featurize as fz
     from nait_pipeline.lib.features.trajectories import SelectorConfig, train_selector

@@ -291,3 +291,33 @@ def test_a_changed_selection_gets_a_new_version_and_a_diff_that_says_why(scored_
     assert [r["change"] for r in rows].count("added") == 4 and [r["change"] for r in rows].count("kept") == 4
     assert all(r["rank_change"] == 0 for r in rows if r["change"] == "kept")  # longest-k keeps its order
     materialize(instance, resource, ["length_subsets"])  # back to the default budget for the other tests
+
+
+def test_a_nait_c_selection_is_explained_by_layer_contributions_and_neighbours(scored_lake, tmp_path):
+    """explain_selection names, for a row of the all-capability subset, the capability whose turn
+    chose it, its per-layer contributions (summing to that capability's score) and its nearest
+    in-domain rows."""
+    from nait_pipeline.lib.io import sql
+    from nait_pipeline.lib.io.contract import ensure_contract_tables
+
+    instance, resource, layout = scored_lake
+    result = materialize(instance, resource, ["nait_c_subsets"])
+    version = result.asset_materializations_for_node("nait_c_subsets")[0].metadata["subset_versions"].value["all"]
+    ensure_contract_tables(layout.root)
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, layout.root)
+    subset = pq.read_table(layout.subset(version)).sort_by("rank").to_pylist()
+    turns = pq.read_table(layout.subset_explanation(version)).to_pylist()
+    assert [t["example_id"] for t in turns] == [r["example_id"] for r in subset]
+    # Capabilities take turns in name order, each picking its best row not yet taken.
+    assert [t["chosen_by"] for t in turns] == sorted(synthetic_lake.CAPABILITIES)[:len(turns)]
+    for row in subset[:3]:
+        rows = sql.run_query(db, "explain_selection", {"subset_version": version,
+                                                       "example_id": row["example_id"]}).to_pylist()
+        assert [r["layer"] for r in rows] == [1, 2, 3]  # the synthetic store has 3 layers
+        chooser = rows[0]["scored_for"]
+        assert chooser == next(t["chosen_by"] for t in turns if t["example_id"] == row["example_id"])
+        assert sum(r["contribution"] for r in rows) == pytest.approx(rows[0]["capability_score"], abs=1e-4)
+        nearest = rows[0]["nearest_targets"]
+        assert len(nearest) == 3 and all(t.startswith(f"{chooser}-") for t in nearest)
+        assert rows[0]["nearest_similarity"] == sorted(rows[0]["nearest_similarity"], reverse=True)

@@ -23,3 +23,8 @@ SELECT * FROM read_parquet({{lake}} || '/subset_diffs/*.parquet', union_by_name 
 -- source composition and enrichment.
 CREATE OR REPLACE VIEW subset_diagnostics AS
 SELECT * FROM read_parquet({{lake}} || '/subset_diagnostics/*.parquet', union_by_name = true);
+
+-- Why a row is in a subset, where the method records it: the capability whose turn chose it in
+-- NAIT-C's all-capability round-robin.
+CREATE OR REPLACE VIEW subset_explanations AS
+SELECT * FROM read_parquet({{lake}} || '/subset_explanations/*.parquet', union_by_name = true);

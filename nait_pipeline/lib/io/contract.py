@@ -83,6 +83,10 @@ SCORES_SCHEMA = pa.schema(
         ("score_version", pa.string()),
         ("pool_version", pa.string()),
         ("model_id", pa.string()),
+        # Written by the scorers that explain a score (NAIT-C); NULL for the others.
+        ("layer_contributions", pa.list_(pa.float32())),  # per layer: weight x standardised projection
+        ("nearest_targets", pa.list_(pa.string())),  # nearest in-domain ids, nearest first
+        ("nearest_similarity", pa.list_(pa.float64())),
     ]
 )
 SUBSETS_SCHEMA = pa.schema(
@@ -196,9 +200,17 @@ COMPARISON_SCHEMA = pa.schema([
     ("train_tokens", pa.int64()),
     ("subset_versions", pa.string()),
 ])
+# Why a row is in a subset, where the method records it (NAIT-C): the capability whose turn chose it in
+# an all-capability round-robin.
+SUBSET_EXPLANATIONS_SCHEMA = pa.schema([
+    ("subset_version", pa.string()),
+    ("example_id", pa.string()),
+    ("rank", pa.int64()),
+    ("chosen_by", pa.string()),
+])
 CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_lineage": LINEAGE_SCHEMA,
                    "current_subsets": CURRENT_SUBSETS_SCHEMA, "subset_diffs": SUBSET_DIFFS_SCHEMA,
-                   "subset_diagnostics": SUBSET_DIAGNOSTICS_SCHEMA,
+                   "subset_diagnostics": SUBSET_DIAGNOSTICS_SCHEMA, "subset_explanations": SUBSET_EXPLANATIONS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
@@ -224,10 +236,13 @@ EMPTY_FILE = "_schema.parquet"
 
 
 def ensure_contract_tables(lake_dir: Path) -> list[Path]:
-    """Create the schema-only file of each globbed table where it is missing."""
+    """Create the schema-only file of each globbed table where it is missing or of an older schema
+    (its columns are what a view binds when no data file has them yet)."""
+    import pyarrow.parquet as pq
+
     written = []
     for name, schema in GLOBBED_FOLDERS.items():
         path = lake_dir / name / EMPTY_FILE
-        if not path.exists():
+        if not path.exists() or not pq.read_schema(path).remove_metadata().equals(schema):
             written.append(write_parquet(schema.empty_table(), path))
     return written

@@ -77,6 +77,9 @@ class LakeLayout:
     def subset_diagnostics(self, subset_version: str) -> Path:
         return self.root / "subset_diagnostics" / f"{subset_version}.parquet"
 
+    def subset_explanation(self, subset_version: str) -> Path:
+        return self.root / "subset_explanations" / f"{subset_version}.parquet"
+
     def subset_diff(self, new_version: str, old_version: str) -> Path:
         return self.root / "subset_diffs" / f"{new_version}__from__{old_version}.parquet"
 

@@ -23,6 +23,7 @@ QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "lineage_of_subset": {"subset_version": "nait-math-000000000000"},
     "protocol_comparison": {"protocol": "cpu-2k"},
     "subset_diff": {"old_version": "nait-math-000000000000", "new_version": "nait-math-111111111111"},
+    "explain_selection": {"subset_version": "nait_c-all-000000000000", "example_id": "alpaca_cleaned-000000"},
 }
 
 

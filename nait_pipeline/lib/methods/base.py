@@ -96,6 +96,8 @@ class Chosen:
     slot: str = ""  # distinguishes several subsets of one method and capability (random seeds)
     # The size the method's own rounding rule gives (LP's per-cluster chunks); None: ceil(r * N).
     expected_size: int | None = None
+    # Per selected row (aligned with ``indices``), the capability whose turn chose it (all-capability merges).
+    chosen_by: list[str] | None = None
 
 
 @dataclass(frozen=True)

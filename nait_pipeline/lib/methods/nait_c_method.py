@@ -27,6 +27,7 @@ from nait_pipeline.lib.selection.diagnostics import spearman
 
 CODE_VERSION = "1"
 LDA_SAMPLE = 2048
+NEAREST = 3  # in-domain neighbours recorded per pool row
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,22 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     else:
         raise nc.NaitCInputError(f"layer_weights must be auc or uniform, got {params.layer_weights!r}")
     scores, contributions, fallback = nc.combine(nc.standardise_columns(projections[:, 0].astype(np.float64)), alpha)
+    # Pass 3: each pool row's nearest in-domain rows (layer-weighted cosine of the z-features), to explain it.
+    weights = alpha / alpha.sum() if alpha.sum() > 0 else np.full(layers, 1.0 / layers)
+    target_unit = _unit(z_target)
+    nearest_ids, nearest_sims, offset = [], [], 0
+    for block in pool.blocks("layer_mean"):
+        rows = slice(offset, offset + len(block))
+        z = standardise(_clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows]))
+        similarity = np.einsum("nld,tld,l->nt", _unit(z), target_unit, weights.astype(np.float32))
+        top = np.argsort(-similarity, axis=1, kind="stable")[:, :NEAREST]
+        nearest_ids += [[target["ids"][t] for t in row] for row in top]
+        nearest_sims += [np.take_along_axis(similarity, top, 1)[i].round(4).tolist() for i in range(len(top))]
+        offset += len(block)
     return Scored(
         scores=scores,
-        columns={"layer_contributions": contributions.astype(np.float32), "n_tokens": n_tokens},
+        columns={"layer_contributions": contributions.astype(np.float32), "n_tokens": n_tokens,
+                 "nearest_targets": nearest_ids, "nearest_similarity": nearest_sims},
         notes={"prefix_tokens": prefix.length, "masked_dims": int((~standardise.keep).sum()),
                "separable_layers": int((alpha > 0).sum()), "no_separable_layer": bool(fallback),
                "best_layer": int(np.nanargmax(aucs)) + 1 if np.isfinite(aucs).any() else 0,
@@ -147,6 +161,11 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
                "spearman_with_length": float(spearman(scores, n_tokens.astype(np.float64)) or 0.0),
                "layer_auc": [round(float(a), 4) for a in aucs], "layer_weight": [round(float(a), 4) for a in alpha]},
     )
+
+
+def _unit(z: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(z, axis=-1, keepdims=True)
+    return z / np.where(norms > 0, norms, 1.0)
 
 
 def _length_guarded(ids, scores: np.ndarray, lengths: np.ndarray, k: int, guard: float) -> tuple[list[int], bool]:
@@ -168,11 +187,11 @@ def _select(inp: SelectionInput, params: NaitCSubsetParams) -> list[Chosen]:
                              {"budget_ratio": r, "length_guard": params.length_guard, "length_quotas": guarded,
                               **inp.score_params[capability], "score_versions": {capability: inp.score_versions[capability]}},
                              r))
-    merged = selection.equal_quota(ids, inp.scores, k)
+    merged, chosen_by = selection.equal_quota_turns(ids, inp.scores, k)
     rank_score = np.zeros(len(ids))
     rank_score[merged] = np.arange(len(merged), 0, -1)  # the turn order, as a score (higher: earlier)
     chosen.append(Chosen(ALL, merged, rank_score, {"budget_ratio": r, "merge": "round_robin",
-                                                   "score_versions": inp.score_versions}, r))
+                                                   "score_versions": inp.score_versions}, r, chosen_by=chosen_by))
     return chosen
 
 

@@ -14,7 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.io.contract import CURRENT_SUBSETS_SCHEMA, SUBSET_DIAGNOSTICS_SCHEMA
+from nait_pipeline.lib.io.contract import (
+    CURRENT_SUBSETS_SCHEMA,
+    SUBSET_DIAGNOSTICS_SCHEMA,
+    SUBSET_EXPLANATIONS_SCHEMA,
+)
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -171,6 +175,11 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
         write_parquet(pa.Table.from_pylist([{"subset_version": record["subset_version"], "method": method.name,
                                              "capability": chosen.capability, **found.as_row()}],
                                            schema=SUBSET_DIAGNOSTICS_SCHEMA), layout.subset_diagnostics(record["subset_version"]))
+        if chosen.chosen_by is not None:
+            write_parquet(pa.Table.from_pylist([
+                {"subset_version": record["subset_version"], "example_id": inp.ids[i], "rank": rank, "chosen_by": by}
+                for rank, (i, by) in enumerate(zip(chosen.indices, chosen.chosen_by), start=1)],
+                schema=SUBSET_EXPLANATIONS_SCHEMA), layout.subset_explanation(record["subset_version"]))
         written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found,
                         "expected_size": chosen.expected_size})
     now = datetime.now(timezone.utc)

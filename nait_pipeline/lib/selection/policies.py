@@ -54,9 +54,16 @@ def zsum_scores(per_capability: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def equal_quota(ids: Sequence[str], per_capability: Mapping[str, np.ndarray], k: int) -> list[int]:
     """Merge (c): capabilities take turns picking their best not-yet-selected example until k are chosen."""
+    return equal_quota_turns(ids, per_capability, k)[0]
+
+
+def equal_quota_turns(ids: Sequence[str], per_capability: Mapping[str, np.ndarray],
+                      k: int) -> tuple[list[int], list[str]]:
+    """:func:`equal_quota`, with the capability whose turn picked each chosen row."""
     orders = {c: rank_order(ids, s) for c, s in sorted(per_capability.items())}
     positions = dict.fromkeys(orders, 0)
     chosen: list[int] = []
+    by: list[str] = []
     taken: set[int] = set()
     while len(chosen) < k:
         for capability, order in orders.items():
@@ -67,8 +74,9 @@ def equal_quota(ids: Sequence[str], per_capability: Mapping[str, np.ndarray], k:
             if positions[capability] < len(order):
                 index = int(order[positions[capability]])
                 chosen.append(index)
+                by.append(capability)
                 taken.add(index)
-    return chosen
+    return chosen, by
 
 
 def length_decile_quota(ids: Sequence[str], scores: np.ndarray, lengths: np.ndarray, k: int,
