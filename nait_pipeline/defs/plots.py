@@ -75,3 +75,24 @@ def heatmap_plot(matrix, labels, title: str, destination: Path) -> dg.MarkdownMe
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return embedded_png(destination, title)
+
+
+def contribution_heatmap(matrix, row_labels, title: str, destination: Path) -> dg.MarkdownMetadataValue:
+    """Rows (examples) by columns (layers, 1 first), values scaled to [-1, 1], diverging colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 0.3 * len(row_labels) + 1.5), dpi=90)
+    image = axis.imshow(matrix, vmin=-1.0, vmax=1.0, cmap="RdBu_r", aspect="auto")
+    axis.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    axis.set_xticks(range(matrix.shape[1]), [str(i + 1) for i in range(matrix.shape[1])], fontsize=6)
+    axis.set_xlabel("layer")
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.03)
+    figure.tight_layout()
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return embedded_png(destination, title)

@@ -4,6 +4,7 @@ lineage, checks, data versions and metadata for all of them. Nothing here is met
 methods live in ``lib/methods`` and are listed in its registry."""
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -11,7 +12,7 @@ from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
-from nait_pipeline.defs.plots import heatmap_plot, histogram_plot
+from nait_pipeline.defs.plots import bar_plot, contribution_heatmap, heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
@@ -63,11 +64,30 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
                 "path": path_value(path),
                 **{k: v for k, v in result.notes.items() if isinstance(v, (int, float, str))},
                 **{k: dg.MetadataValue.json(v) for k, v in result.notes.items() if isinstance(v, list)},
+                # Per-layer notes (NAIT-C's held-out AUC and layer weights) as bar plots, layer 1 first.
+                **{f"{k}_plot": bar_plot(np.nan_to_num(np.asarray(v, float)), range(1, len(v) + 1),
+                                         f"{scorer.name} {k.replace('_', ' ')} per layer ({capability})", k,
+                                         path.with_name(f"{path.stem}_{k}.png"))
+                   for k, v in result.notes.items() if k.startswith("layer_") and isinstance(v, list)},
+                **({"top_10_layer_contributions": _contribution_plot(result.table, order[:10], scorer.name,
+                                                                     capability, path)}
+                   if "layer_contributions" in result.table.column_names else {}),
             },
             data_version=dg.DataVersion(result.version),
         )
 
     return _scores
+
+
+def _contribution_plot(table: pa.Table, rows, scorer: str, capability: str, path) -> dg.MarkdownMetadataValue:
+    """Per-layer contributions of the top-ranked rows: which layers put each of them on top."""
+    with_score = table.filter(table.column("score").is_valid())
+    top = with_score.take(rows)
+    matrix = np.stack(top.column("layer_contributions").to_numpy(zero_copy_only=False))
+    scale = np.abs(matrix).max() or 1.0
+    return contribution_heatmap(matrix / scale, top.column("example_id").to_pylist(),
+                                f"{scorer}: per-layer contributions of the top rows ({capability})",
+                                path.with_name(f"{path.stem}_contributions.png"))
 
 
 def _overlap(written: list[dict]) -> dict:
