@@ -1,0 +1,98 @@
+"""The protocol's statistics on synthetic runs x items drawn from the noise model, with and without a
+known effect: the interval's false-positive rate near its nominal level, its power where the
+planning arithmetic says so, the bootstrap agreeing, and Holm / intersection on hand values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nait_pipeline.lib.evaluation import statistics as st
+
+# Planning values of selection-quality.md §3.2 (long-answer NLL, nats/token): run SD 0.008, run x item 0.04.
+RUN_SD, INTERACTION_SD, ITEM_SD = 0.008, 0.04, 0.5
+
+
+def draw(rng, runs_method: int, runs_reference: int, items: int, effect: float):
+    difficulty = rng.normal(0, ITEM_SD, items)  # shared by every model: cancels in the difference
+
+    def arm(runs: int, shift: float) -> np.ndarray:
+        return (shift + rng.normal(0, RUN_SD, (runs, 1)) + difficulty[None]
+                + rng.normal(0, INTERACTION_SD, (runs, items)))
+
+    return arm(runs_method, effect), arm(runs_reference, 0.0)
+
+
+def test_the_interval_has_its_nominal_false_positive_rate_under_no_effect():
+    rng = np.random.default_rng(0)
+    trials = 2000
+    false_positives = sum(st.compare(*draw(rng, 2, 5, 200, 0.0)).better for _ in range(trials))
+    rate = false_positives / trials
+    assert 0.03 <= rate <= 0.07, rate  # nominal 0.05 (binomial SD ~0.005)
+
+
+def test_a_known_effect_is_detected_with_the_planned_power():
+    rng = np.random.default_rng(1)
+    trials = 600
+    # MDE of the proposed design (200 items, 5 + 2 runs) is ~0.021: an effect of 0.03 should be seen most times.
+    power = np.mean([st.compare(*draw(rng, 2, 5, 200, 0.03)).better for _ in range(trials)])
+    assert power > 0.8, power
+    covered = np.mean([(lambda c: c.lower <= 0.03 <= c.upper)(st.compare(*draw(rng, 2, 5, 200, 0.03)))
+                       for _ in range(trials)])
+    assert covered > 0.85  # two one-sided 95 % bounds: 90 % nominal coverage
+
+
+def test_an_interval_ignoring_runs_would_not_hold_its_level():
+    """Why run variance is in the SE: an item-only paired interval on 1 + 3 runs rejects far too often."""
+    rng = np.random.default_rng(2)
+    trials, wrong = 1000, 0
+    for _ in range(trials):
+        method, reference = draw(rng, 1, 3, 24, 0.0)
+        differences = method.mean(0) - reference.mean(0)
+        se = differences.std(ddof=1) / np.sqrt(len(differences))
+        wrong += differences.mean() - 1.714 * se > 0
+    assert wrong / trials > 0.1
+
+
+def test_fewer_than_two_runs_on_a_side_gives_no_interval():
+    rng = np.random.default_rng(3)
+    method, reference = draw(rng, 1, 5, 50, 0.1)
+    result = st.compare(method, reference)
+    assert result.lower is None and not result.better and "2 runs on each side" in result.no_interval
+    assert result.delta == pytest.approx(method.mean() - reference.mean())
+    assert "no interval" in result.label()
+    assert st.bootstrap(method, reference) is None
+
+
+def test_compare_on_hand_made_runs():
+    method = np.array([[1.0, 2.0, 3.0], [1.2, 2.2, 3.2]])  # run means 2.0, 2.2
+    reference = np.array([[0.9, 1.9, 2.9], [0.7, 1.7, 2.7]])  # run means 1.9, 1.7
+    result = st.compare(method, reference)
+    assert result.delta == pytest.approx(0.3)
+    # pooled run variance (0.02 + 0.02) / 2 = 0.02; item differences all 0.3: no item term
+    assert result.se == pytest.approx(np.sqrt(0.02 * (1 / 2 + 1 / 2)))
+    assert result.df == 2 and result.lower == pytest.approx(0.3 - 2.919986 * result.se, rel=1e-5)
+    with pytest.raises(ValueError, match="items"):
+        st.compare(method, reference[:, :2])
+    with pytest.raises(ValueError, match=r"non-finite.*\[\[1, 2\]\]"):
+        st.compare(method, np.array([[0.9, 1.9, 2.9], [0.7, 1.7, np.nan]]))
+
+
+def test_the_bootstrap_agrees_with_the_t_interval():
+    rng = np.random.default_rng(4)
+    method, reference = draw(rng, 3, 5, 200, 0.03)
+    t_based = st.compare(method, reference)
+    low, high = st.bootstrap(method, reference, strata=["a"] * 100 + ["b"] * 100, replicates=1000)
+    assert low < t_based.delta < high
+    assert abs((high - low) - (t_based.upper - t_based.lower)) < 0.5 * (t_based.upper - t_based.lower)
+
+
+def test_holm_and_the_intersection_union_test():
+    assert st.holm({"a": 0.01, "b": 0.02, "c": 0.04}) == {"a": True, "b": True, "c": True}
+    # 0.01 <= 0.05/3, then 0.03 > 0.05/2 stops: c is not rejected even though 0.04 <= 0.05
+    assert st.holm({"a": 0.01, "b": 0.03, "c": 0.04}) == {"a": True, "b": False, "c": False}
+    yes = st.Comparison(0.1, 2, 5, 10, se=0.01, df=5, lower=0.05, upper=0.15)
+    no = st.Comparison(0.1, 2, 5, 10, se=0.1, df=5, lower=-0.1, upper=0.3)
+    assert st.beats_on_every_capability({"math": yes, "code": yes})
+    assert not st.beats_on_every_capability({"math": yes, "code": no})
+    assert not st.beats_on_every_capability({})
