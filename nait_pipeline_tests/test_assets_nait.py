@@ -118,7 +118,7 @@ def test_scoring_reads_the_store_and_never_runs_the_model(pipeline, monkeypatch)
 
     before = pq.read_table(layout.scores("nait", "reasoning")).column("score").to_numpy()
     (layout.root / "scores" / "nait__reasoning.parquet").unlink()
-    monkeypatch.setattr(features_module, "_load", no_model)
+    monkeypatch.setattr(features_module, "cached_model", no_model)
     result = run(instance, resource, ["capability_directions", "nait_scores"], "reasoning")
     meta = result.asset_materializations_for_node("nait_scores")[0].metadata
     assert meta["row_count"].value == 24
@@ -231,7 +231,7 @@ def train_and_evaluate(instance, resource, version):
     run(instance, resource, ["finetuned_model"], version,
         {"ops": {"finetuned_model": {"config": {"epochs": 1, "batch_size": 3}}}})
     return run(instance, resource, ["evaluation"], version,
-               {"ops": {"evaluation": {"config": {"sample_size": 2, "max_new_tokens": 16}}}})
+               {"ops": {"evaluation": {"config": {"sample_size": 2, "max_new_tokens": 16, "items_per_capability": 4}}}})
 
 
 def test_fine_tune_and_evaluate_a_subset_version(pipeline):
@@ -249,6 +249,18 @@ def test_fine_tune_and_evaluate_a_subset_version(pipeline):
                                                  "WHERE subset_version = ?", [version]).fetchall()}
     assert {"math:gsm8k_exact_match", "knowledge:mmlu_accuracy", "reasoning:bbh_exact_match",
             "code:mbpp_pass@1", "code:humaneval_pass@1", "math:answer_nll"} <= metrics
+    # Per-item rows behind the forward-only aggregates; free-form BBH tasks kept as not computable.
+    with sql.connect_read_only(resource.settings.warehouse_path) as con:
+        per_item = con.execute("SELECT capability, metric, status, count(*) FROM evaluation_items "
+                               "WHERE subset_version = ? GROUP BY ALL", [version]).fetchall()
+        aggregates = dict(con.execute("SELECT capability || ':' || metric, n FROM evaluations WHERE subset_version = ? "
+                                      "AND metric LIKE '%logprob%'", [version]).fetchall())
+    counts = {(c, m, s): n for c, m, s, n in per_item}
+    assert counts[("math", "gold_logprob_per_token", "ok")] == 4
+    assert counts[("code", "gold_logprob_per_token", "ok")] == 4  # 3 MBPP + 1 HumanEval
+    assert counts[("reasoning", "option_logprob", "not_computable")] >= 1
+    assert aggregates["math:gsm8k_gold_logprob_per_token"] == 4
+    assert aggregates["reasoning:bbh_option_logprob"] == counts[("reasoning", "option_logprob", "ok")]
     table = sql.run_query(resource.settings.warehouse_path, "evaluation_by_method").to_pylist()
     assert {r["method"] for r in table} == {"nait"}
 

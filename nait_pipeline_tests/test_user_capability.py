@@ -56,7 +56,7 @@ def test_a_new_capability_is_selected_from_the_stored_pool_features_alone(tmp_pa
     def no_model(*_args, **_kwargs):
         raise AssertionError("a new capability must be scored without running the model over the pool")
 
-    monkeypatch.setattr(features_module, "_load", no_model)
+    monkeypatch.setattr(features_module, "cached_model", no_model)
     resource = PipelineResource(data_dir=str(store), store_dir=str(store))
     assets = [capability_directions, *score_assets, *subset_assets]
     capabilities = [*synthetic_lake.CAPABILITIES, "legal"]

@@ -5,6 +5,11 @@ SELECT * FROM read_parquet({{lake}} || '/finetune_runs/*.parquet', union_by_name
 CREATE OR REPLACE VIEW evaluations AS
 SELECT * FROM read_parquet({{lake}} || '/evaluations/*.parquet', union_by_name = true);
 
+-- One row per (subset version, capability, item, metric), forward passes only; not-computable items
+-- keep their reason. Every per-item aggregate in `evaluations` is a mean over these rows.
+CREATE OR REPLACE VIEW evaluation_items AS
+SELECT * FROM read_parquet({{lake}} || '/evaluation_items/*.parquet', union_by_name = true);
+
 -- Method vs random (mean ± std over seeds) vs full pool, per capability and metric, with selection cost.
 CREATE OR REPLACE VIEW comparisons AS
 SELECT * FROM read_parquet({{lake}} || '/comparisons/*.parquet', union_by_name = true);

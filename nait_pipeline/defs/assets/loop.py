@@ -1,5 +1,6 @@
 """Close the loop: fine-tune on a subset version, then evaluate the model per capability."""
 
+import dataclasses
 import json
 import time
 from datetime import datetime, timezone
@@ -15,11 +16,12 @@ from nait_pipeline.defs.partitions import selectable_capabilities, subset_partit
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.evaluation import comparison as cmp
+from nait_pipeline.lib.evaluation import items
 from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
 from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.io.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
+from nait_pipeline.lib.io.contract import EVALUATION_ITEMS_SCHEMA, EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -48,6 +50,9 @@ class EvaluationConfig(dg.Config):
     """Test rows per capability, a fixed-seed sample."""
     max_new_tokens: int = 256
     code_timeout_s: float = 10.0
+    items_per_capability: int = 200
+    """Fixed, seeded, stratified test items per capability scored per item by forward passes only
+    (gold-solution log-probability per token, option-normalised log-probability); 0: none."""
     generation_backend: str = "auto"
     """auto (vLLM when a GPU and the gpu extra are present, else transformers) | vllm | transformers."""
 
@@ -126,13 +131,13 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     model = model_io.load_causal_lm(model_dir, device=fz.resolve_device("auto"))
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
     eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
-                             code_timeout_s=config.code_timeout_s)
+                             code_timeout_s=config.code_timeout_s, items_per_capability=config.items_per_capability)
     backend = choose_generation_backend(config.generation_backend)
     context.log.info(f"generation backend: {backend}")
     generator = make_generator(backend, model, model_dir, template)
     params = json.dumps({**eval_config.__dict__, "generation_backend": backend}, sort_keys=True)
     created = datetime.now(timezone.utc)
-    records, no_test_rows = [], []
+    records, no_test_rows, item_rows = [], [], []
     started = time.perf_counter()
     capabilities = selectable_capabilities(context.instance)
     meter = Progress(f"evaluating {subset_version}", len(capabilities), unit="capabilities", rate_unit="")
@@ -149,13 +154,24 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
                                             generator):
             records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
                                 created_at=created, **result))
+        scored = items.score_capability_items(model, template, capability, rows, eval_config.items_per_capability)
+        item_rows += [dict(subset_version=subset_version, capability=capability, eval_params_json=params,
+                           **dataclasses.asdict(item)) for item in scored]
+        for (family, metric), summary in items.aggregate(scored).items():
+            records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
+                                created_at=created, metric=f"{family}_{metric}", value=summary["value"],
+                                n=summary["n"]))
         line = meter.update(done)
         context.log.info(line)
         to_console(line, final=done == len(capabilities))
     table = pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
+    item_table = pa.Table.from_pylist(item_rows, schema=EVALUATION_ITEMS_SCHEMA)
+    write_parquet(item_table, layout.evaluation_items(subset_version))
     write_parquet(table, layout.evaluation(subset_version))
     return dg.MaterializeResult(
         metadata={"row_count": len(table), "seconds": round(time.perf_counter() - started, 1),
+                  "items": len(item_table),
+                  "items_not_computable": sum(1 for r in item_rows if r["status"] != items.OK),
                   "generation_backend": backend, "no_test_rows": dg.MetadataValue.json(no_test_rows),
                   "results": markdown_table(
             table.select(["capability", "metric", "value", "n"]), len(table))},

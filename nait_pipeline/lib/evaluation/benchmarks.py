@@ -28,6 +28,7 @@ class EvalConfig:
     max_new_tokens: int = 256
     code_timeout_s: float = 10.0
     batch_size: int = 8
+    items_per_capability: int = 200  # per-item, forward-only metrics (items.py); 0: none
 
 
 def sample_rows(rows: Sequence[dict], size: int) -> list[dict]:

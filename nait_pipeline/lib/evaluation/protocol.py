@@ -46,7 +46,7 @@ PROTOCOLS = {
         target_size=256,
         methods=("nait", "random", "full"),
         train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
-        evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0},
+        evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0, "items_per_capability": 200},
     ),
     # A few minutes end to end: for trying the protocol machinery, not for conclusions.
     "smoke": Protocol(
@@ -58,7 +58,7 @@ PROTOCOLS = {
         target_size=8,
         methods=("nait", "length", "lp_low", "random", "full"),
         train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
-        evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0},
+        evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0, "items_per_capability": 4},
         # LP's selector sees the whole (40-row) protocol pool; 4 clusters of ~10 rows.
         features={"selector_trajectories": {"config": {"slice_rows": 0, "epochs": 2, "max_length": 256}},
                   "selector_clusters": {"config": {"rows_per_cluster": 10}}},

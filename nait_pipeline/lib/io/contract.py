@@ -179,6 +179,18 @@ EVALUATIONS_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# One row per (subset version, capability, item, metric): what every aggregate is computed from.
+EVALUATION_ITEMS_SCHEMA = pa.schema([
+    ("subset_version", pa.string()),
+    ("capability", pa.string()),
+    ("benchmark", pa.string()),  # gsm8k, mbpp, humaneval, bbh/<task>, mmlu/<subject>, or the capability
+    ("item_id", pa.string()),
+    ("metric", pa.string()),  # gold_logprob_per_token | option_logprob (higher is better)
+    ("value", pa.float64()),  # NULL when not computable
+    ("status", pa.string()),  # ok | not_computable
+    ("reason", pa.string()),
+    ("eval_params_json", pa.string()),
+])
 COMPARISON_SCHEMA = pa.schema([
     ("comparison", pa.string()),
     ("method", pa.string()),
@@ -212,6 +224,7 @@ CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_l
                    "current_subsets": CURRENT_SUBSETS_SCHEMA, "subset_diffs": SUBSET_DIFFS_SCHEMA,
                    "subset_diagnostics": SUBSET_DIAGNOSTICS_SCHEMA, "subset_explanations": SUBSET_EXPLANATIONS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
+                   "evaluation_items": EVALUATION_ITEMS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
 DIRECTIONS_SCHEMA = pa.schema(

@@ -103,6 +103,9 @@ class LakeLayout:
     def finetune_run(self, subset_version: str) -> Path:
         return self.root / "finetune_runs" / f"{subset_version}.parquet"
 
+    def evaluation_items(self, subset_version: str) -> Path:
+        return self.root / "evaluation_items" / f"{subset_version}.parquet"
+
     def evaluation(self, subset_version: str) -> Path:
         return self.root / "evaluations" / f"{subset_version}.parquet"
 
