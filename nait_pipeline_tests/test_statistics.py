@@ -96,3 +96,40 @@ def test_holm_and_the_intersection_union_test():
     assert st.beats_on_every_capability({"math": yes, "code": yes})
     assert not st.beats_on_every_capability({"math": yes, "code": no})
     assert not st.beats_on_every_capability({})
+
+
+def test_interval_table_from_per_item_rows():
+    """Per-item evaluation rows of 5 random runs, 2 runs of a method with a real effect on math and code
+    (none on reasoning), 1 run of another method and the full pool: the table's intervals, the
+    intersection test and the no-interval rows."""
+    from nait_pipeline.lib.evaluation import intervals
+    from nait_pipeline.lib.evaluation.comparison import Run
+
+    rng = np.random.default_rng(5)
+    runs, rows = [], []
+    effects = {"math": 0.05, "code": 0.05, "reasoning": 0.0}
+    arms = {"random": (5, 0.0), "nait_c:all": (2, 1.0), "length": (1, 1.0), "full": (1, 0.0)}
+    for label, (count, scale) in arms.items():
+        for seed in range(count):
+            version = f"{label}-{seed}"
+            runs.append(Run(version, label, 10, 0.0, 0, 0.0, 0))
+            for capability, effect in effects.items():
+                shift = rng.normal(0, RUN_SD) + scale * effect
+                for item in range(200):
+                    value = shift + rng.normal(0, INTERACTION_SD) - item / 200
+                    rows.append({"subset_version": version, "capability": capability, "benchmark": "b",
+                                 "item_id": f"{capability}-{item}", "metric": "gold_logprob_per_token",
+                                 "value": value, "status": "ok"})
+    rows.append({"subset_version": "random-0", "capability": "math", "benchmark": "b", "item_id": "x",
+                 "metric": "gold_logprob_per_token", "value": None, "status": "not_computable"})
+    table = intervals.interval_table("t", runs, rows, bootstrap_replicates=200)
+    cell = {(r["method"], r["reference"], r["eval_capability"]): r for r in table.to_pylist()}
+    assert cell[("nait_c:all", "random", "math")]["better"] and cell[("nait_c:all", "random", "code")]["better"]
+    assert cell[("nait_c:all", "random", "math")]["items"] == 200  # the not-computable item is left out
+    assert not cell[("nait_c:all", "random", "reasoning")]["better"]
+    assert intervals.beats_random_everywhere(table) == {"length": False, "nait_c:all": False}
+    single = cell[("length", "random", "math")]
+    assert single["lower"] is None and "no interval" in single["label"]
+    assert cell[("nait_c:all", "full", "math")]["no_interval"]  # one full-pool run
+    report = intervals.report_markdown(table)
+    assert "| nait_c:all | random |" in report and "[" in report

@@ -13,3 +13,8 @@ SELECT * FROM read_parquet({{lake}} || '/evaluation_items/*.parquet', union_by_n
 -- Method vs random (mean ± std over seeds) vs full pool, per capability and metric, with selection cost.
 CREATE OR REPLACE VIEW comparisons AS
 SELECT * FROM read_parquet({{lake}} || '/comparisons/*.parquet', union_by_name = true);
+
+-- Per method, reference (random, full), capability and per-item metric: Δ, its SE from runs and items,
+-- one-sided 95 % bounds, p and the two-way bootstrap; no interval (with the reason) below 2 runs a side.
+CREATE OR REPLACE VIEW comparison_intervals AS
+SELECT * FROM read_parquet({{lake}} || '/comparison_intervals/*.parquet', union_by_name = true);

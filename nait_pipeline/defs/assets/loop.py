@@ -16,7 +16,7 @@ from nait_pipeline.defs.partitions import selectable_capabilities, subset_partit
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.evaluation import comparison as cmp
-from nait_pipeline.lib.evaluation import items
+from nait_pipeline.lib.evaluation import intervals, items
 from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
@@ -218,11 +218,16 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
                          f"{pool_version} has an evaluation: materialize finetuned_model and evaluation first")
     if not_evaluated:
         context.log.warning(f"left out, not evaluated yet: {not_evaluated}")
-    table = cmp.compare(config.name, cmp.load_runs(layout, evaluated), cmp.load_evaluations(layout, evaluated))
+    runs = cmp.load_runs(layout, evaluated)
+    table = cmp.compare(config.name, runs, cmp.load_evaluations(layout, evaluated))
     destination = layout.comparison(config.name)
-    write_parquet(table, destination, {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
-                                       "random_seeds": list(config.random_seeds), "subset_versions": evaluated})
-    report = cmp.report_markdown(table)
+    run_record = {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
+                  "random_seeds": list(config.random_seeds), "subset_versions": evaluated}
+    write_parquet(table, destination, run_record)
+    interval_table = intervals.interval_table(config.name, runs, intervals.load_items(layout, evaluated))
+    write_parquet(interval_table, layout.comparison_intervals(config.name), run_record)
+    report = (cmp.report_markdown(table) + "\n\nPer-item metrics (higher is better), Δ [one-sided 95 % bounds] "
+              "against random and the full pool:\n\n" + intervals.report_markdown(interval_table))
     with atomic_path(destination.with_suffix(".md"), ".md") as tmp:
         tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
                        f"random seeds {list(config.random_seeds)}.\n\n{report}\n")
@@ -230,7 +235,9 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
     return dg.MaterializeResult(
         metadata={"report": dg.MetadataValue.md(report), "plot": embedded_png(figure, f"comparison {config.name}"),
                   "runs": len(evaluated), "not_evaluated": dg.MetadataValue.json(not_evaluated),
-                  "row_count": len(table), "path": path_value(destination)},
+                  "row_count": len(table), "path": path_value(destination),
+                  "beats_random_on_every_capability": dg.MetadataValue.json(
+                      intervals.beats_random_everywhere(interval_table))},
         data_version=dg.DataVersion(sha256_json(table.select(["method", "eval_capability", "metric", "mean"])
                                                 .to_pylist())[:16]),
     )

@@ -191,6 +191,28 @@ EVALUATION_ITEMS_SCHEMA = pa.schema([
     ("reason", pa.string()),
     ("eval_params_json", pa.string()),
 ])
+# Per method, reference, capability and per-item metric: Δ with its interval (lib/evaluation/intervals.py).
+INTERVALS_SCHEMA = pa.schema([
+    ("comparison", pa.string()),
+    ("method", pa.string()),
+    ("reference", pa.string()),
+    ("eval_capability", pa.string()),
+    ("metric", pa.string()),
+    ("delta", pa.float64()),
+    ("se", pa.float64()),
+    ("df", pa.int64()),
+    ("lower", pa.float64()),  # one-sided 95 % lower bound
+    ("upper", pa.float64()),  # one-sided 95 % upper bound
+    ("p_value", pa.float64()),
+    ("bootstrap_lower", pa.float64()),
+    ("bootstrap_upper", pa.float64()),
+    ("runs_method", pa.int64()),
+    ("runs_reference", pa.int64()),
+    ("items", pa.int64()),
+    ("better", pa.bool_()),
+    ("no_interval", pa.string()),
+    ("label", pa.string()),  # Δ [low, high], or Δ (no interval: why)
+])
 COMPARISON_SCHEMA = pa.schema([
     ("comparison", pa.string()),
     ("method", pa.string()),
@@ -224,7 +246,7 @@ CONTRACT_TABLES = {"scores": SCORES_SCHEMA, "subsets": SUBSETS_SCHEMA, "subset_l
                    "current_subsets": CURRENT_SUBSETS_SCHEMA, "subset_diffs": SUBSET_DIFFS_SCHEMA,
                    "subset_diagnostics": SUBSET_DIAGNOSTICS_SCHEMA, "subset_explanations": SUBSET_EXPLANATIONS_SCHEMA,
                    "finetune_runs": FINETUNE_SCHEMA, "evaluations": EVALUATIONS_SCHEMA,
-                   "evaluation_items": EVALUATION_ITEMS_SCHEMA,
+                   "evaluation_items": EVALUATION_ITEMS_SCHEMA, "comparison_intervals": INTERVALS_SCHEMA,
                    "comparisons": COMPARISON_SCHEMA}
 # Folders read through a glob: each needs at least one file for its view to bind.
 DIRECTIONS_SCHEMA = pa.schema(

@@ -109,5 +109,8 @@ class LakeLayout:
     def evaluation(self, subset_version: str) -> Path:
         return self.root / "evaluations" / f"{subset_version}.parquet"
 
+    def comparison_intervals(self, name: str) -> Path:
+        return self.root / "comparison_intervals" / f"{name}.parquet"
+
     def comparison(self, protocol: str) -> Path:
         return self.root / "comparisons" / f"{protocol}.parquet"

@@ -1,0 +1,102 @@
+"""Per-capability comparisons with honest uncertainty, from the per-item evaluation rows.
+
+For every method label, capability and per-item metric, against each reference (``random``: its
+seeded runs; ``full``: the full-pool model): the runs x common-items matrices of both sides go to
+:func:`~nait_pipeline.lib.evaluation.statistics.compare` (Δ, SE from runs and items, one-sided 95 %
+bounds, p) and :func:`~nait_pipeline.lib.evaluation.statistics.bootstrap` (items resampled within
+their benchmark, runs within each arm). A side with fewer than 2 runs gives Δ and says why there is
+no interval. "Beats random on every capability" is the intersection of the per-capability tests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.evaluation import statistics as st
+from nait_pipeline.lib.evaluation.comparison import Run
+from nait_pipeline.lib.io.contract import INTERVALS_SCHEMA
+from nait_pipeline.lib.io.layout import LakeLayout
+
+REFERENCES = ("random", "full")
+
+
+def load_items(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:
+    rows = []
+    for version in versions:
+        path = layout.evaluation_items(version)
+        if path.exists():
+            rows += pq.read_table(path, columns=["subset_version", "capability", "benchmark", "item_id", "metric",
+                                                 "value", "status"]).to_pylist()
+    return rows
+
+
+def interval_table(name: str, runs: Sequence[Run], item_rows: Sequence[dict], bootstrap_replicates: int = 1000
+                   ) -> pa.Table:
+    label_of = {run.subset_version: run.method for run in runs}
+    # (label, capability, metric) -> subset version -> item id -> value; and each item's benchmark
+    values: dict[tuple[str, str, str], dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    benchmark_of: dict[str, str] = {}
+    for row in item_rows:
+        label = label_of.get(row["subset_version"])
+        if label is None or row["status"] != "ok":
+            continue
+        values[(label, row["capability"], row["metric"])][row["subset_version"]][row["item_id"]] = row["value"]
+        benchmark_of[row["item_id"]] = row["benchmark"].split("/")[0]
+    records = []
+    for (label, capability, metric), by_run in sorted(values.items()):
+        if label in REFERENCES:
+            continue
+        for reference in REFERENCES:
+            reference_runs = values.get((reference, capability, metric))
+            if not reference_runs:
+                continue
+            arms = [list(by_run.values()), list(reference_runs.values())]
+            common = sorted(set.intersection(*(set(run) for arm in arms for run in arm)))
+            if not common:
+                continue
+            method_matrix, reference_matrix = (np.array([[run[i] for i in common] for run in arm]) for arm in arms)
+            result = st.compare(method_matrix, reference_matrix)
+            boot = st.bootstrap(method_matrix, reference_matrix, strata=[benchmark_of[i] for i in common],
+                                replicates=bootstrap_replicates)
+            records.append(dict(
+                comparison=name, method=label, reference=reference, eval_capability=capability, metric=metric,
+                delta=result.delta, se=result.se, df=result.df, lower=result.lower, upper=result.upper,
+                p_value=result.p_value, bootstrap_lower=boot[0] if boot else None,
+                bootstrap_upper=boot[1] if boot else None, runs_method=result.runs_method,
+                runs_reference=result.runs_reference, items=result.items, better=result.better,
+                no_interval=result.no_interval, label=result.label()))
+    return pa.Table.from_pylist(records, schema=INTERVALS_SCHEMA)
+
+
+def beats_random_everywhere(table: pa.Table) -> dict[str, bool]:
+    """Per method: the intersection-union test over the capabilities it was compared with random on."""
+    by_method: dict[str, list[bool]] = defaultdict(list)
+    for row in table.to_pylist():
+        if row["reference"] == "random":
+            by_method[row["method"]].append(bool(row["better"]))
+    return {method: bool(tests) and all(tests) for method, tests in sorted(by_method.items())}
+
+
+def report_markdown(table: pa.Table) -> str:
+    """Δ [low, high] per method and capability against random and full (per-item metrics, higher is better)."""
+    rows = table.to_pylist()
+    if not rows:
+        return "no per-item evaluation rows to compare"
+    capabilities = sorted({r["eval_capability"] for r in rows})
+    cell = {(r["method"], r["reference"], r["eval_capability"]): r["label"] for r in rows}
+    everywhere = beats_random_everywhere(table)
+    header = ["method", "vs"] + capabilities + ["beats random on every capability"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in sorted({r["method"] for r in rows}):
+        for reference in REFERENCES:
+            if not any(k[0] == method and k[1] == reference for k in cell):
+                continue
+            verdict = ("yes" if everywhere.get(method) else "no") if reference == "random" else ""
+            lines.append("| " + " | ".join([method, reference] + [cell.get((method, reference, c), "")
+                                                                   for c in capabilities] + [verdict]) + " |")
+    return "\n".join(lines)
