@@ -186,7 +186,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     base = Settings.from_env()
     store = Path(args.store).resolve() if args.store else base.store_dir / "protocols" / chosen.name
     inputs = proto.prepare_inputs(chosen, base.data_dir, store / "input")
-    os.environ.update(NAIT_DATA_DIR=str(inputs), NAIT_STORE_DIR=str(store), NAIT_POOL_SAMPLE=str(chosen.slice_rows),
+    os.environ.update(NAIT_DATA_DIR=str(inputs), NAIT_STORE_DIR=str(store),
+                      NAIT_POOL_SAMPLE=str(chosen.slice_rows) if chosen.slice_rows else "",  # 0: the whole pool
                       DAGSTER_HOME=str(store / "dagster_home"))
     settings = Settings.from_env()
     layout = LakeLayout(settings.lake_dir)

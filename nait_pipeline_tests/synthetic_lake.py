@@ -17,7 +17,7 @@ from nait_pipeline.lib.io.lake import write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
-SOURCES = ("alpaca", "dolly", "flan")
+SOURCES = ("alpaca_cleaned", "flan_cot/gsm8k", "code_alpaca_2k")  # two in-domain-like (oracle_source)
 IDENTITY = {"model_id": "tiny@0", "template_hash": "t0", "featurizer": {"spec": "synthetic"}}
 
 

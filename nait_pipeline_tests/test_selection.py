@@ -135,3 +135,16 @@ def test_diagnostics_of_a_length_selector_and_of_a_balanced_subset():
     middle = diagnose(ids, lengths, sources, [4, 5], scores=-np.abs(lengths - 55))
     assert middle.length_ratio == pytest.approx(1.0) and middle.passes_length_gates()
     assert middle.overlap_longest == 0.0 and middle.enrichment == {"a": 1.0, "b": 1.0}
+
+
+def test_proportional_random_keeps_each_stratum_share():
+    from nait_pipeline.lib.selection.policies import length_quintiles, proportional_random
+
+    ids = [f"r{i:03d}" for i in range(100)]
+    strata = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    picked = proportional_random(ids, strata, 10, seed=0)
+    assert sorted(strata[i] for i in picked) == ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    assert picked == proportional_random(ids, strata, 10, seed=0) != proportional_random(ids, strata, 10, seed=1)
+    # 7 of 100 rows: exact shares 3.5, 2.1, 1.4 -> 3, 2, 1 plus one for the largest remainder (a)
+    assert sorted(strata[i] for i in proportional_random(ids, strata, 7, seed=2)) == ["a"] * 4 + ["b"] * 2 + ["c"]
+    assert length_quintiles([5, 1, 4, 2, 3, 9, 8, 7, 6, 0]) == [2, 0, 2, 1, 1, 4, 4, 3, 3, 0]

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.data.mixed_pool import CPU_MIX_2K
 from nait_pipeline.lib.io.layout import LakeLayout
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    pool_file: str  # a file name under <data>/pools
+    pool_file: str  # a file name under <data>/pools, or the name of the mixed pool file the protocol builds
     slice_rows: int  # the seeded slice of that pool (NAIT_POOL_SAMPLE)
     budget_ratio: float
     random_seeds: tuple[int, ...]
@@ -29,12 +30,27 @@ class Protocol:
     train: dict = field(default_factory=dict)  # finetuned_model config
     evaluation: dict = field(default_factory=dict)  # evaluation config
     features: dict = field(default_factory=dict)  # config of feature assets besides the forward store, by asset
+    mix: tuple = ()  # MixGroups: the pool is built from several shared pool files (lib/data/mixed_pool.py)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 PROTOCOLS = {
+    # Where selection can matter (selection-quality.md §3.3): 2,000 rows, 500 of them in-domain-like, with the
+    # oracle-by-source ceiling, stratified random over 5 seeds and per-item metrics on 200+ items per capability.
+    "cpu-mix-2k": Protocol(
+        name="cpu-mix-2k",
+        pool_file="cpu-mix-2k.parquet",
+        slice_rows=0,
+        budget_ratio=0.1,
+        random_seeds=(0, 1, 2, 3, 4),
+        target_size=256,
+        methods=("nait_c", "nait", "rds_round_robin", "length", "oracle_source", "random_stratified", "full"),
+        train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
+        evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0, "items_per_capability": 200},
+        mix=CPU_MIX_2K,
+    ),
     # Sized for the 2-core CPU machine: the full-pool reference dominates (it trains on every row), and
     # fine-tuning runs at ~170-185 tokens/s there, so a 10k slice alone would need ~95 min for that model.
     "cpu-2k": Protocol(
@@ -73,9 +89,19 @@ def get_protocol(name: str) -> Protocol:
 
 
 def prepare_inputs(protocol: Protocol, data_dir: Path, input_dir: Path) -> Path:
-    """An input folder holding only the protocol's pool file and the target sets, as symlinks."""
+    """An input folder holding only the protocol's pool file and the target sets, as symlinks; a mixed
+    protocol's pool is built there once from the shared pools (seeded, so a rebuild is identical)."""
     pool = data_dir / "pools" / protocol.pool_file
     targets = data_dir / "targets"
+    if protocol.mix:
+        pool = input_dir / "mixed" / protocol.pool_file
+        if not pool.exists():
+            from nait_pipeline.lib.data import mixed_pool
+            from nait_pipeline.lib.io.lake import write_parquet
+
+            table, report = mixed_pool.build(data_dir / "pools", targets, spec=protocol.mix,
+                                             target_size=protocol.target_size)
+            write_parquet(table, pool, {"mix_report": report})
     for path in (pool, targets):
         if not path.exists():
             raise FileNotFoundError(f"protocol {protocol.name} needs {path} (is NAIT_DATA_DIR right?)")

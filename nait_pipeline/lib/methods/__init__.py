@@ -16,6 +16,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     pool_stats.LONGEST,
     random_methods.UNIFORM,
     random_methods.BALANCED,
+    random_methods.STRATIFIED,
+    random_methods.ORACLE,
     random_methods.FULL,
     *lp.METHODS,
 ]}

@@ -115,11 +115,13 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     scorer = method.scorer
     if scorer is None:
-        kept = pq.read_table(layout.pool_examples, columns=["example_id"], filters=[("status", "=", "kept")])
-        ids = sorted(kept.column("example_id").to_pylist())
+        kept = pq.read_table(layout.pool_examples, columns=["example_id", "output"],
+                             filters=[("status", "=", "kept")]).sort_by("example_id")
+        ids = kept.column("example_id").to_pylist()
         return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores={}, score_versions={},
                               score_params={}, unscored=np.zeros(len(ids), bool),
-                              groups={"source": pool_groups(layout, ids)})
+                              groups={"source": pool_groups(layout, ids),
+                                      "length": [len(text) for text in kept.column("output").to_pylist()]})
     keys = capabilities if scorer.targeted else [ALL]
     if not keys:
         raise MethodInputError(f"{method.name} needs at least one capability with a target set")

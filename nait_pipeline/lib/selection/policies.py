@@ -186,3 +186,32 @@ def balanced_random(ids: Sequence[str], groups: Sequence[str], k: int, seed: int
             remaining -= grant
     chosen = [i for group in members for i in members[group][: quota[group]]]
     return sorted(chosen, key=lambda i: (sha256_text(f"{seed}:{ids[i]}"), ids[i]))
+
+
+def proportional_random(ids: Sequence[str], strata: Sequence[str], k: int, seed: int) -> list[int]:
+    """k indices with each stratum's share of the pool (largest remainders, ties by stratum name),
+    drawn inside each stratum in sha256(seed:id) order: random, with less variance than a plain draw."""
+    if len(ids) != len(strata):
+        raise ValueError(f"{len(ids)} ids but {len(strata)} strata")
+    members: dict[str, list[int]] = {}
+    for index, stratum in enumerate(strata):
+        members.setdefault(stratum, []).append(index)
+    k = min(k, len(ids))
+    exact = {s: k * len(m) / len(ids) for s, m in members.items()}
+    quota = {s: int(v) for s, v in exact.items()}
+    for stratum in sorted(members, key=lambda s: (-(exact[s] - quota[s]), s))[: k - sum(quota.values())]:
+        quota[stratum] += 1
+    chosen = []
+    for stratum, indices in members.items():
+        indices.sort(key=lambda i: (sha256_text(f"{seed}:{ids[i]}"), ids[i]))
+        chosen += indices[: quota[stratum]]
+    return sorted(chosen, key=lambda i: (sha256_text(f"{seed}:{ids[i]}"), ids[i]))
+
+
+def length_quintiles(lengths: Sequence[float]) -> list[int]:
+    """Each row's length quintile (0-4) over the pool, ties broken by position."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out = [0] * len(lengths)
+    for rank, index in enumerate(order):
+        out[index] = rank * 5 // max(1, len(lengths))
+    return out
