@@ -159,7 +159,8 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
     """Fine-tune the selector at ``model_dir`` on ``rows`` for ``config.epochs`` epochs and return the
     perplexity trajectories, resuming from the newest finished epoch stored under ``run_dir``.
 
-    ``progress(stage, done, total, tokens)`` is called during training and the perplexity passes.
+    ``progress(stage, done, total, tokens)`` is called during training and the perplexity passes (rows
+    and tokens done so far in that stage).
     """
     import torch
     from transformers import get_cosine_schedule_with_warmup
@@ -226,7 +227,7 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
         model.train()
         started = time.perf_counter()
         batches = length_grouped_batches(trainable, config.batch_size, config.seed, epoch - 1)
-        done = 0
+        done = epoch_tokens = 0
         for step, batch in enumerate(batches, 1):
             input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
             loss = response_loss(model, input_ids, mask, labels)
@@ -238,9 +239,10 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done += len(batch)
-            train_tokens += int(mask.sum())
+            epoch_tokens += int(mask.sum())
             if progress:
-                progress(f"selector epoch {epoch}/{config.epochs}", done, len(trainable), int(mask.sum()))
+                progress(f"selector epoch {epoch}/{config.epochs}", done, len(trainable), epoch_tokens)
+        train_tokens += epoch_tokens
         train_seconds += time.perf_counter() - started
         evaluate(epoch)
         with atomic_dir(run.checkpoint) as tmp:
