@@ -228,6 +228,8 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
         started = time.perf_counter()
         batches = length_grouped_batches(trainable, config.batch_size, config.seed, epoch - 1)
         done = epoch_tokens = 0
+        if progress:  # the stage starts its clock here, not after the first batch
+            progress(f"selector epoch {epoch}/{config.epochs}", 0, len(trainable), 0)
         for step, batch in enumerate(batches, 1):
             input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
             loss = response_loss(model, input_ids, mask, labels)
