@@ -20,10 +20,13 @@ def test_asset_graph_and_partitions():
 
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
                     "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
-                    "subset_diffs", "pool_folder",
+                    "subset_diffs", "pool_folder", "template_prefix", "selector_trajectories", "selector_clusters",
                     *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}
-    assert {"nait_scores", "rds_scores", "perplexity_scores", "length_scores", "nait_subsets", "random_subsets",
-            "full_subsets", "random_balanced_subsets"} <= keys
+    assert {"nait_scores", "nait_c_scores", "rds_scores", "perplexity_scores", "length_scores", "lp_scores",
+            "nait_subsets", "nait_c_subsets", "lp_low_subsets", "random_subsets", "full_subsets",
+            "random_balanced_subsets", "random_stratified_subsets", "oracle_source_subsets"} <= keys
+    assert graph.get(dg.AssetKey("lp_scores")).parent_keys >= {dg.AssetKey("selector_trajectories"),
+                                                                 dg.AssetKey("selector_clusters")}
     assert graph.get(dg.AssetKey("pool_activations")).partitions_def.name == "pool_shards"
     assert {s.name for s in definitions.sensors} == {"new_pool_files", "new_target_files", "unfeaturized_pool_shards",
                                                     "dead_run_reaper", "nightly_refresh"}
