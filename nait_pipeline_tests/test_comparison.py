@@ -126,9 +126,9 @@ def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
 
     layout = LakeLayout(tmp_path / "lake")
     now = datetime.now(timezone.utc)
-    version = "length-all-000000000000"
+    version = "random-all-000000000000"
     write_parquet(pa.Table.from_pylist([dict(
-        subset_version=version, pool_version="p", model_id="m", template_hash="t", method="length", capability="all",
+        subset_version=version, pool_version="p", model_id="m", template_hash="t", method="random", capability="all",
         params_json=json.dumps({"budget_ratio": 0.1}), n_pool=10, n_selected=1, selected_ids_sha256="s",
         created_at=now, code_commit=None)], schema=LINEAGE_SCHEMA), layout.lineage(version))
     for key in (version, f"{version}@order1", "base", "other-all-111111111111@order1"):
@@ -142,5 +142,5 @@ def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
     keys = cmp.run_keys(layout, [version])
     assert keys == [version, f"{version}@order1", "base"]  # another version's replicate is not gathered
     loaded = cmp.load_runs(layout, keys)
-    assert [r.method for r in loaded] == ["length", "length", "base"]
+    assert [r.method for r in loaded] == ["random", "random", "base"]
     assert loaded[1].train_seconds == 2.0 and loaded[2].train_seconds == 0.0
