@@ -176,9 +176,13 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     import time
     from datetime import datetime, timezone
 
+    import pyarrow.parquet as pq
+
     from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
+    from nait_pipeline.defs.partitions import register_subset_versions
     from nait_pipeline.defs.resources import pipeline_resource_from_env
     from nait_pipeline.lib.evaluation import protocol as proto
+    from nait_pipeline.lib.evaluation import runs
     from nait_pipeline.lib.io.lake import read_metadata, write_json
     from nait_pipeline.lib.io.layout import LakeLayout
 
@@ -222,23 +226,35 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,
                                               chosen.methods)
-    train_params = FineTuneConfig(**chosen.train).train_config().as_dict()
     resource = pipeline_resource_from_env()
+    # Training-order replicates of the headline method(s), and the base model as the zero point.
+    keys = []
     for version in versions:
-        if _already_trained(layout, version, train_params, finetuned_dir(resource, version)):
-            print(f"==> {version}: fine-tuned model with these parameters exists, kept", flush=True)
+        method = pq.read_table(layout.lineage(version), columns=["method"]).column("method")[0].as_py()
+        keys += runs.replicate_keys(version, chosen.order_replicates.get(method, 1))
+    keys += [runs.BASE] if chosen.evaluate_base else []
+    with _instance() as instance:
+        register_subset_versions(instance, keys)
+    for key in keys:
+        offset = runs.parse_run_key(key)[1]
+        train = FineTuneConfig(**{**chosen.train, "seed": chosen.train.get("seed", 0) + offset})
+        if key == runs.BASE:
+            pass  # evaluated as it is
+        elif _already_trained(layout, key, train.train_config().as_dict(), finetuned_dir(resource, key)):
+            print(f"==> {key}: fine-tuned model with these parameters exists, kept", flush=True)
         else:
-            stage("fine_tune", [(["finetuned_model"], [version])], {"finetuned_model": {"config": chosen.train}})
-        if _already_evaluated(layout, version, chosen.evaluation):
-            print(f"==> {version}: evaluation with these parameters exists, kept", flush=True)
+            stage("fine_tune", [(["finetuned_model"], [key])], {"finetuned_model": {"config": train.model_dump()}})
+        if _already_evaluated(layout, key, chosen.evaluation):
+            print(f"==> {key}: evaluation with these parameters exists, kept", flush=True)
         else:
-            stage("evaluate", [(["evaluation"], [version])],
+            stage("evaluate", [(["evaluation"], [key])],
                   {"evaluation": {"config": EvaluationConfig(**chosen.evaluation).model_dump()}})
     stage("compare", [(["comparison"], None)], {"comparison": {"config": {
         "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds),
         "methods": list(chosen.methods)}}})
     stage("compare", [(["warehouse"], None)])
     record["subset_versions"] = versions
+    record["run_keys"] = keys
     write_json(record, record_path)
     print(json.dumps(stages, indent=2))
     print(f"done: see {layout.comparison(chosen.name).with_suffix('.md')}; "

@@ -113,3 +113,34 @@ def test_protocol_inputs_link_only_its_pool_and_the_targets(shared_data, tmp_pat
         protocol.prepare_inputs(chosen, shared_data, tmp_path / "input")
     with pytest.raises(KeyError, match="unknown protocol 'nope'"):
         protocol.get_protocol("nope")
+
+
+def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
+    import json
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from nait_pipeline.lib.io.contract import EVALUATIONS_SCHEMA, FINETUNE_SCHEMA, LINEAGE_SCHEMA
+    from nait_pipeline.lib.io.lake import write_parquet
+
+    layout = LakeLayout(tmp_path / "lake")
+    now = datetime.now(timezone.utc)
+    version = "random-all-000000000000"
+    write_parquet(pa.Table.from_pylist([dict(
+        subset_version=version, pool_version="p", model_id="m", template_hash="t", method="random", capability="all",
+        params_json=json.dumps({"budget_ratio": 0.1}), n_pool=10, n_selected=1, selected_ids_sha256="s",
+        created_at=now, code_commit=None)], schema=LINEAGE_SCHEMA), layout.lineage(version))
+    for key in (version, f"{version}@order1", "base", "other-all-111111111111@order1"):
+        write_parquet(pa.Table.from_pylist([dict(subset_version=key, capability="math", metric="answer_nll", value=1.0,
+                                                 n=3, eval_params_json="{}", created_at=now)],
+                                           schema=EVALUATIONS_SCHEMA), layout.evaluation(key))
+        if key != "base":
+            write_parquet(pa.Table.from_pylist([dict(
+                subset_version=key, base_model_id="m", model_path="x", train_params_json="{}", examples=1, steps=1,
+                tokens=10, final_loss=1.0, seconds=2.0)], schema=FINETUNE_SCHEMA), layout.finetune_run(key))
+    keys = cmp.run_keys(layout, [version])
+    assert keys == [version, f"{version}@order1", "base"]  # another version's replicate is not gathered
+    loaded = cmp.load_runs(layout, keys)
+    assert [r.method for r in loaded] == ["random", "random", "base"]
+    assert loaded[1].train_seconds == 2.0 and loaded[2].train_seconds == 0.0

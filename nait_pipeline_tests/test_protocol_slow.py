@@ -22,13 +22,18 @@ def test_smoke_protocol_runs_end_to_end_and_resumes(shared_data, model_dir, tmp_
     table = pq.read_table(layout.comparison("smoke")).to_pylist()
     assert {r["method"] for r in table} == {f"nait:{c}" for c in ("math", "code", "reasoning", "knowledge",
                                                                     "multilingual", "all")} | {"length", "lp_low",
-                                                                                               "random", "full"}
+                                                                                               "random", "full", "base"}
     assert all(r["runs"] == 3 for r in table if r["method"] == "random")
+    assert all(r["runs"] == 2 for r in table if r["method"] == "length")  # two training orders
+    intervals = pq.read_table(layout.comparison_intervals("smoke")).to_pylist()
+    length_vs_random = [r for r in intervals if r["method"] == "length" and r["reference"] == "random"]
+    assert length_vs_random and all(r["lower"] is not None for r in length_vs_random)  # 2 runs vs 3: an interval
+    assert any(r["reference"] == "base" for r in intervals)
     rows = sql.run_query(store / "warehouse.duckdb", "protocol_comparison", {"protocol": "smoke"}).to_pylist()
     assert len(rows) == len(table)
 
     capsys.readouterr()
     cli.main(["protocol", "smoke", "--store", str(store)])  # everything trained and evaluated is kept
     out = capsys.readouterr().out
-    assert out.count("fine-tuned model with these parameters exists, kept") == 12
-    assert out.count("evaluation with these parameters exists, kept") == 12
+    assert out.count("fine-tuned model with these parameters exists, kept") == 13  # + length@order1
+    assert out.count("evaluation with these parameters exists, kept") == 14  # + the base model

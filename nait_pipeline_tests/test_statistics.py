@@ -133,3 +133,24 @@ def test_interval_table_from_per_item_rows():
     assert cell[("nait_c:all", "full", "math")]["no_interval"]  # one full-pool run
     report = intervals.report_markdown(table)
     assert "| nait_c:all | random |" in report and "[" in report
+
+
+
+def test_a_fixed_reference_uses_only_the_methods_run_variance():
+    method = np.array([[1.0, 2.0, 3.0], [1.2, 2.2, 3.2]])  # run means 2.0, 2.2
+    base = np.array([[0.9, 1.9, 2.9]])  # one deterministic model
+    result = st.compare(method, base, fixed_reference=True)
+    assert result.delta == pytest.approx(0.2) and result.df == 1
+    assert result.se == pytest.approx(np.sqrt(0.02 / 2))  # var of run means 0.02, over 2 runs; items agree
+    assert st.compare(method[:1], base, fixed_reference=True).no_interval.startswith("needs >= 2 method runs")
+    assert st.compare(method, base).lower is None  # without the flag a single reference run gives no interval
+
+
+def test_run_keys():
+    from nait_pipeline.lib.evaluation import runs
+
+    assert runs.parse_run_key("nait_c-all-abc") == ("nait_c-all-abc", 0)
+    assert runs.parse_run_key("nait_c-all-abc@order2") == ("nait_c-all-abc", 2)
+    assert runs.parse_run_key("base") == (None, 0)
+    assert runs.parse_run_key("x@order0") == ("x@order0", 0)  # order 0 is the version itself, never a key
+    assert runs.replicate_keys("v", 3) == ["v", "v@order1", "v@order2"]

@@ -16,7 +16,7 @@ from nait_pipeline.defs.partitions import selectable_capabilities, subset_partit
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.evaluation import comparison as cmp
-from nait_pipeline.lib.evaluation import intervals, items
+from nait_pipeline.lib.evaluation import intervals, items, runs
 from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
@@ -73,15 +73,19 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
                     pipeline: PipelineResource) -> dg.MaterializeResult:
     """The base model fine-tuned on one subset version, in the same chat/IT template used for
     selection, loss on response tokens only (LoRA merged into the weights, or full fine-tuning).
-    Written to a temporary folder and renamed into place only when training succeeded."""
+    Written to a temporary folder and renamed into place only when training succeeded. A partition
+    `<version>@order<k>` trains on the same subset with the seed + k (a training-order replicate)."""
     layout = LakeLayout(pipeline.settings.lake_dir)
-    subset_version = context.partition_key
+    run_key = context.partition_key
+    subset_version, order_offset = runs.parse_run_key(run_key)
+    if subset_version is None:
+        raise ValueError("the base model is evaluated as it is, not fine-tuned: materialize evaluation[base]")
     model = read_model_record(layout)
     rows = subset_rows(layout, subset_version).to_pylist()
-    train = config.train_config()
-    destination = finetuned_dir(pipeline, subset_version)
+    train = dataclasses.replace(config.train_config(), seed=config.seed + order_offset)
+    destination = finetuned_dir(pipeline, run_key)
     every = max(1, len(rows) // train.batch_size // 10)
-    meter = Progress(f"fine-tuning on {subset_version}", 0, unit="steps", rate_unit="")
+    meter = Progress(f"fine-tuning on {run_key}", 0, unit="steps", rate_unit="")
 
     def progress(done: int, total: int, loss: float) -> None:
         meter.total = total
@@ -93,16 +97,16 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
     result = fine_tune(Path(model["path"]), rows, train, destination, progress, device=fz.resolve_device("auto"))
     params = train.as_dict()
     write_parquet(pa.Table.from_pylist([dict(
-        subset_version=subset_version, base_model_id=model["model_id"], model_path=str(destination),
+        subset_version=run_key, base_model_id=model["model_id"], model_path=str(destination),
         train_params_json=json.dumps(params, sort_keys=True), examples=len(rows), steps=result.steps,
         tokens=result.tokens, final_loss=result.losses[-1], seconds=result.seconds)], schema=FINETUNE_SCHEMA),
-        layout.finetune_run(subset_version))
+        layout.finetune_run(run_key))
     return dg.MaterializeResult(
         metadata={"examples": len(rows), "steps": result.steps, "tokens": result.tokens,
                   "first_loss": result.losses[0], "final_loss": result.losses[-1],
                   "seconds": round(result.seconds, 1), "path": path_value(destination),
                   "train_params": dg.MetadataValue.json(params)},
-        data_version=dg.DataVersion(sha256_json({"subset": subset_version, "params": params,
+        data_version=dg.DataVersion(sha256_json({"subset": run_key, "params": params,
                                                  "base": model["model_id"]})[:16]),
     )
 
@@ -117,15 +121,19 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
 )
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
                pipeline: PipelineResource) -> dg.MaterializeResult:
-    """The fine-tuned model of one subset version on every capability's held-out test split:
+    """A fine-tuned model (a run key: subset version or replicate; `base`: the model before fine-tuning,
+    the zero point) on every capability's held-out test split:
     answer NLL everywhere, MMLU accuracy, GSM8K and BBH exact match, MBPP/HumanEval pass@1 (code
     executed in a sandbox). Rows land in the `evaluations` view."""
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
     layout = LakeLayout(pipeline.settings.lake_dir)
-    subset_version = context.partition_key
-    model_dir = finetuned_dir(pipeline, subset_version)
+    subset_version = context.partition_key  # a run key: a subset version, a replicate, or `base`
+    if subset_version == runs.BASE:
+        model_dir = Path(read_model_record(layout)["path"])  # the zero point: no fine-tuning
+    else:
+        model_dir = finetuned_dir(pipeline, subset_version)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"no fine-tuned model at {model_dir}: materialize finetuned_model[{subset_version}]")
     model = model_io.load_causal_lm(model_dir, device=fz.resolve_device("auto"))
@@ -211,20 +219,20 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
         raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
     versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
                                         config.methods)
-    evaluated = [v for v in versions if layout.evaluation(v).exists()]
+    evaluated = [v for v in cmp.run_keys(layout, versions) if layout.evaluation(v).exists()]
     not_evaluated = sorted(set(versions) - set(evaluated))
     if not evaluated:
         raise ValueError(f"none of the {len(versions)} subset versions at budget {config.budget_ratio} on pool "
                          f"{pool_version} has an evaluation: materialize finetuned_model and evaluation first")
     if not_evaluated:
         context.log.warning(f"left out, not evaluated yet: {not_evaluated}")
-    runs = cmp.load_runs(layout, evaluated)
-    table = cmp.compare(config.name, runs, cmp.load_evaluations(layout, evaluated))
+    compared_runs = cmp.load_runs(layout, evaluated)
+    table = cmp.compare(config.name, compared_runs, cmp.load_evaluations(layout, evaluated))
     destination = layout.comparison(config.name)
     run_record = {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
                   "random_seeds": list(config.random_seeds), "subset_versions": evaluated}
     write_parquet(table, destination, run_record)
-    interval_table = intervals.interval_table(config.name, runs, intervals.load_items(layout, evaluated))
+    interval_table = intervals.interval_table(config.name, compared_runs, intervals.load_items(layout, evaluated))
     write_parquet(interval_table, layout.comparison_intervals(config.name), run_record)
     report = (cmp.report_markdown(table) + "\n\nPer-item metrics (higher is better), Δ [one-sided 95 % bounds] "
               "against random and the full pool:\n\n" + intervals.report_markdown(interval_table))

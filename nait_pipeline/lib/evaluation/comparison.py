@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.evaluation.runs import BASE, parse_run_key
 from nait_pipeline.lib.io.contract import COMPARISON_SCHEMA
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -221,21 +222,37 @@ def plot(table: pa.Table, destination: Path) -> Path:
     return destination
 
 
-def load_runs(layout: LakeLayout, versions: Sequence[str]) -> list[Run]:
-    """Runs for subset versions that were fine-tuned, with their selection and training cost."""
-    runs = []
+def run_keys(layout: LakeLayout, versions: Sequence[str]) -> list[str]:
+    """The evaluated run keys of ``versions``: each version, its training-order replicates
+    (``<version>@order<k>``) and the base model, where their evaluations exist."""
+    folder = layout.evaluation("x").parent
+    present = {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+    keys = []
     for version in versions:
+        keys += [version] + sorted(k for k in present if parse_run_key(k)[0] == version and k != version)
+    return keys + ([BASE] if BASE in present else [])
+
+
+def load_runs(layout: LakeLayout, keys: Sequence[str]) -> list[Run]:
+    """Runs for run keys that were fine-tuned (or the base model), with their selection and training cost."""
+    loaded = []
+    for key in keys:
+        version, _ = parse_run_key(key)
+        if version is None:
+            loaded.append(Run(subset_version=key, method="base", n_selected=0, selection_seconds=0.0,
+                              selection_tokens=0, train_seconds=0.0, train_tokens=0))
+            continue
         lineage = pq.read_table(layout.lineage(version)).to_pylist()[0]
-        train_path = layout.finetune_run(version)
+        train_path = layout.finetune_run(key)
         if not train_path.exists():
-            raise FileNotFoundError(f"{version} has no fine-tuning record: materialize finetuned_model[{version}]")
+            raise FileNotFoundError(f"{key} has no fine-tuning record: materialize finetuned_model[{key}]")
         train = pq.read_table(train_path).to_pylist()[0]
         params = json.loads(lineage["params_json"])
         seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
-        runs.append(Run(subset_version=version, method=method_label(lineage["method"], lineage["capability"]),
-                        n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,
-                        train_seconds=train["seconds"], train_tokens=train["tokens"]))
-    return runs
+        loaded.append(Run(subset_version=key, method=method_label(lineage["method"], lineage["capability"]),
+                          n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,
+                          train_seconds=train["seconds"], train_tokens=train["tokens"]))
+    return loaded
 
 
 def load_evaluations(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:

@@ -22,7 +22,7 @@ from nait_pipeline.lib.evaluation.comparison import Run
 from nait_pipeline.lib.io.contract import INTERVALS_SCHEMA
 from nait_pipeline.lib.io.layout import LakeLayout
 
-REFERENCES = ("random", "full")
+REFERENCES = ("random", "full", "base")  # base: the model before fine-tuning, a fixed reference
 
 
 def load_items(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:
@@ -50,7 +50,11 @@ def interval_table(name: str, runs: Sequence[Run], item_rows: Sequence[dict], bo
     records = []
     for (label, capability, metric), by_run in sorted(values.items()):
         if label in REFERENCES:
-            continue
+            if label == "base":
+                continue
+            # the references themselves against the zero point: does fine-tuning help at all?
+            if not values.get(("base", capability, metric)):
+                continue
         for reference in REFERENCES:
             reference_runs = values.get((reference, capability, metric))
             if not reference_runs:
@@ -60,9 +64,10 @@ def interval_table(name: str, runs: Sequence[Run], item_rows: Sequence[dict], bo
             if not common:
                 continue
             method_matrix, reference_matrix = (np.array([[run[i] for i in common] for run in arm]) for arm in arms)
-            result = st.compare(method_matrix, reference_matrix)
-            boot = st.bootstrap(method_matrix, reference_matrix, strata=[benchmark_of[i] for i in common],
-                                replicates=bootstrap_replicates)
+            result = st.compare(method_matrix, reference_matrix, fixed_reference=reference == "base")
+            boot = None if reference == "base" else st.bootstrap(
+                method_matrix, reference_matrix, strata=[benchmark_of[i] for i in common],
+                replicates=bootstrap_replicates)
             records.append(dict(
                 comparison=name, method=label, reference=reference, eval_capability=capability, metric=metric,
                 delta=result.delta, se=result.se, df=result.df, lower=result.lower, upper=result.upper,

@@ -31,6 +31,8 @@ class Protocol:
     evaluation: dict = field(default_factory=dict)  # evaluation config
     features: dict = field(default_factory=dict)  # config of feature assets besides the forward store, by asset
     mix: tuple = ()  # MixGroups: the pool is built from several shared pool files (lib/data/mixed_pool.py)
+    order_replicates: dict = field(default_factory=dict)  # method -> training-order runs of each of its subsets
+    evaluate_base: bool = False  # evaluate the base model, not fine-tuned: the zero point
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,8 @@ PROTOCOLS = {
         train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
         evaluation={"sample_size": 24, "max_new_tokens": 160, "code_timeout_s": 10.0, "items_per_capability": 200},
         mix=CPU_MIX_2K,
+        order_replicates={"nait_c": 2},
+        evaluate_base=True,
     ),
     # Sized for the 2-core CPU machine: the full-pool reference dominates (it trains on every row), and
     # fine-tuning runs at ~170-185 tokens/s there, so a 10k slice alone would need ~95 min for that model.
@@ -78,6 +82,8 @@ PROTOCOLS = {
         # LP's selector sees the whole (40-row) protocol pool; 4 clusters of ~10 rows.
         features={"selector_trajectories": {"config": {"slice_rows": 0, "epochs": 2, "max_length": 256}},
                   "selector_clusters": {"config": {"rows_per_cluster": 10}}},
+        order_replicates={"length": 2},
+        evaluate_base=True,
     ),
 }
 

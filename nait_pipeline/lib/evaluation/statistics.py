@@ -63,9 +63,11 @@ def _as_runs(values, what: str) -> np.ndarray:
     return array
 
 
-def compare(method_runs, reference_runs, alpha: float = ALPHA) -> Comparison:
+def compare(method_runs, reference_runs, alpha: float = ALPHA, fixed_reference: bool = False) -> Comparison:
     """Method against reference on the same items: ``[runs, items]`` arrays of per-item scores
-    (higher is better), items in the same order on both sides."""
+    (higher is better), items in the same order on both sides. ``fixed_reference``: the reference is
+    one model with no run-to-run variance (the base model, not trained), so only the method's runs
+    enter the run term (df = r_M - 1)."""
     from scipy import stats
 
     method = _as_runs(method_runs, "method")
@@ -77,14 +79,23 @@ def compare(method_runs, reference_runs, alpha: float = ALPHA) -> Comparison:
         raise ValueError(f"nothing to compare: {r_m} method run(s), {r_r} reference run(s), {n} item(s)")
     run_means_m, run_means_r = method.mean(1), reference.mean(1)
     delta = float(run_means_m.mean() - run_means_r.mean())
-    if r_m < 2 or r_r < 2:
+    if fixed_reference:
+        if r_m < 2:
+            return Comparison(delta, r_m, r_r, n, no_interval=f"needs >= 2 method runs against a fixed reference "
+                                                                f"(method {r_m}): run-to-run variance unknown")
+        df = r_m - 1
+        run_term = float(run_means_m.var(ddof=1)) / r_m
+    elif r_m < 2 or r_r < 2:
         return Comparison(delta, r_m, r_r, n, no_interval=f"needs >= 2 runs on each side (method {r_m}, "
                                                             f"reference {r_r}): run-to-run variance unknown")
-    df = r_m + r_r - 2
-    pooled = (((run_means_m - run_means_m.mean()) ** 2).sum() + ((run_means_r - run_means_r.mean()) ** 2).sum()) / df
+    else:
+        df = r_m + r_r - 2
+        pooled = (((run_means_m - run_means_m.mean()) ** 2).sum()
+                  + ((run_means_r - run_means_r.mean()) ** 2).sum()) / df
+        run_term = pooled * (1 / r_r + 1 / r_m)
     differences = method.mean(0) - reference.mean(0)
     item_var = float(differences.var(ddof=1)) if n > 1 else 0.0
-    se = float(np.sqrt(pooled * (1 / r_r + 1 / r_m) + item_var / n))
+    se = float(np.sqrt(run_term + item_var / n))
     t = float(stats.t.ppf(1 - alpha, df))
     p = float(stats.t.sf(delta / se, df)) if se > 0 else (0.0 if delta > 0 else 1.0)
     return Comparison(delta, r_m, r_r, n, se=se, df=df, lower=delta - t * se, upper=delta + t * se, p_value=p)
