@@ -5,7 +5,7 @@
 Scores every capability with each variant from the stored features alone (nothing is written to the
 lake), takes the top ceil(r·N) per capability and reports, per variant and capability: Spearman of
 the score with response length, mean length of the subset ÷ the pool's, overlap with longest-k,
-enrichment of the capability's in-domain-like source over its base rate (math: flan_cot, code:
+enrichment of the capability's in-domain-like source over its base rate (math: flan_cot/gsm8k, code:
 code_alpaca), and the mean Jaccard overlap between distinct capabilities' subsets; then whether the
 variant passes the gates (|ρ| ≤ 0.3, ratio 0.8–1.25, enrichment ≥ 2 on math and code, Jaccard ≤ 0.3).
 Prints a table, the top 10 math rows of the best-passing variant, and writes bench/results/nait_variants.json.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-IN_DOMAIN_SOURCE = {"math": "flan_cot", "code": "code_alpaca_2k"}
+IN_DOMAIN_SOURCE = {"math": "flan_cot/gsm8k", "code": "code_alpaca_2k"}
 VARIANTS = {
     "nait (published)": ("nait", {}),
     "nait zscore": ("nait", {"aggregation": "zscore"}),
@@ -91,7 +91,7 @@ def main() -> None:
                           "seconds": round(time.perf_counter() - started, 1)}
 
     print(f"pool {len(ids)} rows, top {k} per capability; ρ = Spearman(score, response chars), "
-          "len = subset/pool mean length, enr = in-domain source enrichment (math: flan_cot, code: code_alpaca)")
+          "len = subset/pool mean length, enr = in-domain source enrichment (math: flan_cot/gsm8k, code: code_alpaca)")
     header = f"{'variant':<24}" + "".join(f"{c[:11]:>24}" for c in capabilities) + f"{'Jaccard':>9}  gates"
     print(header)
     for label, result in results.items():
