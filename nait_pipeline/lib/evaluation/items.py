@@ -181,15 +181,19 @@ def score_capability_items(model, template: ChatTemplate, capability: str, rows:
                            per_capability: int) -> list[ItemScore]:
     """The fixed, seeded, stratified item sample of one capability's test rows, scored per item:
     math: GSM8K gold solutions; code: MBPP (3/4) and HumanEval (1/4) reference code; reasoning: BBH,
-    an equal share per task (free-form tasks recorded as not computable); knowledge: MMLU, an equal
-    share per subject; any other capability (yours): the gold answers of its test rows."""
+    an equal share per task, rounded up (free-form tasks recorded as not computable); knowledge: MMLU,
+    an equal share per subject; any other capability (yours): the gold answers of its test rows. Fewer
+    items than tasks: one item from each of that many tasks."""
     if per_capability <= 0 or not rows:
         return []
     by_task = lambda r: r["task"]  # noqa: E731
 
     def share(candidates: list[dict], total: int) -> list[dict]:
-        strata = {r["task"] for r in candidates}
-        return stratified_sample(candidates, max(1, -(-total // max(1, len(strata)))), by_task)
+        strata = sorted({r["task"] for r in candidates})
+        if total < len(strata):  # fewer items than tasks: one item from each of `total` tasks, in hash order
+            kept = set(sorted(strata, key=lambda t: (sha256_text(f"0:{t}"), t))[:total])
+            return stratified_sample([r for r in candidates if r["task"] in kept], 1, by_task)
+        return stratified_sample(candidates, -(-total // len(strata)), by_task)
 
     def gold(candidates: list[dict], benchmark: str) -> list[ItemScore]:
         prepared = [{**r, "answer": gold_reference(capability, r)} for r in candidates]
