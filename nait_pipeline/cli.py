@@ -172,6 +172,7 @@ def _already_evaluated(layout, version: str, eval_params: dict) -> bool:
 def cmd_protocol(args: argparse.Namespace) -> None:
     """Run a whole comparison protocol in its own store; finished fine-tunes and evaluations with the
     same parameters are kept, so a killed run resumes where it stopped."""
+    import dataclasses
     import json
     import time
     from datetime import datetime, timezone
@@ -235,15 +236,16 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     keys += [runs.BASE] if chosen.evaluate_base else []
     with _instance() as instance:
         register_subset_versions(instance, keys)
+    train = FineTuneConfig(**chosen.train)
     for key in keys:
-        offset = runs.parse_run_key(key)[1]
-        train = FineTuneConfig(**{**chosen.train, "seed": chosen.train.get("seed", 0) + offset})
+        # The asset adds a replicate's order offset to the configured seed; the kept-check expects the same.
+        expected = dataclasses.replace(train.train_config(), seed=runs.run_seed(train.seed, key)).as_dict()
         if key == runs.BASE:
             pass  # evaluated as it is
-        elif _already_trained(layout, key, train.train_config().as_dict(), finetuned_dir(resource, key)):
+        elif _already_trained(layout, key, expected, finetuned_dir(resource, key)):
             print(f"==> {key}: fine-tuned model with these parameters exists, kept", flush=True)
         else:
-            stage("fine_tune", [(["finetuned_model"], [key])], {"finetuned_model": {"config": train.model_dump()}})
+            stage("fine_tune", [(["finetuned_model"], [key])], {"finetuned_model": {"config": chosen.train}})
         if _already_evaluated(layout, key, chosen.evaluation):
             print(f"==> {key}: evaluation with these parameters exists, kept", flush=True)
         else:

@@ -154,3 +154,4 @@ def test_run_keys():
     assert runs.parse_run_key("base") == (None, 0)
     assert runs.parse_run_key("x@order0") == ("x@order0", 0)  # order 0 is the version itself, never a key
     assert runs.replicate_keys("v", 3) == ["v", "v@order1", "v@order2"]
+    assert runs.run_seed(0, "v@order2") == 2 and runs.run_seed(5, "v") == 5 and runs.run_seed(5, "base") == 5

@@ -77,12 +77,12 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
     `<version>@order<k>` trains on the same subset with the seed + k (a training-order replicate)."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     run_key = context.partition_key
-    subset_version, order_offset = runs.parse_run_key(run_key)
+    subset_version, _ = runs.parse_run_key(run_key)
     if subset_version is None:
         raise ValueError("the base model is evaluated as it is, not fine-tuned: materialize evaluation[base]")
     model = read_model_record(layout)
     rows = subset_rows(layout, subset_version).to_pylist()
-    train = dataclasses.replace(config.train_config(), seed=config.seed + order_offset)
+    train = dataclasses.replace(config.train_config(), seed=runs.run_seed(config.seed, run_key))
     destination = finetuned_dir(pipeline, run_key)
     every = max(1, len(rows) // train.batch_size // 10)
     meter = Progress(f"fine-tuning on {run_key}", 0, unit="steps", rate_unit="")

@@ -27,3 +27,8 @@ def parse_run_key(key: str) -> tuple[str | None, int]:
 def replicate_keys(version: str, replicates: int) -> list[str]:
     """The run keys of ``replicates`` training orders of one subset version (the first is the version)."""
     return [version] + [f"{version}@order{k}" for k in range(1, replicates)]
+
+
+def run_seed(base_seed: int, key: str) -> int:
+    """The training seed of a run key: the configured seed, plus k for a replicate ``@order<k>``."""
+    return base_seed + parse_run_key(key)[1]
