@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # One settings file for the CLI, `dagster dev`, the sensors: written once, edit it to change them.
-# A seeded 100 rows per pool keeps the first run near 15 minutes on 2 CPU cores; remove the
+# A seeded 100 rows per pool keeps the first run near 25 minutes on 2 CPU cores (LP's selector included); remove the
 # pool_sample line (or run with NAIT_POOL_SAMPLE= ) for the whole pool.
 if [ ! -f nait_settings.toml ]; then
   sample="${NAIT_POOL_SAMPLE-100}"
