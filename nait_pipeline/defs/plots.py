@@ -21,6 +21,13 @@ def bar_plot(values, labels, title: str, ylabel: str, destination: Path) -> dg.M
     axis.set_title(title)
     axis.set_ylabel(ylabel)
     axis.tick_params(axis="x", labelsize=7)
+    return _save(figure, destination, title)
+
+
+def _save(figure, destination: Path, title: str) -> dg.MarkdownMetadataValue:
+    """Lay out, write atomically, close, and embed a figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     with atomic_path(destination, ".png") as tmp:
         figure.savefig(tmp, format="png")
@@ -45,11 +52,7 @@ def histogram_plot(values, title: str, xlabel: str, destination: Path, bins: int
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     axis.set_ylabel("examples")
-    figure.tight_layout()
-    with atomic_path(destination, ".png") as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return embedded_png(destination, title)
+    return _save(figure, destination, title)
 
 
 def heatmap_plot(matrix, labels, title: str, destination: Path) -> dg.MarkdownMetadataValue:
@@ -70,11 +73,7 @@ def heatmap_plot(matrix, labels, title: str, destination: Path) -> dg.MarkdownMe
                       color="white" if value > 0.6 else "black")
     axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    with atomic_path(destination, ".png") as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return embedded_png(destination, title)
+    return _save(figure, destination, title)
 
 
 def contribution_heatmap(matrix, row_labels, title: str, destination: Path) -> dg.MarkdownMetadataValue:
@@ -91,8 +90,4 @@ def contribution_heatmap(matrix, row_labels, title: str, destination: Path) -> d
     axis.set_xlabel("layer")
     axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.03)
-    figure.tight_layout()
-    with atomic_path(destination, ".png") as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return embedded_png(destination, title)
+    return _save(figure, destination, title)

@@ -34,7 +34,7 @@ from nait_pipeline.lib.features.featurize import plan_batches
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_dir, write_parquet
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
-from nait_pipeline.lib.models.train import collate, length_grouped_batches, response_loss
+from nait_pipeline.lib.models.train import collate, length_grouped_batches, training_step
 
 TRAJECTORY_VERSION = "1"
 
@@ -232,14 +232,8 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
             progress(f"selector epoch {epoch}/{config.epochs}", 0, len(trainable), 0)
         for step, batch in enumerate(batches, 1):
             input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-            loss = response_loss(model, input_ids, mask, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"selector loss became {loss.item()} in epoch {epoch}, step {step}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
+                          f"in selector epoch {epoch}, step {step}")
             done += len(batch)
             epoch_tokens += int(mask.sum())
             if progress:

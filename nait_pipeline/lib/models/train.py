@@ -95,6 +95,26 @@ def response_loss(model, input_ids, mask, labels):
     return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
+def training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels, where: str,
+                  autocast=None) -> float:
+    """One optimizer step on the response loss (gradients clipped at norm 1); a non-finite loss stops
+    training, naming ``where`` it happened. Returns the loss."""
+    import contextlib
+
+    import torch
+
+    with autocast or contextlib.nullcontext():
+        loss = response_loss(model, input_ids, mask, labels)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} {where}")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destination: Path,
               progress: Callable[[int, int, float], None] | None = None, device: str = "cpu") -> TrainResult:
     """Train on ``rows`` (instruction/input/output dicts) and save the model at ``destination``."""
@@ -139,16 +159,8 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
     for epoch in range(config.epochs):
         for batch in length_grouped_batches(examples, config.batch_size, config.seed, epoch):
             input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-            with autocast:
-                loss = response_loss(model, input_ids, mask, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
+                                        f"at step {len(losses) + 1}", autocast))
             tokens += int(mask.sum())
             if progress is not None:
                 progress(len(losses), total, losses[-1])
