@@ -226,7 +226,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,
-                                              chosen.methods)
+                                              chosen.methods, chosen.trained_capabilities or None)
     resource = pipeline_resource_from_env()
     # Training-order replicates of the headline method(s), and the base model as the zero point.
     keys = []
@@ -253,7 +253,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
                   {"evaluation": {"config": EvaluationConfig(**chosen.evaluation).model_dump()}})
     stage("compare", [(["comparison"], None)], {"comparison": {"config": {
         "name": chosen.name, "budget_ratio": chosen.budget_ratio, "random_seeds": list(chosen.random_seeds),
-        "methods": list(chosen.methods)}}})
+        "methods": list(chosen.methods), "capabilities": list(chosen.trained_capabilities) or None,
+        "random_reference": chosen.random_reference}}})
     stage("compare", [(["warehouse"], None)])
     record["subset_versions"] = versions
     record["run_keys"] = keys

@@ -96,6 +96,9 @@ def test_compared_versions_come_from_the_current_subsets_table(tmp_path):
     assert set(protocol.compared_subset_versions(layout, "v1", 0.3 / 3, (0, 1))) == wanted
     assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1), methods=["nait", "full"])) == \
         {"nait-math-a", "nait-all-a", "full-all-a"}
+    # One model per method: only the all-capability subsets (untargeted methods and full write "all").
+    assert set(protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1), capabilities=["all"])) == \
+        wanted - {"nait-math-a"}
     # A new selection replaces the slot: the table, not creation times, says what is current.
     current("nait", [("math", "", 0.1, "nait-math-zscore", "v1"), ("all", "", 0.1, "nait-all-a", "v1")])
     assert "nait-math-zscore" in protocol.compared_subset_versions(layout, "v1", 0.1, (0, 1))
@@ -127,10 +130,15 @@ def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
     layout = LakeLayout(tmp_path / "lake")
     now = datetime.now(timezone.utc)
     version = "random-all-000000000000"
-    write_parquet(pa.Table.from_pylist([dict(
-        subset_version=version, pool_version="p", model_id="m", template_hash="t", method="random", capability="all",
-        params_json=json.dumps({"budget_ratio": 0.1}), n_pool=10, n_selected=1, selected_ids_sha256="s",
-        created_at=now, code_commit=None)], schema=LINEAGE_SCHEMA), layout.lineage(version))
+
+    def lineage(method):
+        write_parquet(pa.Table.from_pylist([dict(
+            subset_version=version, pool_version="p", model_id="m", template_hash="t", method=method,
+            capability="all", params_json=json.dumps({"budget_ratio": 0.1}), n_pool=10, n_selected=1,
+            selected_ids_sha256="s", created_at=now, code_commit=None)], schema=LINEAGE_SCHEMA),
+            layout.lineage(version))
+
+    lineage("random")
     for key in (version, f"{version}@order1", "base", "other-all-111111111111@order1"):
         write_parquet(pa.Table.from_pylist([dict(subset_version=key, capability="math", metric="answer_nll", value=1.0,
                                                  n=3, eval_params_json="{}", created_at=now)],
@@ -144,3 +152,8 @@ def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
     loaded = cmp.load_runs(layout, keys)
     assert [r.method for r in loaded] == ["random", "random", "base"]
     assert loaded[1].train_seconds == 2.0 and loaded[2].train_seconds == 0.0
+    # Another seeded method can serve as the reference (stratified random on the mixed pool).
+    lineage("random_stratified")
+    assert [r.method for r in cmp.load_runs(layout, keys)] == ["random_stratified", "random_stratified", "base"]
+    assert [r.method for r in cmp.load_runs(layout, keys, random_reference="random_stratified")] == \
+        ["random", "random", "base"]

@@ -196,6 +196,11 @@ class ComparisonConfig(dg.Config):
     """Seeds of the seeded methods (random, random_balanced) that are compared."""
     methods: list[str] | None = None
     """Registered methods to compare; None: every method with a current subset at the budget."""
+    capabilities: list[str] | None = None
+    """The capability subsets compared (["all"]: one model per method); None: every capability's subset."""
+    random_reference: str = "random"
+    """The seeded method whose runs are the "random" every method is compared with (random_stratified on a
+    mixed pool)."""
 
 
 @dg.asset(
@@ -218,7 +223,7 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
     versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
-                                        config.methods)
+                                        config.methods, config.capabilities)
     evaluated = [v for v in cmp.run_keys(layout, versions) if layout.evaluation(v).exists()]
     not_evaluated = sorted(set(versions) - set(evaluated))
     if not evaluated:
@@ -226,11 +231,12 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
                          f"{pool_version} has an evaluation: materialize finetuned_model and evaluation first")
     if not_evaluated:
         context.log.warning(f"left out, not evaluated yet: {not_evaluated}")
-    compared_runs = cmp.load_runs(layout, evaluated)
+    compared_runs = cmp.load_runs(layout, evaluated, config.random_reference)
     table = cmp.compare(config.name, compared_runs, cmp.load_evaluations(layout, evaluated))
     destination = layout.comparison(config.name)
     run_record = {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
-                  "random_seeds": list(config.random_seeds), "subset_versions": evaluated}
+                  "random_seeds": list(config.random_seeds), "random_reference": config.random_reference,
+                  "subset_versions": evaluated}
     write_parquet(table, destination, run_record)
     interval_table = intervals.interval_table(config.name, compared_runs, intervals.load_items(layout, evaluated))
     write_parquet(interval_table, layout.comparison_intervals(config.name), run_record)
@@ -238,7 +244,7 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
               "against random and the full pool:\n\n" + intervals.report_markdown(interval_table))
     with atomic_path(destination.with_suffix(".md"), ".md") as tmp:
         tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
-                       f"random seeds {list(config.random_seeds)}.\n\n{report}\n")
+                       f"random = {config.random_reference}, seeds {list(config.random_seeds)}.\n\n{report}\n")
     figure = cmp.plot(table, destination.with_suffix(".png"))
     return dg.MaterializeResult(
         metadata={"report": dg.MetadataValue.md(report), "plot": embedded_png(figure, f"comparison {config.name}"),

@@ -233,8 +233,9 @@ def run_keys(layout: LakeLayout, versions: Sequence[str]) -> list[str]:
     return keys + ([BASE] if BASE in present else [])
 
 
-def load_runs(layout: LakeLayout, keys: Sequence[str]) -> list[Run]:
-    """Runs for run keys that were fine-tuned (or the base model), with their selection and training cost."""
+def load_runs(layout: LakeLayout, keys: Sequence[str], random_reference: str = "random") -> list[Run]:
+    """Runs for run keys that were fine-tuned (or the base model), with their selection and training cost.
+    Runs of ``random_reference`` (random_stratified on a mixed pool) are labelled ``random``: the reference."""
     loaded = []
     for key in keys:
         version, _ = parse_run_key(key)
@@ -249,7 +250,9 @@ def load_runs(layout: LakeLayout, keys: Sequence[str]) -> list[Run]:
         train = pq.read_table(train_path).to_pylist()[0]
         params = json.loads(lineage["params_json"])
         seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
-        loaded.append(Run(subset_version=key, method=method_label(lineage["method"], lineage["capability"]),
+        label = "random" if lineage["method"] == random_reference else method_label(lineage["method"],
+                                                                                     lineage["capability"])
+        loaded.append(Run(subset_version=key, method=label,
                           n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,
                           train_seconds=train["seconds"], train_tokens=train["tokens"]))
     return loaded

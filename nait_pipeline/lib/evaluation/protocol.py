@@ -33,6 +33,10 @@ class Protocol:
     mix: tuple = ()  # MixGroups: the pool is built from several shared pool files (lib/data/mixed_pool.py)
     order_replicates: dict = field(default_factory=dict)  # method -> training-order runs of each of its subsets
     evaluate_base: bool = False  # evaluate the base model, not fine-tuned: the zero point
+    random_reference: str = "random"  # the seeded method whose runs are the comparison's "random"
+    # Subsets of targeted methods that are fine-tuned, by capability (empty: every capability's subset).
+    # "all" alone: one model per method, evaluated on every capability.
+    trained_capabilities: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +58,8 @@ PROTOCOLS = {
         mix=CPU_MIX_2K,
         order_replicates={"nait_c": 2},
         evaluate_base=True,
+        random_reference="random_stratified",
+        trained_capabilities=("all",),
     ),
     # Sized for the 2-core CPU machine: the full-pool reference dominates (it trains on every row), and
     # fine-tuning runs at ~170-185 tokens/s there, so a 10k slice alone would need ~95 min for that model.
@@ -125,10 +131,12 @@ def prepare_inputs(protocol: Protocol, data_dir: Path, input_dir: Path) -> Path:
 
 
 def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio: float,
-                             random_seeds: Sequence[int], methods: Sequence[str] | None = None) -> list[str]:
+                             random_seeds: Sequence[int], methods: Sequence[str] | None = None,
+                             capabilities: Sequence[str] | None = None) -> list[str]:
     """The subset versions a comparison covers, all on ``pool_version``: for each method (every
     method with a current subset when ``methods`` is None) the versions its last selection wrote at
-    ``budget_ratio``, seeded methods only for ``random_seeds``, and the full pool.
+    ``budget_ratio``, seeded methods only for ``random_seeds``, only the ``capabilities`` subsets (every
+    one when None; methods that select for every capability at once write "all"), and the full pool.
 
     Read from the `current_subsets` table, so a slot holds what the pipeline selected last, however
     many older versions the lake keeps."""
@@ -139,6 +147,8 @@ def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio
             continue
         for row in pq.read_table(path).to_pylist():
             if row["pool_version"] != pool_version or (methods is not None and row["method"] not in methods):
+                continue
+            if capabilities is not None and row["capability"] not in capabilities:
                 continue
             if row["method"] != "full" and not math.isclose(row["budget_ratio"], budget_ratio, rel_tol=1e-9):
                 continue
