@@ -115,23 +115,41 @@ def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]
     ]
 
 
+def _partitioning(asset_name: str) -> str | None:
+    """"shards", "capabilities" or None: how an asset of the code location is partitioned."""
+    from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
+
+    for asset in _all_assets():
+        if any(key.to_user_string() == asset_name for key in asset.keys):
+            if asset.partitions_def == pool_shard_partitions:
+                return "shards"
+            return "capabilities" if asset.partitions_def == capability_partitions else None
+    raise KeyError(f"no asset named {asset_name!r}")
+
+
 def method_steps(settings: Settings, methods: list[str]) -> list[tuple[list[str], list[str] | None]]:
-    """Scores (once per scorer, per capability where it needs targets), then each method's subsets."""
+    """Feature kinds besides the forward store (per shard or per capability as they are partitioned),
+    scores (once per scorer, per capability where it needs targets), the assets policies read, then each
+    method's subsets."""
+    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.methods import get_method
 
     chosen = [get_method(name) for name in methods]
     scorers = {m.scorer.name: m.scorer for m in chosen if m.scorer is not None}
+    keys = {"shards": LakeLayout(settings.lake_dir).kept_shards(), "capabilities": capabilities(settings), None: None}
+    steps: list[tuple[list[str], list[str] | None]] = []
+    in_feature_steps = {"pool_activations", "target_activations", "capability_directions"}
+    extra = [a for s in scorers.values() for a in (*s.feature_assets, *s.target_assets) if a not in in_feature_steps]
+    for asset in dict.fromkeys(extra):  # LP's trajectories then clusters; the warmup then the gradients
+        steps.append(([asset], keys[_partitioning(asset)]))
     targeted = [f"{s.name}_scores" for s in scorers.values() if s.targeted]
     pooled = [f"{s.name}_scores" for s in scorers.values() if not s.targeted]
-    steps: list[tuple[list[str], list[str] | None]] = []
-    # Feature kinds besides the forward store (LP's selector trajectories and clusters), in order.
-    extra = [a for s in scorers.values() for a in s.feature_assets if a != "pool_activations"]
-    if extra:
-        steps.append((list(dict.fromkeys(extra)), None))
     if targeted:
-        steps.append((targeted, capabilities(settings)))
+        steps.append((targeted, keys["capabilities"]))
     if pooled:
         steps.append((pooled, None))
+    for asset in dict.fromkeys(a for m in chosen for a in m.policy_assets):
+        steps.append(([asset], keys[_partitioning(asset)]))
     steps.append(([f"{m.name}_subsets" for m in chosen], None))
     return steps
 
@@ -140,10 +158,15 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.methods import METHODS
 
     settings = Settings.from_env()
+    methods = args.methods or [name for name, m in METHODS.items() if m.scorer is None or not m.scorer.on_demand]
+    skipped = sorted(set(METHODS) - set(methods)) if not args.methods else []
     run_steps(foundation_steps(settings))
     if args.stage == "all":
         run_steps(feature_steps(settings))
-        run_steps(method_steps(settings, args.methods or list(METHODS)))
+        run_steps(method_steps(settings, methods))
+    if skipped and args.stage == "all":
+        print(f"not materialized by default (per-example gradients: hours on a CPU for a whole pool): {skipped}; "
+              f"run `nait-pipeline materialize --methods {' '.join(skipped)}`")
     print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
 
 

@@ -70,6 +70,7 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
                layout.model_record)
     _selector_store(rng, layout, ids[: n_pool * 3 // 4], pool_version)
     _template_prefix(rng, layout, layers, width)
+    _gradient_store(rng, layout, ids, shards, n_targets)
     return layout
 
 
@@ -103,3 +104,55 @@ def _selector_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
     write_parquet(pa.table(columns), layout.selector_trajectories, store)
     write_parquet(pa.table({"example_id": ids, "cluster": np.arange(n) % 2, "distance_to_centre": np.ones(n)}),
                   layout.selector_clusters, {"clusters_version": "c0", "n_clusters": 2, "trajectories_version": "traj0"})
+
+
+def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str], shards: list[str], n_targets: int,
+                    dim: int = 16) -> None:
+    """The gradient methods' store: a 2-checkpoint warmup record, unit pool and target gradient rows (pool row 7
+    has no response token: a zero gradient), target rows in two tasks per capability, and G2IS's graph."""
+    from nait_pipeline.lib.features import gradients as gr
+    from nait_pipeline.lib.io.contract import TARGET_SCHEMA
+    from nait_pipeline.lib.methods import g2is_math
+    from nait_pipeline.lib.methods.gradient_pool import read_gradient_pool
+
+    epochs, rates = [1, 2], [2e-5, 1e-5]
+    write_json({"adapter_version": "adapter0", "model_id": IDENTITY["model_id"], "model_path": "unused",
+                "template_hash": IDENTITY["template_hash"], "config": gr.WarmupConfig(epochs=2).as_dict(),
+                "warmup_rows": 4, "checkpoints": [{"epoch": e, "mean_lr": r} for e, r in zip(epochs, rates)],
+                "weights": [r / sum(rates) for r in rates]}, layout.warmup_record)
+    projection = {"kind": "rademacher", "seed": 0, "dim": dim, "num_params": 1000, "version": "1"}
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    def write(path, row_ids, vectors, preconditioning, epoch, input_version):
+        zero = ~vectors.any(axis=1)
+        identity = gr.store_identity(IDENTITY["model_id"], IDENTITY["template_hash"], "adapter0", epoch, projection,
+                                     preconditioning, 64, input_version)
+        features = gr.GradientFeatures(ids=row_ids, vectors=vectors, zero_gradient=zero,
+                                       n_tokens=np.full(len(row_ids), 20), seconds=0.5)
+        gr.write_gradient_store(path, features, {**identity, "store_version": gr.store_version(identity),
+                                                 "stats": {"seconds": 0.5, "tokens": 20 * len(row_ids)}})
+
+    base = unit(rng.normal(size=(len(ids), dim)))
+    for epoch in epochs:
+        vectors = unit(base + rng.normal(0, 0.3, size=base.shape))
+        vectors[7] = 0.0
+        for shard in sorted(set(shards)):
+            index = [k for k, s in enumerate(shards) if s == shard]
+            write(layout.pool_gradients(shard, epoch), [ids[k] for k in index], vectors[index], "adam", epoch,
+                  shard_input_version([ids[k] for k in index], [f"h{k}" for k in index]))
+    for position, capability in enumerate(CAPABILITIES):
+        target_ids = [f"{capability}-{i}" for i in range(n_targets)]
+        write_parquet(pa.Table.from_pylist([dict(
+            example_id=t, capability=capability, task=f"{capability}/task{i % 2}", split="dev", file="synthetic",
+            prompt=f"prompt {t}", answer=f"answer {t}", extra_json="{}") for i, t in enumerate(target_ids)],
+            schema=TARGET_SCHEMA), layout.target_selection(capability))
+        centre = base[position * 5 : position * 5 + 3].mean(axis=0)
+        for epoch in epochs:
+            write(layout.target_gradients(capability, epoch), target_ids,
+                  unit(centre + rng.normal(0, 0.5, size=(n_targets, dim))), "sgd", epoch, f"targets-{capability}")
+    pool, _ = read_gradient_pool(layout)
+    with open(layout.gradient_graph, "wb") as handle:
+        np.savez(handle, neighbours=g2is_math.knn_graph(pool.combined(), 8), pool_ids=np.array(pool.ids),
+                 features_version=np.array(pool.metadata["features_version"]), kind=np.array("exact"))

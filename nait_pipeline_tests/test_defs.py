@@ -21,6 +21,7 @@ def test_asset_graph_and_partitions():
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
                     "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
                     "subset_diffs", "pool_folder", "template_prefix", "selector_trajectories", "selector_clusters",
+                    "warmup_adapter", "pool_gradients", "target_gradients", "gradient_graph",
                     *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}
     assert {"nait_scores", "nait_c_scores", "rds_scores", "perplexity_scores", "length_scores", "lp_scores",
             "nait_subsets", "nait_c_subsets", "lp_low_subsets", "random_subsets", "full_subsets",
@@ -28,6 +29,11 @@ def test_asset_graph_and_partitions():
     assert graph.get(dg.AssetKey("lp_scores")).parent_keys >= {dg.AssetKey("selector_trajectories"),
                                                                  dg.AssetKey("selector_clusters")}
     assert graph.get(dg.AssetKey("pool_activations")).partitions_def.name == "pool_shards"
+    # The gradient methods share one scorer on one gradient store; G2IS's policy also reads the graph.
+    assert graph.get(dg.AssetKey("pool_gradients")).partitions_def.name == "pool_shards"
+    assert graph.get(dg.AssetKey("less_scores")).parent_keys >= {dg.AssetKey("pool_gradients"),
+                                                                   dg.AssetKey("target_gradients")}
+    assert dg.AssetKey("gradient_graph") in graph.get(dg.AssetKey("g2is_subsets")).parent_keys
     assert {s.name for s in definitions.sensors} == {"new_pool_files", "new_target_files", "unfeaturized_pool_shards",
                                                     "dead_run_reaper", "nightly_refresh"}
     assert not definitions.schedules  # the nightly refresh is a declarative condition on it_pool

@@ -4,6 +4,7 @@ contract every registered method must keep (determinism, finite scores, budget, 
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import dagster as dg
@@ -35,9 +36,14 @@ PRE_REGISTRY_NAIT = {
 }
 
 
+# G2IS's official 1 % of 40 rows is no row: the synthetic lake walks 10 %.
+RUN_CONFIG = {"g2is_subsets": {"config": {"budget_ratio": 0.1}}}
+
+
 def materialize(instance, resource, selection_, partition_key=None):
     result = dg.materialize(ASSETS, selection=selection_, partition_key=partition_key, instance=instance,
-                            resources={"pipeline": resource})
+                            resources={"pipeline": resource},
+                            run_config={"ops": {k: v for k, v in RUN_CONFIG.items() if k in selection_}})
     assert result.success
     return result
 
@@ -90,7 +96,12 @@ def test_every_registered_method_keeps_the_contract(scored_lake, name):
         subset = pq.read_table(layout.subset(version)).sort_by("rank")
         lineage = pq.read_table(layout.lineage(version)).to_pylist()[0]
         params = json.loads(lineage["params_json"])
-        expected = n_pool if name == "full" else lp_sizes.get(name) or selection.budget(n_pool, params["budget_ratio"])
+        if name == "full":
+            expected = n_pool
+        elif name in ("less", "bids", "g2is"):  # the official floor; G2IS's walk may stop short (reported)
+            expected = math.floor(n_pool * params["budget_ratio"] + 1e-9) - params.get("shortfall", 0)
+        else:
+            expected = lp_sizes.get(name) or selection.budget(n_pool, params["budget_ratio"])
         assert len(subset) == lineage["n_selected"] == expected
         assert len(set(subset.column("example_id").to_pylist())) == expected
         assert lineage["method"] == name and lineage["n_pool"] == n_pool and lineage["model_id"] == "tiny@0"

@@ -22,6 +22,9 @@ from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capabi
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 
+# Feature assets with one partition per pool shard: a score reads all of them.
+SHARD_PARTITIONED = ("pool_activations", "pool_gradients")
+
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
@@ -30,7 +33,7 @@ def _camel(name: str) -> str:
 def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
     Config = config_class(f"{_camel(scorer.name)}ScoreConfig", scorer.params)  # noqa: N806
     deps = [*scorer.target_assets, *(dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping())
-                                     if name == "pool_activations" else name for name in scorer.feature_assets)]
+                                     if name in SHARD_PARTITIONED else name for name in scorer.feature_assets)]
 
     @dg.asset(
         name=f"{scorer.name}_scores",
@@ -103,7 +106,8 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         deps = ["it_pool", "base_model"]
     else:
         deps = [dg.AssetDep(f"{scorer.name}_scores",
-                            partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None)]
+                            partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None),
+                *method.policy_assets]
     name = f"{method.name}_subsets"
 
     @dg.asset(
@@ -115,7 +119,10 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec("budget_respected", asset=name, blocking=True),
                      dg.AssetCheckSpec("not_a_length_selector", asset=name,
                                        description="every subset's mean length within 0.8-1.25x the pool's and "
-                                                   "|Spearman(score, length)| <= 0.3 (warning)")],
+                                                   "|Spearman(score, length)| <= 0.3 (warning)"),
+                     dg.AssetCheckSpec("budget_filled", asset=name,
+                                       description="every subset holds its whole budget (warning: G2IS's walk can "
+                                                   "stop short under its constraints)")],
         description=f"{method.description} Policy: {method.policy}. Each subset is a version in `subsets` "
                     "with its `subset_lineage`; the versions it holds now are in `current_subsets`.",
     )
@@ -127,8 +134,10 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         register_subset_versions(context.instance, [w["subset_version"] for w in written])
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]
-        expected = {key: w["expected_size"] if w["expected_size"] is not None
-                    else selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
+        planned = {key: w["expected_size"] if w["expected_size"] is not None
+                   else selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
+        shortfall = {key: w["shortfall"] for key, w in zip(sizes, written) if w["shortfall"]}
+        expected = {key: planned[key] - shortfall.get(key, 0) for key in planned}
         summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k not in ("ids", "diagnostics")}
                                         for w in written])
         diagnostics = pa.Table.from_pylist([{"subset": key, **{k: v for k, v in w["diagnostics"].as_row().items()
@@ -154,6 +163,11 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
                 check_name="budget_respected",
                 passed=all(sizes[key] == expected[key] for key in sizes),
                 metadata={key: f"{sizes[key]} of {expected[key]}" for key in sizes},
+            ), dg.AssetCheckResult(
+                check_name="budget_filled",
+                passed=not shortfall,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"shortfall": dg.MetadataValue.json(shortfall)},
             ), dg.AssetCheckResult(
                 check_name="not_a_length_selector",
                 passed=not length_selectors,

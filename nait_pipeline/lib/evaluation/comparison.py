@@ -79,9 +79,16 @@ def selection_cost(layout: LakeLayout, method: str, score_versions: dict[str, st
     if scorer is None:
         return 0.0, 0
     capabilities = sorted(score_versions)
-    seconds, tokens = _featurization_stats([layout.pool_activations(s) for s in layout.kept_shards()])
+    if "pool_gradients" in scorer.feature_assets:  # the gradient store: every shard and target set per checkpoint
+        epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
+        pool_paths = [layout.pool_gradients(s, e) for s in layout.kept_shards() for e in epochs]
+        target_paths = [layout.target_gradients(c, e) for c in capabilities for e in epochs]
+    else:
+        pool_paths = [layout.pool_activations(s) for s in layout.kept_shards()]
+        target_paths = [layout.target_activations(c) for c in capabilities]
+    seconds, tokens = _featurization_stats(pool_paths)
     if scorer.targeted:
-        target_seconds, target_tokens = _featurization_stats([layout.target_activations(c) for c in capabilities])
+        target_seconds, target_tokens = _featurization_stats(target_paths)
         seconds, tokens = seconds + target_seconds, tokens + target_tokens
     scoring = sum(float(read_metadata(layout.scores(scorer.name, c)).get("seconds", 0.0)) for c in capabilities)
     return seconds + scoring, tokens

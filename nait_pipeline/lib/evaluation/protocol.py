@@ -82,14 +82,20 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2),
         target_size=8,
-        methods=("nait", "length", "lp_low", "random", "full"),
+        methods=("nait", "length", "lp_low", "less", "bids", "g2is", "random", "full"),
         train={"mode": "lora", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": 256, "seed": 0},
         evaluation={"sample_size": 2, "max_new_tokens": 16, "code_timeout_s": 10.0, "items_per_capability": 4},
-        # LP's selector sees the whole (40-row) protocol pool; 4 clusters of ~10 rows.
+        # LP's selector sees the whole (40-row) protocol pool; 4 clusters of ~10 rows. The gradient methods:
+        # 2 warmup checkpoints, 8 target rows per capability.
         features={"selector_trajectories": {"config": {"slice_rows": 0, "epochs": 2, "max_length": 256}},
-                  "selector_clusters": {"config": {"rows_per_cluster": 10}}},
+                  "selector_clusters": {"config": {"rows_per_cluster": 10}},
+                  "warmup_adapter": {"config": {"epochs": 2, "max_length": 256}},
+                  "pool_gradients": {"config": {"max_length": 256}},
+                  "target_gradients": {"config": {"rows": 8, "max_length": 256}},
+                  "gradient_graph": {"config": {"k": 16}}},
         order_replicates={"length": 2},
         evaluate_base=True,
+        trained_capabilities=("all",),
     ),
 }
 

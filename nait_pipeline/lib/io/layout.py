@@ -56,6 +56,27 @@ class LakeLayout:
     def selector_clusters(self) -> Path:
         return self.root / "features" / "selector" / "clusters.parquet"
 
+    @property
+    def warmup_run(self) -> Path:
+        """The gradient methods' LoRA warmup: one checkpoint (adapter + Adam moments) per epoch."""
+        return self.root / "features" / "gradients" / "warmup"
+
+    @property
+    def warmup_record(self) -> Path:
+        """What the warmup produced: adapter version, checkpoints with their mean learning rates, config."""
+        return self.root / "features" / "gradients" / "warmup.json"
+
+    def pool_gradients(self, shard: str, checkpoint: int) -> Path:
+        return self.root / "features" / "gradients" / "pool" / f"ckpt{checkpoint}" / f"{shard}.parquet"
+
+    def target_gradients(self, capability: str, checkpoint: int) -> Path:
+        return self.root / "features" / "gradients" / "targets" / f"ckpt{checkpoint}" / f"{capability}.parquet"
+
+    @property
+    def gradient_graph(self) -> Path:
+        """G2IS's kNN graph over the pool's combined gradient features."""
+        return self.root / "features" / "gradients" / "graph.npz"
+
     def directions(self, capability: str) -> Path:
         return self.root / "directions" / f"{capability}.parquet"
 

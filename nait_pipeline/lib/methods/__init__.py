@@ -4,7 +4,7 @@ and one line here; the Dagster assets, comparison, protocol, export and dump pic
 
 from __future__ import annotations
 
-from nait_pipeline.lib.methods import lp, nait_c_method, nait_method, pool_stats, random_methods, rds
+from nait_pipeline.lib.methods import bids, g2is, less, lp, nait_c_method, nait_method, pool_stats, random_methods, rds
 from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -20,6 +20,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     random_methods.ORACLE,
     random_methods.FULL,
     *lp.METHODS,
+    less.METHOD,
+    bids.METHOD,
+    g2is.METHOD,
 ]}
 
 

@@ -226,6 +226,13 @@ def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, templ
             if current != version:
                 raise ValueError(f"{subset_version} was selected from {capability} score version {version}, but "
                                  f"the lake now holds {current}: dump a subset made from the current scores")
+        if scorer.name == "less":  # LESS, BIDS, G2IS: the gradient store, in the official scripts' formats
+            notes = _dump_gradient_inputs(dump, layout, method.name, params, sorted(versions), subset)
+            dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
+            return write_json({"subset_version": subset_version, "method": method.name,
+                               "lineage": {k: str(v) for k, v in lineage.items()}, "params": params,
+                               "recipe": method.recipe, "official": notes, "files": dump.files},
+                              out_dir / "manifest.json")
         if scorer.read_pool is not None:  # LP: the selector's trajectories and clusters
             _dump_lp_inputs(dump, layout, scorer.read_pool(layout)[0])
             dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
@@ -289,3 +296,90 @@ def _dump_lp_inputs(dump: _Dump, layout: LakeLayout, pool) -> None:
         dump.pickle(f"epoch{epoch}.pkl", pool.perplexities[:, epoch].tolist(),
                     f"official subset.py --epoch{epoch}: perplexities " + ("before training" if epoch == 0
                                                                           else f"after epoch {epoch}"))
+
+
+def _torch_file(dump: _Dump, name: str, values: np.ndarray, description: str) -> None:
+    """A tensor file for official scripts that ``torch.load`` their inputs."""
+    import torch
+
+    path = dump.out_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(torch.from_numpy(np.ascontiguousarray(values)), tmp)
+    dump.files[name] = {"shape": list(values.shape), "dtype": str(values.dtype), "description": description}
+
+
+def _dump_gradient_inputs(dump: _Dump, layout: LakeLayout, method: str, params: dict, capabilities: list[str],
+                          subset: pa.Table) -> dict:
+    """The gradient store as the official scripts read it, rows in ``pool_ids.json`` order:
+
+    - ``less/ckpt<e>/pool.pt`` [N, dim] (Adam features) and ``less/ckpt<e>/<capability>.pt`` [m, dim] (SGD
+      features, each subtask's rows contiguous): LESS's ``matching.py`` with
+      ``--gradient_path less/ckpt{}/{}.pt --validation_gradient_path less/ckpt{}/{}.pt --train_file_names pool``;
+    - ``g2is/train_gradients.pt`` [N, C*dim] (``concat_c sqrt(w_c) * f_c``), ``g2is/validation_gradients.pt``
+      (the capability's target rows, or every capability's stacked in name order for ``all``) and
+      ``g2is/graph.npy`` [N, k]: the official ``gradient_walk.py``;
+    - ``train.jsonl``: the pool rows for ``--train_files`` / ``--train_data_dir``;
+    - the influence matrices (``score_matrix_<capability>.npy``) BIDS starts from.
+    Returns the commands and the conditions under which they reproduce the subset."""
+    from nait_pipeline.lib.methods import less_math
+    from nait_pipeline.lib.methods.g2is import read_graph
+    from nait_pipeline.lib.methods.gradient_pool import load_target_gradients, read_gradient_pool
+
+    pool, _ = read_gradient_pool(layout)
+    epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
+    dump.json("pool_ids.json", pool.ids, "pool example ids; row i of every pool array and of train.jsonl")
+    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
+                          filters=[("status", "=", "kept")])
+    by_id = {r["example_id"]: r for r in texts.to_pylist()}
+    dump.jsonl("train.jsonl", [{"id": i, **{k: by_id[i][k] for k in ("instruction", "input", "output")}}
+                               for i in pool.ids], "the pool rows, pool_ids.json order")
+    dump.array("pool_zero_gradient.npy", pool.zero_gradient, "[N] bool: rows without a response token (never picked)")
+    for epoch, vectors in zip(epochs, pool.checkpoints):
+        _torch_file(dump, f"less/ckpt{epoch}/pool.pt", vectors, f"pool Adam gradient features at checkpoint {epoch}")
+    targets, subtasks = {}, {}
+    for capability in capabilities:
+        target, _ = load_target_gradients(layout, capability)
+        targets[capability] = target
+        subtasks[capability] = {"n_subtasks": len(less_math.subtask_order(target.subtasks)),
+                                "official_blocks": less_math.official_blocks(target.subtasks)}
+        for epoch, vectors in zip(epochs, target.checkpoints):
+            _torch_file(dump, f"less/ckpt{epoch}/{capability}.pt", vectors,
+                        f"{capability} target SGD gradient features at checkpoint {epoch}, subtasks contiguous")
+        dump.json(f"target_ids_{capability}.json", target.ids, f"{capability} target ids, row order of its files")
+        dump.json(f"target_subtasks_{capability}.json", target.subtasks, f"the subtask of each {capability} target row")
+        with np.load(layout.score_matrix("less", capability)) as stored:
+            dump.array(f"score_matrix_{capability}.npy", stored["matrix"],
+                       f"[N, m] LESS influence of each pool row on each {capability} target row (BIDS's input)")
+    weights = " ".join(f"{w:.10g}" for w in pool.weights)
+    notes = {
+        "row_order": "every pool file's rows are pool_ids.json; official indices are row numbers in it",
+        "less_matching": (f"python -m less.data_selection.matching --gradient_path 'less/ckpt{{}}/{{}}.pt' "
+                          f"--train_file_names pool --ckpts {' '.join(map(str, epochs))} --checkpoint_weights "
+                          f"{weights} --target_task_names {' '.join(capabilities)} --validation_gradient_path "
+                          "'less/ckpt{}/{}.pt' --output_path selected_data; then write_selected_data.py "
+                          "--train_file_names pool --train_files train.jsonl --target_task_names <capability> "
+                          f"--percentage {params.get('budget_ratio')}"),
+        "less_subtasks": subtasks,
+        "less_conditions": "matching.py's N_SUBTASKS needs each capability name with its n_subtasks (above); its "
+                           "reshape reproduces our per-subtask means only where official_blocks is true. The 'all' "
+                           "subset is the max over capabilities of their scores.",
+        "zero_gradient_rows": int(pool.zero_gradient.sum()),
+    }
+    if method == "g2is":
+        features = pool.combined()
+        stacked = np.concatenate([targets[c].combined(pool.weights) for c in capabilities])
+        graph, graph_meta = read_graph(layout, pool.metadata["features_version"])
+        _torch_file(dump, "g2is/train_gradients.pt", features, "[N, C*dim] combined pool gradient features")
+        _torch_file(dump, "g2is/validation_gradients.pt", stacked,
+                    f"combined target gradient features of {capabilities} (stacked in this order)")
+        dump.array("g2is/graph.npy", graph, f"[N, k] neighbours, most similar first ({graph_meta['kind']})")
+        notes["g2is_walk"] = (f"python gradient_walk.py --train_gradients_file g2is/train_gradients.pt "
+                              f"--validation_gradients_file g2is/validation_gradients.pt --graph g2is/graph.npy "
+                              f"--val_k {params.get('val_k')} --train_k {params.get('budget_ratio')} --ways "
+                              f"{params.get('delta')} --train_data_dir train.jsonl --save g2is_out; "
+                              "target_sample.kpl then lists selected_ids.json's rows of pool_ids.json, in order")
+        notes["g2is_conditions"] = ("the same scikit-learn version as params.sklearn_version (PCA signs), "
+                                    "sign_fix false, an exact graph (a faiss graph may pad with -1), no zero-gradient "
+                                    "rows (the official walk cannot exclude them)")
+    return notes

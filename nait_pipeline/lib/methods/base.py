@@ -62,6 +62,9 @@ class Scorer:
     read_pool: Callable[..., tuple[object, str]] | None = None
     feature_assets: tuple[str, ...] = ("pool_activations",)  # the assets the pool features come from
     group_columns: tuple[str, ...] = ()  # score columns a policy reads as row groups (LP: cluster)
+    # A feature kind too costly for the default `nait-pipeline materialize` on a CPU (per-example gradients):
+    # built when its methods are named with --methods, from the UI, or by a protocol that lists them.
+    on_demand: bool = False
 
 
 @dataclass
@@ -98,6 +101,9 @@ class Chosen:
     expected_size: int | None = None
     # Per selected row (aligned with ``indices``), the capability whose turn chose it (all-capability merges).
     chosen_by: list[str] | None = None
+    # Rows of the expected size the policy could not fill (G2IS's walk under its hard constraints): the
+    # subset holds expected_size - shortfall rows; the subsets asset warns.
+    shortfall: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ class Method:
     cost: str  # what it costs, in words
     code_version: str = "1"
     recipe: str = ""  # how a dump reproduces the selection with NumPy or the official code
+    policy_assets: tuple[str, ...] = ()  # assets the policy reads beside the scores (G2IS: gradient_graph)
 
 
 def params_dict(params) -> dict:

@@ -183,7 +183,7 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                 for rank, (i, by) in enumerate(zip(chosen.indices, chosen.chosen_by), start=1)],
                 schema=SUBSET_EXPLANATIONS_SCHEMA), layout.subset_explanation(record["subset_version"]))
         written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found,
-                        "expected_size": chosen.expected_size})
+                        "expected_size": chosen.expected_size, "shortfall": chosen.shortfall})
     now = datetime.now(timezone.utc)
     before = {}
     if layout.current_subsets(method.name).exists():

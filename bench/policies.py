@@ -1,0 +1,121 @@
+"""The gradient methods' selection stages on a synthetic gradient store, at growing pool sizes.
+
+    .venv/bin/python bench/policies.py [--sizes 100000 300000 1000000] [--dim 1024] [--targets 300]
+
+Synthetic store: unit rows of width ``dim`` drawn around 1,000 cluster centres (so neighbours, conflicts
+and principal components are not trivial), one checkpoint; ``targets`` target rows in 10 subtasks drawn
+around 30 of the centres. Per pool size N, each stage as the pipeline runs it:
+
+- LESS:   the [N, m] influence matrix (blocked float32 products) and the per-subtask mean, max over subtasks;
+- BIDS:   column z-scores and the balanced greedy (pointer form) for floor(5 % N) rows;
+- G2IS:   the kNN graph (a FAISS IVF index: the exact graph is O(N^2 D), hours at 1 M) and the walk for
+          int(1 % N) rows from the target rows' principal components.
+
+Prints a table (seconds, peak RSS growth, scaling exponent from the smallest to the largest N) and writes
+bench/results/policies.json. Peak memory is the process's high-water mark after each stage: stages run
+in order, so a stage's figure is its own peak only when it is above the earlier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def synthetic(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator, block: int = 100_000) -> np.ndarray:
+    rows = np.empty((n, dim), np.float32)
+    for start in range(0, n, block):
+        size = min(block, n - start)
+        chunk = centres[rng.integers(0, len(centres), size)] + rng.standard_normal((size, dim), np.float32) * 0.6
+        rows[start : start + size] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return rows
+
+
+def run(n: int, dim: int, m: int, k: int, nprobe: int) -> dict:
+    from nait_pipeline.lib.methods import bids_math, g2is_math, less_math
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1000, dim)).astype(np.float32) / math.sqrt(dim) * 3
+    pool = synthetic(n, dim, centres, rng)
+    targets = synthetic(m, dim, centres[:30], rng)
+    subtasks = [f"task{j % 10}" for j in range(m)]
+    timings = {"rows": n}
+
+    started = time.perf_counter()
+    matrix = less_math.instance_matrix([pool], [targets], [1.0])
+    less_math.subtask_scores(matrix, subtasks)
+    timings["less_s"] = round(time.perf_counter() - started, 2)
+    timings["less_peak_mb"] = peak_rss_mb()
+
+    started = time.perf_counter()
+    z = bids_math.column_zscore(matrix, [f"t{j}" for j in range(m)])
+    del matrix
+    picked = bids_math.balanced_greedy(z, math.floor(0.05 * n))
+    timings["bids_s"] = round(time.perf_counter() - started, 2)
+    timings["bids_rows"] = len(picked)
+    timings["bids_peak_mb"] = peak_rss_mb()
+    del z
+
+    started = time.perf_counter()
+    graph = g2is_math.knn_graph_faiss(pool, k, nprobe=nprobe)
+    timings["g2is_graph_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    core = g2is_math.core_knowledge(targets, 0.5)
+    walk = g2is_math.gradient_walk(pool, core, graph, 0.01, 0.8)
+    timings["g2is_walk_s"] = round(time.perf_counter() - started, 2)
+    timings["g2is_rows"] = len(walk.selected)
+    timings["g2is_shortfall"] = walk.shortfall
+    timings["g2is_components"] = len(core.weights)
+    timings["g2is_peak_mb"] = peak_rss_mb()
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--targets", type=int, default=300)
+    parser.add_argument("--k", type=int, default=64, help="graph neighbours per row")
+    parser.add_argument("--nprobe", type=int, default=8)
+    args = parser.parse_args()
+
+    import torch
+
+    rows = []
+    for n in args.sizes:
+        print(f"N = {n:,} ...", flush=True)
+        rows.append(run(n, args.dim, args.targets, args.k, args.nprobe))
+        print(json.dumps(rows[-1]), flush=True)
+    stages = ["less_s", "bids_s", "g2is_graph_s", "g2is_walk_s"]
+    lines = [f"synthetic gradient store: dim {args.dim}, {args.targets} target rows, graph k={args.k} "
+             f"(FAISS IVF, nprobe {args.nprobe}), {torch.get_num_threads()} threads",
+             f"{'rows':>10}" + "".join(f"{s[:-2]:>14}" for s in stages) + f"{'peak RSS MB':>13}"]
+    for row in rows:
+        lines.append(f"{row['rows']:>10,}" + "".join(f"{row[s]:>14.1f}" for s in stages) +
+                     f"{max(row[k] for k in row if k.endswith('_peak_mb')):>13,}")
+    growth = {}
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        ratio = last["rows"] / first["rows"]
+        growth = {s: round(math.log(max(last[s], 1e-3) / max(first[s], 1e-3)) / math.log(ratio), 2) for s in stages}
+        lines.append(f"{'growth':>10}" + "".join(f"{'N^' + str(growth[s]):>14}" for s in stages))
+    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "policies.json").write_text(json.dumps({"args": vars(args), "rows": rows, "growth": growth,
+                                                       "threads": torch.get_num_threads()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
