@@ -6,8 +6,8 @@ On a seeded slice of alpaca_cleaned rendered in the chat template, with a LoRA a
 makes it (r=8, q/k/v/o; its B matrices set non-zero so every matrix has a gradient):
 
 - loop:     one forward + backward per row, the gradients read from ``.grad`` (what a batch-1 LESS run does);
-- batched:  one forward + backward per batch of rows of similar length, each row's gradient assembled from
-            hooks (``gradients.per_example_gradients``), as ``pool_gradients`` runs it;
+- batched:  one forward + backward per batch of 1, 4 or 16 rows of similar length, each row's gradient
+            assembled from hooks (``gradients.per_example_gradients``), as ``pool_gradients`` runs it;
 - features: batched gradients + Adam preconditioning + float16 cast + Rademacher projection (dim 1024) +
             normalisation: the whole per-row cost of the store.
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--batch-rows", type=int, nargs="+", default=[1, 4, 16], help="rows per backward to try")
     args = parser.parse_args()
 
     import numpy as np
@@ -79,16 +80,23 @@ def main() -> None:
     loop_seconds = time.perf_counter() - started
     results["loop_peak_rss_mb"] = peak_rss_mb()
 
-    batched = torch.zeros_like(reference)
+    batched_runs = {}
+    for rows_per_batch in args.batch_rows:
+        batched = torch.zeros_like(reference)
 
-    def keep(indices, gradients):
-        batched[indices] = gradients
+        def keep(indices, gradients):
+            batched[indices] = gradients
 
-    started = time.perf_counter()
-    gr.per_example_gradients(model, examples, pad, batch_tokens=4096, on_batch=keep)
-    batched_seconds = time.perf_counter() - started
-    results["batched_peak_rss_mb"] = peak_rss_mb()
-    cosine = torch.nn.functional.cosine_similarity(batched, reference, dim=1)
+        started = time.perf_counter()
+        gr.per_example_gradients(model, examples, pad, batch_tokens=4096, max_batch_size=rows_per_batch,
+                                 on_batch=keep)
+        seconds = time.perf_counter() - started
+        cosine = torch.nn.functional.cosine_similarity(batched, reference, dim=1)
+        batched_runs[rows_per_batch] = {"seconds": round(seconds, 2), "speedup": round(loop_seconds / seconds, 2),
+                                        "min_cosine": float(cosine.min()), "peak_rss_mb": peak_rss_mb()}
+    results["batched"] = batched_runs
+    best = min(batched_runs, key=lambda b: batched_runs[b]["seconds"])
+    batched_seconds = batched_runs[best]["seconds"]
 
     projector = RademacherProjector(ProjectionSpec(gr.count_parameters(model), args.dim))
     exp_avg = [torch.zeros_like(p) for _, p in gr.lora_parameters(model)]
@@ -96,14 +104,15 @@ def main() -> None:
     projector.project(torch.zeros(1, projector.spec.num_params))  # build the cached matrix outside the timing
     started = time.perf_counter()
     features = gr.gradient_features(model, exp_avg, exp_avg_sq, template, rows, [f"r{i}" for i in range(len(rows))],
-                                    args.max_length, projector, "adam")
+                                    args.max_length, projector, "adam", batch_rows=best)
     feature_seconds = time.perf_counter() - started
     results["features_peak_rss_mb"] = peak_rss_mb()
 
     flops = 4 * non_embedding * tokens
     results.update({
-        "loop_s": round(loop_seconds, 2), "batched_s": round(batched_seconds, 2), "features_s": round(feature_seconds, 2),
-        "speedup": round(loop_seconds / batched_seconds, 2), "min_cosine": float(cosine.min()),
+        "loop_s": round(loop_seconds, 2), "best_batch_rows": best, "features_s": round(feature_seconds, 2),
+        "speedup": round(loop_seconds / batched_seconds, 2),
+        "min_cosine": min(run["min_cosine"] for run in batched_runs.values()),
         "loop_rows_per_s": round(len(rows) / loop_seconds, 3), "batched_rows_per_s": round(len(rows) / batched_seconds, 3),
         "features_rows_per_s": round(len(rows) / feature_seconds, 3),
         "batched_gflops_per_s": round(flops / batched_seconds / 1e9, 1),
@@ -117,15 +126,16 @@ def main() -> None:
              f"({results['lora_params']:,} values per gradient), {results['threads']} threads",
              f"{'path':<44}{'seconds':>9}{'rows/s':>9}{'x loop':>8}",
              f"{'batch-1 loop (.grad per row)':<44}{loop_seconds:>9.1f}{len(rows) / loop_seconds:>9.2f}{1.0:>8.2f}",
-             f"{'batched (hooks, one backward per batch)':<44}{batched_seconds:>9.1f}{len(rows) / batched_seconds:>9.2f}"
-             f"{loop_seconds / batched_seconds:>8.2f}",
-             f"{'batched + Adam + fp16 + projection + norm':<44}{feature_seconds:>9.1f}"
+             *(f"{f'batched, {b} rows per backward (hooks)':<44}{run['seconds']:>9.1f}"
+               f"{len(rows) / run['seconds']:>9.2f}{run['speedup']:>8.2f}" for b, run in batched_runs.items()),
+             f"{f'features ({best} rows): + Adam, fp16, projection':<44}{feature_seconds:>9.1f}"
              f"{len(rows) / feature_seconds:>9.2f}{loop_seconds / feature_seconds:>8.2f}",
              f"agreement: min per-row cosine {results['min_cosine']:.6f}",
              f"achieved {results['batched_gflops_per_s']} GFLOP/s (4·P·T, P = {non_embedding:,}); LESS on an A100 "
              f"for 7B at ~6 rows/s of this length: ~{results['less_7b_a100_gflops_per_s_at_these_lengths']:,} GFLOP/s",
-             f"peak RSS: loop {results['loop_peak_rss_mb']} MB, batched {results['batched_peak_rss_mb']} MB, "
-             f"with projection {results['features_peak_rss_mb']} MB (model loaded: {rss_before} MB)"]
+             "peak RSS (high-water mark after each): loop " + f"{results['loop_peak_rss_mb']} MB, " +
+             ", ".join(f"{b} rows {run['peak_rss_mb']} MB" for b, run in batched_runs.items()) +
+             f", with projection {results['features_peak_rss_mb']} MB (model loaded: {rss_before} MB)"]
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "gradients.json").write_text(json.dumps(results, indent=2))
