@@ -117,14 +117,15 @@ def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]
 
 def _partitioning(asset_name: str) -> str | None:
     """"shards", "capabilities" or None: how an asset of the code location is partitioned."""
-    from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
+    import dagster as dg
 
-    for asset in _all_assets():
-        if any(key.to_user_string() == asset_name for key in asset.keys):
-            if asset.partitions_def == pool_shard_partitions:
-                return "shards"
-            return "capabilities" if asset.partitions_def == capability_partitions else None
-    raise KeyError(f"no asset named {asset_name!r}")
+    from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
+    from nait_pipeline.definitions import defs
+
+    partitions = defs().resolve_asset_graph().get(dg.AssetKey(asset_name)).partitions_def
+    if partitions == pool_shard_partitions:
+        return "shards"
+    return "capabilities" if partitions == capability_partitions else None
 
 
 def method_steps(settings: Settings, methods: list[str]) -> list[tuple[list[str], list[str] | None]]:

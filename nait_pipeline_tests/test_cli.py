@@ -33,3 +33,20 @@ def test_methods_lists_every_registered_method(capsys):
     cli.main(["methods"])
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)
+
+
+def test_method_steps_run_each_feature_kind_by_its_partitions(tmp_path, monkeypatch):
+    from nait_pipeline.lib.io.settings import Settings
+    from nait_pipeline_tests import synthetic_lake
+
+    monkeypatch.setattr(cli, "capabilities", lambda settings: ["math", "code"])
+    settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", model=None, pool_sample=None)
+    synthetic_lake.build(settings.lake_dir)
+    shards = ["p0-s0000", "p0-s0001", "p0-s0002"]
+    steps = cli.method_steps(settings, ["nait", "g2is", "less", "lp_low", "random"])
+    assert steps == [
+        (["warmup_adapter"], None), (["pool_gradients"], shards), (["target_gradients"], ["math", "code"]),
+        (["selector_trajectories"], None), (["selector_clusters"], None),
+        (["nait_scores", "less_scores"], ["math", "code"]), (["lp_scores"], None),
+        (["gradient_graph"], None),
+        (["nait_subsets", "g2is_subsets", "less_subsets", "lp_low_subsets", "random_subsets"], None)]

@@ -257,9 +257,11 @@ def gradient_graph(context: dg.AssetExecutionContext, config: GradientGraphConfi
                      features_version=np.array(pool.metadata["features_version"]), kind=np.array(config.kind))
     version = sha256_json([pool.metadata["features_version"], config.k, config.kind])[:16]
     first = neighbours[:, 0]
-    self_similarity = np.einsum("ij,ij->i", features, features[first])
+    found = first >= 0  # an approximate search may find no neighbour for a row
+    self_similarity = np.einsum("ij,ij->i", features[found], features[first[found]])
     return dg.MaterializeResult(
         metadata={"rows": len(pool.ids), "k": int(neighbours.shape[1]), "kind": config.kind,
+                  "rows_without_a_neighbour": int((~found).sum()),
                   "seconds": round(seconds, 2), "path": path_value(layout.gradient_graph),
                   "nearest_cosine_mean": float(self_similarity.mean()),
                   "nearest_cosine": bar_plot(np.quantile(self_similarity, [0.1, 0.25, 0.5, 0.75, 0.9]),
