@@ -119,8 +119,8 @@ def _partitioning(asset_name: str) -> str | None:
     """"shards", "capabilities" or None: how an asset of the code location is partitioned."""
     import dagster as dg
 
-    from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
     from nait_pipeline.definitions import defs
+    from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 
     partitions = defs().resolve_asset_graph().get(dg.AssetKey(asset_name)).partitions_def
     if partitions == pool_shard_partitions:
