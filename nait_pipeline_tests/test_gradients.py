@@ -103,15 +103,28 @@ def test_adam_feature_and_projection_on_hand_numbers():
         RademacherProjector(spec).project(torch.randn(1, 71))
 
 
-def test_target_rows_without_a_response_or_with_non_finite_gradients_are_named(adapted):
+def test_long_prompts_keep_their_response_and_rows_without_one_are_named_or_flagged(adapted, monkeypatch):
     model, exp_avg, exp_avg_sq, template, _, _ = adapted
     projector = RademacherProjector(ProjectionSpec(gr.count_parameters(model), 16))
-    with pytest.raises(gr.GradientInputError, match=r"\['long-one'\]"):
-        gr.gradient_features(model, exp_avg, exp_avg_sq, template, [ROWS[0], LONG_PROMPT], ["ok", "long-one"], 64,
-                             projector, "sgd")
-    # A pool row without a response is kept as a flagged zero vector.
-    pool = gr.gradient_features(model, exp_avg, exp_avg_sq, template, [ROWS[0], LONG_PROMPT], ["ok", "long-one"], 64,
-                                projector, "adam")
+    # A prompt longer than the window: the last 64 tokens, the response whole at their end.
+    kept = gr.tokenize_keeping_response(template, LONG_PROMPT, 64)
+    full = template.tokenize(LONG_PROMPT["instruction"], "", LONG_PROMPT["output"], 1 << 30)
+    assert kept.truncated and len(kept.input_ids) == 64 and kept.input_ids == full.input_ids[-64:]
+    assert kept.input_ids[kept.response_start:] == full.input_ids[full.response_start:]
+    # A row with no response token at all (a template that renders an empty answer as nothing).
+    real = gr.tokenize_keeping_response
+
+    def no_response_for_empty(template_, row, max_length):
+        example = real(template_, row, max_length)
+        return gr.TokenizedExample(example.input_ids[: example.response_start], example.response_start, False,
+                                   example.response_start) if not row["output"] else example
+
+    monkeypatch.setattr(gr, "tokenize_keeping_response", no_response_for_empty)
+    rows, names = [ROWS[0], {"instruction": "Say nothing.", "input": "", "output": ""}], ["ok", "empty"]
+    with pytest.raises(gr.GradientInputError, match=r"\['empty'\]"):
+        gr.gradient_features(model, exp_avg, exp_avg_sq, template, rows, names, 64, projector, "sgd")
+    # A pool row without a response token is kept as a flagged zero vector.
+    pool = gr.gradient_features(model, exp_avg, exp_avg_sq, template, rows, names, 64, projector, "adam")
     assert pool.zero_gradient.tolist() == [False, True] and not pool.vectors[1].any()
     assert np.isclose(np.linalg.norm(pool.vectors[0]), 1.0, atol=1e-5)
     name, parameter = gr.lora_parameters(model)[0]

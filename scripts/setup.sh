@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything and materialize the pipeline (foundation + every method) on the embedded model.
+# Install everything and materialize the pipeline (foundation + every method but the on-demand gradient ones) on the embedded model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

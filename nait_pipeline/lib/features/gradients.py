@@ -17,9 +17,10 @@ LoRA gradients of the response loss at each warmup checkpoint, projected and nor
   gradient; both are cast to float16 (as the official code does before projecting), projected by a
   seeded Rademacher matrix and L2-normalised.
 
-A pool row whose response was truncated away has no gradient: it is stored as a zero vector flagged
-``zero_gradient`` (never selected, counted). A target row without one, or any non-finite value, is an
-error naming the ids.
+A row whose prompt alone fills ``max_length`` keeps the last ``max_length`` tokens (prompt end and
+response), so long few-shot or reading prompts still have a gradient. A pool row with an empty response
+has none: it is stored as a zero vector flagged ``zero_gradient`` (never selected, counted). A target row
+without one, or any non-finite value, is an error naming the ids.
 """
 
 from __future__ import annotations
@@ -301,6 +302,18 @@ def loop_gradients(model, examples: Sequence[TokenizedExample], pad_id: int, dev
     return torch.stack(rows)
 
 
+def tokenize_keeping_response(template: ChatTemplate, row: dict, max_length: int) -> TokenizedExample:
+    """The row rendered as for training, cut to ``max_length`` tokens. Where the prompt alone would fill the
+    window (a long few-shot or reading-comprehension prompt), the window is the last ``max_length`` tokens
+    instead, so the response keeps its tokens and the row has a gradient; its ``truncated`` flag is set."""
+    full = template.tokenize(row["instruction"], row["input"], row["output"], 1 << 30)
+    if len(full.input_ids) <= max_length or full.response_start < max_length:
+        return template.tokenize(row["instruction"], row["input"], row["output"], max_length)
+    cut = len(full.input_ids) - max_length
+    return TokenizedExample(input_ids=full.input_ids[cut:], response_start=max(0, full.response_start - cut),
+                            truncated=True, full_length=len(full.input_ids))
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for _, p in lora_parameters(model))
 
@@ -333,7 +346,7 @@ def gradient_features(model, exp_avg: Sequence, exp_avg_sq: Sequence, template: 
 
     if preconditioning not in ("adam", "sgd"):
         raise ValueError(f"preconditioning must be 'adam' or 'sgd', got {preconditioning!r}")
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], max_length) for r in rows]
+    examples = [tokenize_keeping_response(template, r, max_length) for r in rows]
     tokenizer = template.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flat_avg = torch.cat([t.flatten() for t in exp_avg]).to(device) if preconditioning == "adam" else None

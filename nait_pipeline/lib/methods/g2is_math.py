@@ -137,8 +137,11 @@ class WalkResult:
 
 
 def gradient_walk(features: np.ndarray, core: CoreKnowledge, graph: np.ndarray, ratio: float, delta: float = 0.8,
-                  excluded: np.ndarray | None = None, chunk: int = 64) -> WalkResult:
-    """The official walk over unit-norm ``features`` [N, D] (float32)."""
+                  excluded: np.ndarray | None = None, chunk: int = 64, fallback_chunk: int = 4096) -> WalkResult:
+    """The official walk over unit-norm ``features`` [N, D] (float32). Candidates are checked ``chunk`` at a
+    time along a neighbour list and in chunks growing from ``chunk`` to ``fallback_chunk`` along the global
+    order (a stall that finds nothing scans every untaken row: one matrix product per chunk, not a Python
+    step per row); the first passing candidate in order is taken, exactly as a one-by-one scan would."""
     n, dim = features.shape
     if core.components.shape[1] != dim:
         raise G2isInputError(f"components have width {core.components.shape[1]}, the pool features {dim}")
@@ -156,9 +159,11 @@ def gradient_walk(features: np.ndarray, core: CoreKnowledge, graph: np.ndarray, 
         return np.where(norms > 1e-10, np.abs((total / np.where(norms > 1e-10, norms, 1)[:, None]) @ kv), 0.0)
 
     def first_passing(candidates: np.ndarray, members: np.ndarray, total: np.ndarray, old: float,
-                      kv: np.ndarray) -> int | None:
-        for start in range(0, len(candidates), chunk):
-            block = candidates[start : start + chunk]
+                      kv: np.ndarray, largest: int) -> int | None:
+        start, step = 0, chunk
+        while start < len(candidates):
+            block = candidates[start : start + step]
+            start, step = start + step, min(2 * step, largest)  # small first: the first candidates usually pass
             block = block[~taken[block]]
             if not len(block):
                 continue
@@ -192,9 +197,10 @@ def gradient_walk(features: np.ndarray, core: CoreKnowledge, graph: np.ndarray, 
             norm = np.linalg.norm(total)
             old = float(abs((total / norm) @ kv)) if norm > 1e-10 else 0.0
             neighbours = graph[chosen[-1]]
-            found = first_passing(neighbours[neighbours >= 0], members[: len(chosen)], total, old, kv)
+            found = first_passing(neighbours[neighbours >= 0], members[: len(chosen)], total, old, kv, chunk)
             if found is None:
-                found = first_passing(order, members[: len(chosen)], total, old, kv)
+                order = order[~taken[order]]  # rows taken since: never candidates again
+                found = first_passing(order, members[: len(chosen)], total, old, kv, fallback_chunk)
                 if found is None:
                     break
                 via_fallback += 1
