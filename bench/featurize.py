@@ -33,6 +33,19 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
+def seeded_alpaca_rows(count: int) -> list[dict]:
+    """A seeded slice of alpaca_cleaned (instruction, input, output), the rows the benchmarks compare on."""
+    import pyarrow.parquet as pq
+
+    from nait_pipeline.lib.io.settings import Settings
+    from nait_pipeline.lib.selection.policies import seeded_random
+
+    table = pq.read_table(Settings.from_env().data_dir / "pools" / "alpaca_cleaned.parquet")
+    ids = [str(i) for i in range(len(table))]
+    rows = table.take(sorted(seeded_random(ids, count, 0))).to_pylist()
+    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in rows]
+
+
 def _model_dir() -> Path:
     from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline.lib.models import model_io

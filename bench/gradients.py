@@ -41,22 +41,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import pyarrow.parquet as pq
     import torch
-    from featurize import _model_dir  # bench/ is on sys.path when run as a script
+    from featurize import _model_dir, seeded_alpaca_rows  # bench/ is on sys.path when run as a script
 
     from nait_pipeline.lib.features import gradients as gr
     from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector
-    from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
-    from nait_pipeline.lib.selection.policies import seeded_random
 
     model_dir = _model_dir()
-    table = pq.read_table(Settings.from_env().data_dir / "pools" / "alpaca_cleaned.parquet")
-    ids = [str(i) for i in range(len(table))]
-    rows = table.take(sorted(seeded_random(ids, args.rows, 0))).to_pylist()
-    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in rows]
+    rows = seeded_alpaca_rows(args.rows)
     template = ChatTemplate(model_io.load_tokenizer(model_dir))
     examples = [template.tokenize(r["instruction"], r["input"], r["output"], args.max_length) for r in rows]
     tokens = sum(len(e.input_ids) for e in examples)

@@ -31,23 +31,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
 
-    import pyarrow.parquet as pq
     import torch
-    from featurize import _model_dir  # bench/ is on sys.path when run as a script
+    from featurize import _model_dir, seeded_alpaca_rows  # bench/ is on sys.path when run as a script
 
     from nait_pipeline.lib.features import clusters as cl
     from nait_pipeline.lib.features import featurize as fz
     from nait_pipeline.lib.features.trajectories import SelectorConfig, train_selector
-    from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
-    from nait_pipeline.lib.selection.policies import seeded_random
 
     model_dir = _model_dir()
-    table = pq.read_table(Settings.from_env().data_dir / "pools" / "alpaca_cleaned.parquet")
-    ids = [str(i) for i in range(len(table))]
-    rows = table.take(sorted(seeded_random(ids, args.rows, 0))).to_pylist()
-    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in rows]
+    rows = seeded_alpaca_rows(args.rows)
     row_ids = [f"row-{i}" for i in range(len(rows))]
 
     results = {"rows": len(rows), "epochs": args.epochs, "threads": torch.get_num_threads()}

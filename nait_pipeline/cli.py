@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -115,14 +116,20 @@ def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]
     ]
 
 
+@functools.lru_cache(maxsize=1)
+def _asset_graph():
+    from nait_pipeline.definitions import defs
+
+    return defs().resolve_asset_graph()
+
+
 def _partitioning(asset_name: str) -> str | None:
     """"shards", "capabilities" or None: how an asset of the code location is partitioned."""
     import dagster as dg
 
-    from nait_pipeline.definitions import defs
     from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 
-    partitions = defs().resolve_asset_graph().get(dg.AssetKey(asset_name)).partitions_def
+    partitions = _asset_graph().get(dg.AssetKey(asset_name)).partitions_def
     if partitions == pool_shard_partitions:
         return "shards"
     return "capabilities" if partitions == capability_partitions else None

@@ -144,14 +144,27 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
         data_version=dg.DataVersion(version))
 
 
-def _featurize_shard(context, layout: LakeLayout, shard: str, config: FeaturizerConfig) -> dg.MaterializeResult:
+def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
+    """A pool shard's kept rows, their ids and the input version every store of the shard records."""
     pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
                          columns=["example_id", "instruction", "input", "output", "content_hash"])
     if len(pool) == 0:
         raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
     rows = pool.to_pylist()
     ids = [r["example_id"] for r in rows]
-    input_version = shard_input_version(ids, [r["content_hash"] for r in rows])
+    return rows, ids, shard_input_version(ids, [r["content_hash"] for r in rows])
+
+
+def target_rows(targets: list[dict]) -> tuple[list[dict], list[str], str]:
+    """Target rows rendered like pool rows (prompt as instruction, reference answer as output), their ids
+    and input version."""
+    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
+    ids = [r["example_id"] for r in targets]
+    return rows, ids, sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
+
+
+def _featurize_shard(context, layout: LakeLayout, shard: str, config: FeaturizerConfig) -> dg.MaterializeResult:
+    rows, ids, input_version = shard_rows(layout, shard)
     return featurize_rows(context, read_model_record(layout), rows, ids, config, False,
                           layout.pool_activations(shard), input_version)
 
@@ -170,9 +183,6 @@ def target_activations(context: dg.AssetExecutionContext, config: FeaturizerConf
     (prompt as instruction, reference answer as output), with last-token states for the R1 drift."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     capability = context.partition_key
-    targets = pq.read_table(layout.target_selection(capability)).to_pylist()
-    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
-    ids = [r["example_id"] for r in targets]
-    input_version = sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
+    rows, ids, input_version = target_rows(pq.read_table(layout.target_selection(capability)).to_pylist())
     return featurize_rows(context, read_model_record(layout), rows, ids, config, True,
                           layout.target_activations(capability), input_version)

@@ -10,14 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets.features import SHARDS_PER_RUN, read_model_record
+from nait_pipeline.defs.assets.features import SHARDS_PER_RUN, read_model_record, shard_rows, target_rows
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import gradients as gr
-from nait_pipeline.lib.features.feature_store import shard_input_version
 from nait_pipeline.lib.features.featurize import resolve_device
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
@@ -112,19 +111,13 @@ def _featurize(context, layout: LakeLayout, rows: list[dict], ids: list[str], in
     for checkpoint in gr.read_checkpoints(layout.warmup_run, params.epochs):
         path = destination(checkpoint.epoch)
         model = None
-        identity = None
-        if path.exists():
-            meta = read_metadata(path)
-            identity = {k: meta.get(k) for k in ("gradient_version", "model_id", "template_hash", "adapter_version",
-                                                 "checkpoint", "projection", "preconditioning", "max_length",
-                                                 "input_version")}
         if projector is None:
             model, exp_avg, exp_avg_sq = gr.load_checkpoint_model(Path(warmup["model_path"]), params, checkpoint, device)
             projector = RademacherProjector(ProjectionSpec(gr.count_parameters(model), config.dim, config.seed))
         wanted = gr.store_identity(warmup["model_id"], warmup["template_hash"], warmup["adapter_version"],
                                    checkpoint.epoch, projector.spec.identity, preconditioning, config.max_length,
                                    input_version)
-        if identity == wanted:
+        if path.exists() and read_metadata(path).get("store_version") == gr.store_version(wanted):
             done.append({"checkpoint": checkpoint.epoch, "reused": True, **read_metadata(path)["stats"]})
             continue
         if model is None:
@@ -168,13 +161,7 @@ def pool_gradients(context: dg.AssetExecutionContext, config: GradientFeaturizer
     layout = LakeLayout(pipeline.settings.lake_dir)
     results = []
     for shard in context.partition_keys:
-        pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
-                             columns=["example_id", "instruction", "input", "output", "content_hash"])
-        if len(pool) == 0:
-            raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
-        rows = pool.to_pylist()
-        ids = [r["example_id"] for r in rows]
-        version = shard_input_version(ids, [r["content_hash"] for r in rows])
+        rows, ids, version = shard_rows(layout, shard)
         done = _featurize(context, layout, rows, ids, version, config, "adam",
                           lambda epoch, s=shard: layout.pool_gradients(s, epoch))
         results.append((shard, done))
@@ -209,9 +196,7 @@ def target_gradients(context: dg.AssetExecutionContext, config: TargetGradientCo
     if len(targets) < 2:
         raise ValueError(f"{capability} has {len(targets)} target row(s): the gradient methods need at least 2 "
                          "(BIDS z-scores per column, G2IS takes a PCA)")
-    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
-    ids = [r["example_id"] for r in targets]
-    version = sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
+    rows, ids, version = target_rows(targets)
     done = _featurize(context, layout, rows, ids, version, config, "sgd",
                       lambda epoch: layout.target_gradients(capability, epoch))
     tasks = sorted({r["task"] for r in targets})

@@ -35,11 +35,10 @@ def _select(inp: SelectionInput, params: LessParams) -> list[Chosen]:
     r = params.budget_ratio
     k = floor_budget(len(inp.ids), r, int((~inp.unscored).sum()), "less")
     # Rows without a gradient rank last and are never within the budget (checked above).
-    ranked = {c: np.where(inp.unscored, -np.inf, s) for c, s in inp.scores.items()}
+    ranked = {c: np.where(inp.unscored, np.finfo(np.float64).min, s) for c, s in inp.scores.items()}
 
     def top(scores: np.ndarray) -> list[int]:
-        finite = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
-        return selection.top_k(inp.ids, finite, k)
+        return selection.top_k(inp.ids, scores, k)
 
     out = [Chosen(c, top(s), inp.scores[c], {"budget_ratio": r, "budget_rule": "floor",
                                              "score_versions": {c: inp.score_versions[c]}}, r, expected_size=k)
