@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -87,8 +88,12 @@ def dagster_dev(model_dir, tmp_path_factory):
         yield {"port": port, "env": env, "home": home, "store": store, "data": data, "log": work / "dagster_dev.log",
                "runs_after_setup": runs_after_setup}
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a run still winding down kept it alive: do not leave it behind
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
         log.close()
 
 
