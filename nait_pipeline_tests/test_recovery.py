@@ -13,7 +13,7 @@ import time
 
 import dagster as dg
 
-from nait_pipeline.defs.recovery import recover_dead_runs
+from nait_pipeline.defs.recovery import first_event_by_pid, process_alive, recover_dead_runs, run_is_dead
 from nait_pipeline.lib.io.settings import PROJECT_ROOT
 
 SLOW_FEATURIZATION = textwrap.dedent("""
@@ -75,3 +75,25 @@ def test_a_killed_featurization_is_recovered_and_the_next_one_runs(model_dir, tm
         after = subprocess.run([sys.executable, "-c", SLOW_FEATURIZATION, shard, "0", *args], env=env,
                                capture_output=True, text=True, timeout=300)
         assert after.stdout.strip().endswith("success"), after.stdout[-2000:] + after.stderr[-2000:]
+
+
+def _own_start_time() -> float:
+    """This process's start time, read the way `process_alive` reads it."""
+    with open("/proc/stat") as handle:
+        boot = next(float(line.split()[1]) for line in handle if line.startswith("btime"))
+    with open(f"/proc/{os.getpid()}/stat") as handle:
+        return boot + int(handle.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_run_queued_before_its_process_started_is_alive():
+    """A CI run lost a clicked run this way: queued at t, launched by the daemon 8 s later; judging the
+    new process against the enqueue event took it for a reused pid. Each pid is judged by its own events."""
+    started = _own_start_time()
+    enqueued, first_own_event = started - 60.0, started + 0.5
+    events = [(None, enqueued), (os.getpid(), first_own_event + 3.0), (os.getpid(), first_own_event)]
+    assert first_event_by_pid(events) == {os.getpid(): first_own_event}
+    assert not process_alive(os.getpid(), enqueued)  # what the old rule asked
+    assert not run_is_dead(first_event_by_pid(events))
+    # the same pid with events from before this process existed: a reused pid, the run's writer is dead
+    assert run_is_dead({os.getpid(): started - 60.0})
+    assert not run_is_dead({})  # nothing written by a run process yet: not judged

@@ -52,23 +52,31 @@ def process_alive(pid: int, not_after: float) -> bool:
     return started <= not_after + 1.0
 
 
-def _run_pids(instance: dg.DagsterInstance, run_id: str) -> tuple[set[int], float | None]:
-    """The pids that wrote a run's events, and when its first event was written."""
-    records = instance.all_logs(run_id)
-    pids = {r.dagster_event.pid for r in records if r.dagster_event is not None and r.dagster_event.pid}
-    first = min((r.timestamp for r in records), default=None)
-    return pids, first
+def first_event_by_pid(events) -> dict[int, float]:
+    """When each process first wrote an event for a run, from ``(pid, timestamp)`` pairs (pid None for
+    events written outside a run process, such as the webserver's enqueue)."""
+    first: dict[int, float] = {}
+    for pid, timestamp in events:
+        if pid:
+            first[pid] = min(timestamp, first.get(pid, timestamp))
+    return first
+
+
+def run_is_dead(first_by_pid: dict[int, float]) -> bool:
+    """No process that wrote the run's events is alive. Each pid is judged against its own first event:
+    a run queued long before its process started (the run's first event is the enqueue) is alive."""
+    return bool(first_by_pid) and not any(process_alive(pid, first) for pid, first in first_by_pid.items())
 
 
 def recover_dead_runs(instance: dg.DagsterInstance) -> list[Recovered]:
     recovered = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(ACTIVE))):
-        pids, first = _run_pids(instance, run.run_id)
-        if not pids or first is None:
-            continue  # not started writing yet: the launcher's own timeout handles it
-        if any(process_alive(pid, first) for pid in pids):
+        # a run whose process has not written yet has no pid: the launcher's own timeout handles it
+        first_by_pid = first_event_by_pid((r.dagster_event.pid if r.dagster_event else None, r.timestamp)
+                                          for r in instance.all_logs(run.run_id))
+        if not run_is_dead(first_by_pid):
             continue
-        message = f"the run's process (pid {sorted(pids)}) is gone: marked failed and its slots freed"
+        message = f"the run's process (pid {sorted(first_by_pid)}) is gone: marked failed and its slots freed"
         instance.report_run_failed(run, message)
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         recovered.append(Recovered(run.run_id, message))
