@@ -157,3 +157,26 @@ def test_run_keys_gather_replicates_and_the_base_model(tmp_path):
     assert [r.method for r in cmp.load_runs(layout, keys)] == ["random_stratified", "random_stratified", "base"]
     assert [r.method for r in cmp.load_runs(layout, keys, random_reference="random_stratified")] == \
         ["random", "random", "base"]
+
+
+def _diagnostics(ratio, rho, overlap, enrichment):
+    import json
+    return {"length_ratio": ratio, "spearman_length": rho, "overlap_longest": overlap,
+            "enrichment_json": json.dumps(enrichment)}
+
+
+def test_diagnostics_report_averages_a_methods_subsets_and_names_the_enriched_sources():
+    runs = [*RUNS, cmp.Run("nait-math-1@order1", "nait:math", 10, 120.0, 50_000, 30.0, 2_000)]
+    diagnostics = {
+        "nait-math-1": _diagnostics(0.9, 0.1, 0.05, {"gsm8k": 4.0, "alpaca": 0.5, "code": 1.0}),
+        "random-all-0": _diagnostics(1.0, None, 0.1, {"gsm8k": 1.0, "alpaca": 1.0, "code": 1.0}),
+        "random-all-1": _diagnostics(1.2, None, 0.2, {"gsm8k": 3.0, "alpaca": 0.0, "code": 1.0}),
+    }  # random-all-2 and full have none: left out, not an error
+    lines = cmp.diagnostics_markdown(runs, diagnostics, top_sources=2).splitlines()
+    assert lines[0] == "| method | length ÷ pool | ρ(score, length) | overlap longest-k | most enriched sources |"
+    # the order replicate trains the same subset: counted once
+    assert lines[2] == "| nait:math | 0.90 | 0.10 | 0.05 | gsm8k ×4.0, code ×1.0 |"
+    # two random seeds averaged; no score, so no Spearman
+    assert lines[3] == "| random | 1.10 | — | 0.15 | gsm8k ×2.0, code ×1.0 |"
+    assert len(lines) == 4
+    assert cmp.diagnostics_markdown(runs, {}) == "no subset diagnostics for the compared subsets"

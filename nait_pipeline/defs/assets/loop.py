@@ -206,7 +206,7 @@ class ComparisonConfig(dg.Config):
 @dg.asset(
     group_name="loop",
     kinds={"parquet"},
-    code_version="2",
+    code_version="3",
     deps=[dg.AssetDep("evaluation", partition_mapping=dg.AllPartitionMapping())],
 )
 def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
@@ -241,7 +241,9 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
     interval_table = intervals.interval_table(config.name, compared_runs, intervals.load_items(layout, evaluated))
     write_parquet(interval_table, layout.comparison_intervals(config.name), run_record)
     report = (cmp.report_markdown(table) + "\n\nPer-item metrics (higher is better), Δ [one-sided 95 % bounds] "
-              "against random and the full pool:\n\n" + intervals.report_markdown(interval_table))
+              "against random and the full pool:\n\n" + intervals.report_markdown(interval_table) +
+              "\n\nOffline diagnostics of the compared subsets (enrichment: share of the subset ÷ share of the "
+              "pool):\n\n" + cmp.diagnostics_markdown(compared_runs, cmp.load_diagnostics(layout, compared_runs)))
     with atomic_path(destination.with_suffix(".md"), ".md") as tmp:
         tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
                        f"random = {config.random_reference}, seeds {list(config.random_seeds)}.\n\n{report}\n")

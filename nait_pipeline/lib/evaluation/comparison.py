@@ -185,6 +185,47 @@ def report_markdown(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
+def load_diagnostics(layout: LakeLayout, runs: Sequence[Run]) -> dict[str, dict]:
+    """The `subset_diagnostics` row of each run's subset version, where the selection wrote one."""
+    out = {}
+    for run in runs:
+        version, _ = parse_run_key(run.subset_version)
+        if version is not None and version not in out and layout.subset_diagnostics(version).exists():
+            out[version] = pq.read_table(layout.subset_diagnostics(version)).to_pylist()[0]
+    return out
+
+
+def diagnostics_markdown(runs: Sequence[Run], diagnostics: dict[str, dict], top_sources: int = 3) -> str:
+    """Per compared method, its subsets' offline diagnostics (the mean over its distinct subset versions,
+    seeds of random): mean length ÷ the pool's, Spearman of its score with length, overlap with the
+    longest-k subset, and the sources most enriched over their share of the pool."""
+    versions_of: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        version, _ = parse_run_key(run.subset_version)
+        if version in diagnostics and version not in versions_of[run.method]:
+            versions_of[run.method].append(version)
+    if not versions_of:
+        return "no subset diagnostics for the compared subsets"
+
+    def mean(values: list) -> str:
+        present = [v for v in values if v is not None]
+        return f"{sum(present) / len(present):.2f}" if present else "—"
+
+    lines = ["| method | length ÷ pool | ρ(score, length) | overlap longest-k | most enriched sources |",
+             "|---|---|---|---|---|"]
+    for method in _method_order(set(versions_of)):
+        rows = [diagnostics[v] for v in versions_of[method]]
+        enrichment: dict[str, float] = defaultdict(float)
+        for row in rows:
+            for source, value in json.loads(row["enrichment_json"]).items():
+                enrichment[source] += value / len(rows)
+        top = sorted(enrichment.items(), key=lambda kv: (-kv[1], kv[0]))[:top_sources]
+        lines.append(f"| {method} | {mean([r['length_ratio'] for r in rows])} | "
+                     f"{mean([r['spearman_length'] for r in rows])} | {mean([r['overlap_longest'] for r in rows])} | "
+                     + ", ".join(f"{source} ×{value:.1f}" for source, value in top) + " |")
+    return "\n".join(lines)
+
+
 def plot(table: pa.Table, destination: Path) -> Path:
     """Per capability, answer NLL (top) and the headline metric (bottom): one point per method,
     random's mean ± std as a band, the full pool as a dashed line."""
