@@ -54,6 +54,20 @@ def model(model_dir):
     return model_io.load_causal_lm(model_dir).eval(), ChatTemplate(model_io.load_tokenizer(model_dir))
 
 
+def _option_loglik_by_full_forwards(lm, template, prompt, options):
+    """The reference: each option rendered and scored by its own forward pass."""
+    import torch
+
+    out = []
+    for option in options:
+        t = template.tokenize(prompt, "", option, 2048)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(lm(input_ids=torch.tensor([t.input_ids])).logits[0].float(), -1)
+        n = len(template.tokenizer(option, add_special_tokens=False)["input_ids"])
+        out.append(sum(float(logprobs[p - 1, t.input_ids[p]]) for p in range(t.response_start, t.response_start + n)))
+    return out
+
+
 def test_real_model_item_scores(model):
     lm, template = model
     rows = [{"example_id": "g1", "task": "gsm8k", "prompt": "What is 2 + 3?", "answer": "2 + 3 = 5.\n#### 5"},
@@ -70,6 +84,10 @@ def test_real_model_item_scores(model):
          "extra_json": json.dumps({"target": "False"})},
         {"example_id": "b2", "task": "bbh/object_counting", "prompt": "I have two chairs. How many?", "answer": "2",
          "extra_json": "{}"}])
+    assert logliks == pytest.approx(_option_loglik_by_full_forwards(lm, template, prompt, ["True", "False"]), abs=1e-4)
+    options = ["(A)", "(B)", "(C) a much longer option", "(D)"]  # shared leading tokens, unequal lengths
+    assert items.option_loglik(lm, template, prompt, options) == pytest.approx(
+        _option_loglik_by_full_forwards(lm, template, prompt, options), abs=1e-4)
     assert bbh[0].status == items.OK and bbh[0].value == pytest.approx(items.normalised_option_score(logliks, 1))
     assert bbh[1].status == items.NOT_COMPUTABLE and "no option set" in bbh[1].reason
     mmlu = items.mmlu_scores(lm, template, [

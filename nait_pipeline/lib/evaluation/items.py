@@ -104,25 +104,46 @@ def gold_scores(model, template: ChatTemplate, rows: Sequence[dict], benchmark: 
 
 
 def option_loglik(model, template: ChatTemplate, prompt: str, options: Sequence[str]) -> np.ndarray:
-    """log p(option | prompt) of each option: the sum of its tokens' log-probabilities as the response."""
+    """log p(option | prompt) of each option: the sum of its tokens' log-probabilities as the response.
+
+    The rendered prompt is the same for every option, so it goes through the model once and its key/value
+    cache serves every option (a BBH item has up to 18 options: one full forward per option made the
+    reasoning items most of an evaluation's time)."""
     import torch
 
     from nait_pipeline.lib.evaluation.evaluate import _padded
 
     tokens = [template.tokenize(prompt, "", option, 2048) for option in options]
-    ids, mask = _padded([t.input_ids for t in tokens], template.tokenizer.pad_token_id or 0)
+    shared = _shared_prefix_length([t.input_ids for t in tokens], min(t.response_start for t in tokens))
     device = next(model.parameters()).device
     with torch.inference_mode():
-        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        logprobs = torch.log_softmax(model.get_output_embeddings()(hidden).float(), -1)
+        prefix = model(input_ids=torch.tensor([tokens[0].input_ids[:shared]], device=device), use_cache=True)
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(len(options))
+        suffix_ids, suffix_mask = _padded([t.input_ids[shared:] for t in tokens], template.tokenizer.pad_token_id or 0)
+        mask = torch.cat([torch.ones((len(options), shared), dtype=torch.long), suffix_mask], 1)
+        logits = model(input_ids=suffix_ids.to(device), attention_mask=mask.to(device), past_key_values=cache).logits
+        # predicted[:, j] is the distribution of suffix token j: the prefix's last position predicts the first
+        predicted = torch.cat([prefix.logits[:, -1:].expand(len(options), 1, -1), logits[:, :-1]], 1)
+        logprobs = torch.log_softmax(predicted.float(), -1)
     out = np.zeros(len(options))
     for row, t in enumerate(tokens):
         # the option's own tokens (the template's end-of-turn after it is the same for every option)
         end = t.response_start + len(template.tokenizer(options[row], add_special_tokens=False)["input_ids"])
-        positions = torch.arange(t.response_start, min(end, len(t.input_ids)))
-        targets = ids[row, positions]
-        out[row] = float(logprobs[row, positions - 1, targets].sum())
+        positions = torch.arange(t.response_start, min(end, len(t.input_ids))) - shared
+        out[row] = float(logprobs[row, positions, suffix_ids[row, positions]].sum())
     return out
+
+
+def _shared_prefix_length(token_lists: Sequence[list[int]], limit: int) -> int:
+    """Tokens every list starts with, at most ``limit`` (the first response token's position), so every
+    option token is in the per-option suffix and the first is predicted by the shared prefix's last logits."""
+    shared = 0
+    while shared < limit and all(t[shared] == token_lists[0][shared] for t in token_lists):
+        shared += 1
+    if shared == 0:
+        raise ValueError("the rendered options share no prompt token: the template must put the prompt first")
+    return shared
 
 
 def normalised_option_score(logliks: np.ndarray, gold: int) -> float:
