@@ -133,6 +133,9 @@ def test_interval_table_from_per_item_rows():
     assert cell[("nait_c:all", "full", "math")]["no_interval"]  # one full-pool run
     report = intervals.report_markdown(table)
     assert "| nait_c:all | random |" in report and "[" in report
+    length_row = next(line for line in report.splitlines() if line.startswith("| length | random |"))
+    assert "(no interval)" in length_row and "needs" not in length_row  # the reason is said once, below
+    assert report.splitlines()[-1].startswith("No interval: needs >= 2 runs on each side")
 
 
 

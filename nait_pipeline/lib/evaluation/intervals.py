@@ -93,7 +93,10 @@ def report_markdown(table: pa.Table) -> str:
     if not rows:
         return "no per-item evaluation rows to compare"
     capabilities = sorted({r["eval_capability"] for r in rows})
-    cell = {(r["method"], r["reference"], r["eval_capability"]): r["label"] for r in rows}
+    # a cell without an interval says so briefly; the reasons are listed once under the table
+    cell = {(r["method"], r["reference"], r["eval_capability"]):
+            r["label"] if r["lower"] is not None else f"{r['delta']:+.3f} (no interval)" for r in rows}
+    reasons = sorted({r["no_interval"] for r in rows if r["lower"] is None and r["no_interval"]})
     everywhere = beats_random_everywhere(table)
     header = ["method", "vs"] + capabilities + ["beats random on every capability"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -104,4 +107,6 @@ def report_markdown(table: pa.Table) -> str:
             verdict = ("yes" if everywhere.get(method) else "no") if reference == "random" else ""
             lines.append("| " + " | ".join([method, reference] + [cell.get((method, reference, c), "")
                                                                    for c in capabilities] + [verdict]) + " |")
+    if reasons:
+        lines += ["", "No interval: " + "; ".join(reasons) + "."]
     return "\n".join(lines)
