@@ -98,7 +98,7 @@ def test_holm_and_the_intersection_union_test():
     assert not st.beats_on_every_capability({})
 
 
-def test_interval_table_from_per_item_rows():
+def test_interval_table_from_per_item_rows(tmp_path):
     """Per-item evaluation rows of 5 random runs, 2 runs of a method with a real effect on math and code
     (none on reasoning), 1 run of another method and the full pool: the table's intervals, the
     intersection test and the no-interval rows."""
@@ -136,6 +136,9 @@ def test_interval_table_from_per_item_rows():
     length_row = next(line for line in report.splitlines() if line.startswith("| length | random |"))
     assert "(no interval)" in length_row and "needs" not in length_row  # the reason is said once, below
     assert report.splitlines()[-1].startswith("No interval: needs >= 2 runs on each side")
+    png = intervals.plot(table, tmp_path / "intervals.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert intervals.plot(table, tmp_path / "none.png", reference="nothing") is None
 
 
 

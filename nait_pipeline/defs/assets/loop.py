@@ -248,8 +248,12 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
         tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
                        f"random = {config.random_reference}, seeds {list(config.random_seeds)}.\n\n{report}\n")
     figure = cmp.plot(table, destination.with_suffix(".png"))
+    interval_figure = intervals.plot(interval_table, destination.with_name(f"{config.name}_intervals.png"))
+    plots = {"plot": embedded_png(figure, f"comparison {config.name}")}
+    if interval_figure is not None:
+        plots["intervals_vs_random"] = embedded_png(interval_figure, f"Δ vs random, {config.name}")
     return dg.MaterializeResult(
-        metadata={"report": dg.MetadataValue.md(report), "plot": embedded_png(figure, f"comparison {config.name}"),
+        metadata={"report": dg.MetadataValue.md(report), **plots,
                   "runs": len(evaluated), "not_evaluated": dg.MetadataValue.json(not_evaluated),
                   "row_count": len(table), "path": path_value(destination),
                   "beats_random_on_every_capability": dg.MetadataValue.json(

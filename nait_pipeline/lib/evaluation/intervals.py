@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from nait_pipeline.lib.evaluation import statistics as st
 from nait_pipeline.lib.evaluation.comparison import Run
 from nait_pipeline.lib.io.contract import INTERVALS_SCHEMA
+from nait_pipeline.lib.io.lake import atomic_path
 from nait_pipeline.lib.io.layout import LakeLayout
 
 REFERENCES = ("random", "full", "base")  # base: the model before fine-tuning, a fixed reference
@@ -110,3 +112,43 @@ def report_markdown(table: pa.Table) -> str:
     if reasons:
         lines += ["", "No interval: " + "; ".join(reasons) + "."]
     return "\n".join(lines)
+
+
+def plot(table: pa.Table, destination: Path, reference: str = "random") -> Path | None:
+    """Per capability, each method's Δ against ``reference`` with its one-sided 95 % bounds as a bar
+    (a hollow point where there is no interval) and the zero line: right of zero is better. None when
+    nothing was compared with that reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table.to_pylist() if r["reference"] == reference and r["method"] != reference]
+    if not rows:
+        return None
+    capabilities = sorted({r["eval_capability"] for r in rows})
+    methods = sorted({r["method"] for r in rows}, reverse=True)  # top to bottom in name order
+    figure, axes = plt.subplots(1, len(capabilities), figsize=(3.0 * len(capabilities), 0.45 * len(methods) + 1.4),
+                                dpi=90, sharey=True, squeeze=False)
+    for axis, capability in zip(axes[0], capabilities):
+        found = {r["method"]: r for r in rows if r["eval_capability"] == capability}
+        axis.axvline(0.0, color="#777777", linewidth=1)
+        for y, method in enumerate(methods):
+            row = found.get(method)
+            if row is None:
+                continue
+            if row["lower"] is not None:
+                axis.plot([row["lower"], row["upper"]], [y, y], color="#4f6db8", linewidth=2)
+                axis.plot(row["delta"], y, "o", color="#2e7d32" if row["better"] else "#4f6db8")
+            else:
+                axis.plot(row["delta"], y, "o", markerfacecolor="white", color="#4f6db8")
+        axis.set_yticks(range(len(methods)), methods, fontsize=7)
+        axis.set_title(f"{capability}: Δ vs {reference}", fontsize=8)
+        axis.tick_params(axis="x", labelsize=7)
+    figure.text(0.5, 0.01, "per-item log-probability, higher is better; bar: one-sided 95 % bounds; "
+                "green: lower bound > 0; hollow: no interval", ha="center", fontsize=7)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    with atomic_path(destination, ".png") as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return destination
