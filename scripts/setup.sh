@@ -25,4 +25,4 @@ fi
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
 .venv/bin/nait-pipeline materialize
 .venv/bin/nait-pipeline query pool_accounting
-.venv/bin/nait-pipeline query top_subset_examples --param method=nait --param capability=math --param k=20
+.venv/bin/nait-pipeline query top_subset_examples --param method=nait_c --param capability=math --param k=20
