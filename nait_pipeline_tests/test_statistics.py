@@ -108,7 +108,7 @@ def test_interval_table_from_per_item_rows(tmp_path):
     rng = np.random.default_rng(5)
     runs, rows = [], []
     effects = {"math": 0.05, "code": 0.05, "reasoning": 0.0}
-    arms = {"random": (5, 0.0), "nait_c:all": (2, 1.0), "length": (1, 1.0), "full": (1, 0.0)}
+    arms = {"random": (5, 0.0), "nait_c:all": (2, 1.0), "length": (1, 1.0), "full": (1, 0.0), "base": (1, 0.0)}
     for label, (count, scale) in arms.items():
         for seed in range(count):
             version = f"{label}-{seed}"
@@ -127,15 +127,18 @@ def test_interval_table_from_per_item_rows(tmp_path):
     assert cell[("nait_c:all", "random", "math")]["better"] and cell[("nait_c:all", "random", "code")]["better"]
     assert cell[("nait_c:all", "random", "math")]["items"] == 200  # the not-computable item is left out
     assert not cell[("nait_c:all", "random", "reasoning")]["better"]
-    assert intervals.beats_random_everywhere(table) == {"length": False, "nait_c:all": False}
+    assert intervals.beats_random_everywhere(table) == {"full": False, "length": False, "nait_c:all": False}
     single = cell[("length", "random", "math")]
     assert single["lower"] is None and "no interval" in single["label"]
     assert cell[("nait_c:all", "full", "math")]["no_interval"]  # one full-pool run
+    # with a base model the references are compared too (against base and each other), never with themselves
+    assert ("random", "base", "math") in cell and ("full", "random", "math") in cell
+    assert all(r["method"] != r["reference"] for r in table.to_pylist())
     report = intervals.report_markdown(table)
     assert "| nait_c:all | random |" in report and "[" in report
     length_row = next(line for line in report.splitlines() if line.startswith("| length | random |"))
     assert "(no interval)" in length_row and "needs" not in length_row  # the reason is said once, below
-    assert report.splitlines()[-1].startswith("No interval: needs >= 2 runs on each side")
+    assert report.splitlines()[-1].startswith("No interval: ") and "needs >= 2 runs on each side" in report
     png = intervals.plot(table, tmp_path / "intervals.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert intervals.plot(table, tmp_path / "none.png", reference="nothing") is None

@@ -58,6 +58,8 @@ def interval_table(name: str, runs: Sequence[Run], item_rows: Sequence[dict], bo
             if not values.get(("base", capability, metric)):
                 continue
         for reference in REFERENCES:
+            if reference == label:
+                continue  # a reference against itself is zero by construction
             reference_runs = values.get((reference, capability, metric))
             if not reference_runs:
                 continue
