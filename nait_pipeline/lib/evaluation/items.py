@@ -107,8 +107,8 @@ def option_loglik(model, template: ChatTemplate, prompt: str, options: Sequence[
     """log p(option | prompt) of each option: the sum of its tokens' log-probabilities as the response.
 
     The rendered prompt is the same for every option, so it goes through the model once and its key/value
-    cache serves every option (a BBH item has up to 18 options: one full forward per option made the
-    reasoning items most of an evaluation's time)."""
+    cache serves every option (a BBH item has up to 18 options: a padded batch that re-ran the prompt for
+    each option made the reasoning items most of an evaluation's time)."""
     import torch
 
     from nait_pipeline.lib.evaluation.evaluate import _padded
