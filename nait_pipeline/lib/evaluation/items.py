@@ -108,7 +108,8 @@ def option_loglik(model, template: ChatTemplate, prompt: str, options: Sequence[
 
     The rendered prompt is the same for every option, so it goes through the model once and its key/value
     cache serves every option (a BBH item has up to 18 options: a padded batch that re-ran the prompt for
-    each option made the reasoning items most of an evaluation's time)."""
+    each option made the reasoning items most of an evaluation's time). Only the prefix's last position
+    needs logits: the LM head (a fifth of this model's per-token FLOPs) runs on that row alone."""
     import torch
 
     from nait_pipeline.lib.evaluation.evaluate import _padded
@@ -117,7 +118,8 @@ def option_loglik(model, template: ChatTemplate, prompt: str, options: Sequence[
     shared = _shared_prefix_length([t.input_ids for t in tokens], min(t.response_start for t in tokens))
     device = next(model.parameters()).device
     with torch.inference_mode():
-        prefix = model(input_ids=torch.tensor([tokens[0].input_ids[:shared]], device=device), use_cache=True)
+        prefix = model(input_ids=torch.tensor([tokens[0].input_ids[:shared]], device=device), use_cache=True,
+                       logits_to_keep=1)
         cache = prefix.past_key_values
         cache.batch_repeat_interleave(len(options))
         suffix_ids, suffix_mask = _padded([t.input_ids[shared:] for t in tokens], template.tokenizer.pad_token_id or 0)
