@@ -332,3 +332,19 @@ def test_a_nait_c_selection_is_explained_by_layer_contributions_and_neighbours(s
         nearest = rows[0]["nearest_targets"]
         assert len(nearest) == 3 and all(t.startswith(f"{chooser}-") for t in nearest)
         assert rows[0]["nearest_similarity"] == sorted(rows[0]["nearest_similarity"], reverse=True)
+
+
+def test_the_lda_variant_scores_with_its_own_direction_under_its_own_name(scored_lake):
+    """nait_c_lda is NAIT-C with the whitened direction: its scores record lda, nait_c's contrastive, and
+    the two rank the synthetic pool differently (the whitening is applied, not just recorded)."""
+    from nait_pipeline.lib.io.lake import read_metadata
+
+    _, _, layout = scored_lake
+    for capability in synthetic_lake.CAPABILITIES:
+        lda, contrastive = (layout.scores(name, capability) for name in ("nait_c_lda", "nait_c"))
+        assert read_metadata(lda)["params"]["direction"] == "lda"
+        assert read_metadata(contrastive)["params"]["direction"] == "contrastive"
+    differ = [not np.allclose(pq.read_table(layout.scores("nait_c_lda", c)).column("score").to_numpy(),
+                              pq.read_table(layout.scores("nait_c", c)).column("score").to_numpy())
+              for c in synthetic_lake.CAPABILITIES]
+    assert any(differ)

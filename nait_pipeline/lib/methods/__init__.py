@@ -10,6 +10,7 @@ from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
 METHODS: dict[str, Method] = {m.name: m for m in [
     nait_method.METHOD,
     nait_c_method.METHOD,
+    nait_c_method.LDA_METHOD,
     rds.ROUND_ROBIN,
     rds.TOP_B,
     *pool_stats.PERPLEXITY_METHODS,

@@ -11,6 +11,7 @@ share of the budget; the all-capability subset is a round-robin over the capabil
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,3 +227,22 @@ METHOD = Method(
             "z, unit; p_l = z·w_l standardised over the pool; s = Σ α_l p_l / Σ α_l with α_l = max(0, 2·AUC_l − 1) "
             "from 5-fold held-out length-matched AUC; rank by s, ties by id."),
 )
+
+
+@dataclass(frozen=True)
+class NaitCLdaScoreParams(NaitCScoreParams):
+    direction: str = "lda"
+    """lda (Ledoit-Wolf whitened; this variant's default) | contrastive | pca."""
+
+
+# The variant that passed most offline gates (README, NAIT-C), registered under its own name so the
+# protocol trains it beside the default: one scores asset and subset slot per name.
+LDA_SCORER = dataclasses.replace(
+    SCORER, name="nait_c_lda", params=NaitCLdaScoreParams,
+    description="NAIT-C score with the Ledoit-Wolf whitened (LDA) direction instead of the contrastive mean.")
+LDA_METHOD = dataclasses.replace(
+    METHOD, name="nait_c_lda", scorer=LDA_SCORER,
+    description="NAIT-C with the LDA direction (whitened in-domain minus pool mean); same layer weights, "
+                "length guard and round-robin as nait_c.",
+    recipe=METHOD.recipe.replace("w_l = mean of in-domain z, unit",
+                                 "w_l = Σ_LW⁻¹ · mean of in-domain z (Σ_LW: Ledoit-Wolf covariance of pool z), unit"))
