@@ -345,7 +345,8 @@ def cmd_recover(args: argparse.Namespace) -> None:
 def cmd_migrate_store(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.features.feature_store import migrate_store_file
 
-    lake = Settings.from_env().lake_dir
+    settings = Settings.from_env()
+    lake = settings.lake_dir
     files = sorted(p for folder in ("pool_activations", "target_activations")
                    for p in (lake / "features" / folder).glob("*.parquet") if not p.name.startswith("_"))
     migrated = 0
@@ -354,6 +355,12 @@ def cmd_migrate_store(args: argparse.Namespace) -> None:
         migrated += changed
         print(f"[{index}/{len(files)}] {path.name}: {'rewritten' if changed else 'already current'}", flush=True)
     print(f"done: {migrated} of {len(files)} feature file(s) rewritten in the binary vector layout")
+    # Replicate models were once saved under their run key's "@"; the folder name now has "-" instead.
+    for old in sorted((settings.models_dir / "finetuned").glob("*@*")):
+        new = old.with_name(old.name.replace("@", "-"))
+        if not new.exists():
+            old.rename(new)
+            print(f"{old.name}: renamed to {new.name}", flush=True)
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -401,8 +408,9 @@ def main(argv: list[str] | None = None) -> None:
                                                   "concurrency slots (also done before every materialization)")
     recover.set_defaults(func=cmd_recover)
 
-    migrate = commands.add_parser("migrate-store", help="rewrite feature files of earlier versions in the "
-                                                        "fast binary vector layout (same values)")
+    migrate = commands.add_parser("migrate-store", help="bring a store of earlier versions up to date: feature files "
+                                                        "in the binary vector layout (same values), replicate model "
+                                                        "folders without '@'")
     migrate.set_defaults(func=cmd_migrate_store)
 
     methods = commands.add_parser("methods", help="list the registered selection methods")

@@ -50,3 +50,22 @@ def test_method_steps_run_each_feature_kind_by_its_partitions(tmp_path, monkeypa
         (["nait_scores", "less_scores"], ["math", "code"]), (["lp_scores"], None),
         (["gradient_graph"], None),
         (["nait_subsets", "g2is_subsets", "less_subsets", "lp_low_subsets", "random_subsets"], None)]
+
+
+def test_migrate_store_moves_replicate_models_to_the_folder_the_pipeline_now_reads(tmp_path, monkeypatch, capsys):
+    """A replicate's model folder no longer has the run key's "@" (transformers warned about it on every
+    load); migrate-store renames an older store's folders so their fine-tunes are kept, not redone."""
+    from nait_pipeline.defs.assets.loop import finetuned_dir
+    from nait_pipeline.defs.resources import PipelineResource
+
+    monkeypatch.setenv("NAIT_STORE_DIR", str(tmp_path))
+    old = tmp_path / "models" / "finetuned" / "nait_c-all-abc@order1"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+    (tmp_path / "models" / "finetuned" / "nait_c-all-abc").mkdir()  # the first order: no "@", untouched
+    cli.main(["migrate-store"])
+    resource = PipelineResource(data_dir=str(tmp_path), store_dir=str(tmp_path), model="unused")
+    moved = finetuned_dir(resource, "nait_c-all-abc@order1")
+    assert "@" not in moved.name and (moved / "config.json").exists() and not old.exists()
+    assert finetuned_dir(resource, "nait_c-all-abc").exists()
+    assert "nait_c-all-abc@order1: renamed" in capsys.readouterr().out

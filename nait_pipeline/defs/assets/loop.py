@@ -57,8 +57,9 @@ class EvaluationConfig(dg.Config):
     """auto (vLLM when a GPU and the gpu extra are present, else transformers) | vllm | transformers."""
 
 
-def finetuned_dir(pipeline: PipelineResource, subset_version: str) -> Path:
-    return pipeline.settings.models_dir / "finetuned" / subset_version
+def finetuned_dir(pipeline: PipelineResource, run_key: str) -> Path:
+    # transformers derives a module name from the folder and warns about an "@" (replicate keys) on every load
+    return pipeline.settings.models_dir / "finetuned" / run_key.replace("@", "-")
 
 
 @dg.asset(
