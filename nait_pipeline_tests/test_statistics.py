@@ -139,6 +139,14 @@ def test_interval_table_from_per_item_rows(tmp_path):
     length_row = next(line for line in report.splitlines() if line.startswith("| length | random |"))
     assert "(no interval)" in length_row and "needs" not in length_row  # the reason is said once, below
     assert report.splitlines()[-1].startswith("No interval: ") and "needs >= 2 runs on each side" in report
+    # Holm's family: the method x capability tests against random that have a p-value (nait_c's three;
+    # length has one run, full and base are references); a correction only removes rejections.
+    family = {k: r for k, r in cell.items() if r["better_holm"] is not None}
+    assert set(family) == {("nait_c:all", "random", c) for c in effects}
+    assert all(r["better"] or not r["better_holm"] for r in family.values())
+    assert {k[2]: r["better_holm"] for k, r in family.items()} == {"math": True, "code": True, "reasoning": False}
+    assert "after Holm's correction over the 3 method × capability comparisons" in report
+    assert " †" in next(line for line in report.splitlines() if line.startswith("| nait_c:all | random |"))
     png = intervals.plot(table, tmp_path / "intervals.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert intervals.plot(table, tmp_path / "none.png", reference="nothing") is None

@@ -207,7 +207,7 @@ class ComparisonConfig(dg.Config):
 @dg.asset(
     group_name="loop",
     kinds={"parquet"},
-    code_version="3",
+    code_version="4",
     deps=[dg.AssetDep("evaluation", partition_mapping=dg.AllPartitionMapping())],
 )
 def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,

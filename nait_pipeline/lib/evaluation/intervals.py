@@ -5,7 +5,9 @@ seeded runs; ``full``: the full-pool model): the runs x common-items matrices of
 :func:`~nait_pipeline.lib.evaluation.statistics.compare` (Δ, SE from runs and items, one-sided 95 %
 bounds, p) and :func:`~nait_pipeline.lib.evaluation.statistics.bootstrap` (items resampled within
 their benchmark, runs within each arm). A side with fewer than 2 runs gives Δ and says why there is
-no interval. "Beats random on every capability" is the intersection of the per-capability tests.
+no interval. "Beats random on every capability" is the intersection of the per-capability tests
+(each method's own claim); across methods, "which methods beat random where" is one family of every
+method x capability test against random, Holm-corrected (``better_holm``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def interval_table(name: str, runs: Sequence[Run], item_rows: Sequence[dict], bo
                 bootstrap_upper=boot[1] if boot else None, runs_method=result.runs_method,
                 runs_reference=result.runs_reference, items=result.items, better=result.better,
                 no_interval=result.no_interval, label=result.label()))
+    family = {i: r["p_value"] for i, r in enumerate(records)
+              if r["reference"] == "random" and r["method"] not in REFERENCES and r["p_value"] is not None}
+    rejected = st.holm(family)
+    for i, record in enumerate(records):
+        record["better_holm"] = rejected.get(i) if i in family else None
     return pa.Table.from_pylist(records, schema=INTERVALS_SCHEMA)
 
 
@@ -99,7 +106,9 @@ def report_markdown(table: pa.Table) -> str:
     capabilities = sorted({r["eval_capability"] for r in rows})
     # a cell without an interval says so briefly; the reasons are listed once under the table
     cell = {(r["method"], r["reference"], r["eval_capability"]):
-            r["label"] if r["lower"] is not None else f"{r['delta']:+.3f} (no interval)" for r in rows}
+            (r["label"] + (" †" if r["better_holm"] else "")) if r["lower"] is not None
+            else f"{r['delta']:+.3f} (no interval)" for r in rows}
+    family = sum(1 for r in rows if r["better_holm"] is not None)
     reasons = sorted({r["no_interval"] for r in rows if r["lower"] is None and r["no_interval"]})
     everywhere = beats_random_everywhere(table)
     header = ["method", "vs"] + capabilities + ["beats random on every capability"]
@@ -111,6 +120,9 @@ def report_markdown(table: pa.Table) -> str:
             verdict = ("yes" if everywhere.get(method) else "no") if reference == "random" else ""
             lines.append("| " + " | ".join([method, reference] + [cell.get((method, reference, c), "")
                                                                    for c in capabilities] + [verdict]) + " |")
+    if family:
+        lines += ["", f"†: better than random after Holm's correction over the {family} method × capability "
+                      "comparisons with random (which methods beat random where, as one family)."]
     if reasons:
         lines += ["", "No interval: " + "; ".join(reasons) + "."]
     return "\n".join(lines)

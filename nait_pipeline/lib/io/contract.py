@@ -210,6 +210,8 @@ INTERVALS_SCHEMA = pa.schema([
     ("runs_reference", pa.int64()),
     ("items", pa.int64()),
     ("better", pa.bool_()),
+    # still better after Holm over the comparison's family: every method x capability against random
+    ("better_holm", pa.bool_()),
     ("no_interval", pa.string()),
     ("label", pa.string()),  # Δ [low, high], or Δ (no interval: why)
 ])
