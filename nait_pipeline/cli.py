@@ -343,6 +343,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate_store(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.evaluation.runs import model_folder
     from nait_pipeline.lib.features.feature_store import migrate_store_file
 
     settings = Settings.from_env()
@@ -355,9 +356,9 @@ def cmd_migrate_store(args: argparse.Namespace) -> None:
         migrated += changed
         print(f"[{index}/{len(files)}] {path.name}: {'rewritten' if changed else 'already current'}", flush=True)
     print(f"done: {migrated} of {len(files)} feature file(s) rewritten in the binary vector layout")
-    # Replicate models were once saved under their run key's "@"; the folder name now has "-" instead.
+    # Replicate models were once saved in a folder named by the run key itself.
     for old in sorted((settings.models_dir / "finetuned").glob("*@*")):
-        new = old.with_name(old.name.replace("@", "-"))
+        new = old.with_name(model_folder(old.name))
         if not new.exists():
             old.rename(new)
             print(f"{old.name}: renamed to {new.name}", flush=True)

@@ -338,7 +338,9 @@ def test_the_lda_variant_scores_with_its_own_direction_under_its_own_name(scored
     """nait_c_lda is NAIT-C with the whitened direction: its scores record lda, nait_c's contrastive, and
     the two rank the synthetic pool differently (the whitening is applied, not just recorded)."""
     from nait_pipeline.lib.io.lake import read_metadata
+    from nait_pipeline.lib.methods import nait_c_method
 
+    assert "Σ_LW⁻¹" in nait_c_method.LDA_METHOD.recipe  # its recipe is derived from nait_c's by replacement
     _, _, layout = scored_lake
     for capability in synthetic_lake.CAPABILITIES:
         lda, contrastive = (layout.scores(name, capability) for name in ("nait_c_lda", "nait_c"))

@@ -58,8 +58,7 @@ class EvaluationConfig(dg.Config):
 
 
 def finetuned_dir(pipeline: PipelineResource, run_key: str) -> Path:
-    # transformers derives a module name from the folder and warns about an "@" (replicate keys) on every load
-    return pipeline.settings.models_dir / "finetuned" / run_key.replace("@", "-")
+    return pipeline.settings.models_dir / "finetuned" / runs.model_folder(run_key)
 
 
 @dg.asset(

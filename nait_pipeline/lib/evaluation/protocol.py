@@ -56,8 +56,8 @@ PROTOCOLS = {
                  "full"),
         train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
         # The ranking uses the 200 forward-only items per capability; exact match and pass@1 are reported
-        # on 8 generated rows per benchmark, which keeps 13 evaluations inside the time budget (24 rows
-        # could not separate methods in cpu-2k either).
+        # on 8 generated rows per benchmark, a quarter of an evaluation's time (24 rows could not separate
+        # methods in cpu-2k either).
         evaluation={"sample_size": 8, "max_new_tokens": 160, "code_timeout_s": 10.0, "items_per_capability": 200},
         mix=CPU_MIX_2K,
         # Two training orders of every deterministic subset: a method with one run cannot get an interval.

@@ -32,3 +32,9 @@ def replicate_keys(version: str, replicates: int) -> list[str]:
 def run_seed(base_seed: int, key: str) -> int:
     """The training seed of a run key: the configured seed, plus k for a replicate ``@order<k>``."""
     return base_seed + parse_run_key(key)[1]
+
+
+def model_folder(key: str) -> str:
+    """The folder a run's model is saved in: the key with "-" for "@" (transformers derives a module name
+    from the folder and warns about an "@" on every load)."""
+    return key.replace("@", "-")
