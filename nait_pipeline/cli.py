@@ -369,7 +369,12 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
     for method in METHODS.values():
         scorer = method.scorer
-        features = "none" if scorer is None else ", ".join((*scorer.pool_vectors, *scorer.pool_scalars))
+        if scorer is None:
+            features = "none"
+        elif scorer.read_pool is not None:  # another feature kind than the forward store: name its assets
+            features = ", ".join((*scorer.feature_assets, *scorer.target_assets)) + " (assets)"
+        else:
+            features = ", ".join((*scorer.pool_vectors, *scorer.pool_scalars))
         print(f"{method.name:<18} features: {features}\n{'':<18} policy: {method.policy}\n"
               f"{'':<18} source: {method.source}")
 

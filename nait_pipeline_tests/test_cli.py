@@ -33,6 +33,9 @@ def test_methods_lists_every_registered_method(capsys):
     cli.main(["methods"])
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)
+    # every method says what it reads, including those on another feature kind than the forward store
+    assert "features: \n" not in out
+    assert "less               features: warmup_adapter, pool_gradients, target_gradients" in out
 
 
 def test_method_steps_run_each_feature_kind_by_its_partitions(tmp_path, monkeypatch):

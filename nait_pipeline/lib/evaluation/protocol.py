@@ -52,17 +52,20 @@ PROTOCOLS = {
         budget_ratio=0.1,
         random_seeds=(0, 1, 2, 3, 4),
         target_size=256,
-        methods=("nait_c", "nait_c_lda", "nait", "rds_round_robin", "length", "oracle_source", "random_stratified",
-                 "full"),
+        methods=("nait_c", "nait_c_lda", "nait", "rds_round_robin", "length", "less", "bids", "g2is", "oracle_source",
+                 "random_stratified", "full"),
         train={"mode": "full", "epochs": 1, "learning_rate": 5e-5, "batch_size": 8, "max_length": 512, "seed": 0},
         # The ranking uses the 200 forward-only items per capability; exact match and pass@1 are reported
         # on 8 generated rows per benchmark, a quarter of an evaluation's time (24 rows could not separate
         # methods in cpu-2k either).
         evaluation={"sample_size": 8, "max_new_tokens": 160, "code_timeout_s": 10.0, "items_per_capability": 200},
         mix=CPU_MIX_2K,
+        # The gradient methods' warmup keeps 2 of the official 4 epochs (checkpoints): per-example gradients of
+        # the 2,000 rows cost ~1 row/s per core and checkpoint here.
+        features={"warmup_adapter": {"config": {"epochs": 2}}},
         # Two training orders of every deterministic subset: a method with one run cannot get an interval.
-        order_replicates={"nait_c": 2, "nait_c_lda": 2, "nait": 2, "rds_round_robin": 2, "length": 2,
-                          "oracle_source": 2},
+        order_replicates={"nait_c": 2, "nait_c_lda": 2, "nait": 2, "rds_round_robin": 2, "length": 2, "less": 2,
+                          "bids": 2, "g2is": 2, "oracle_source": 2},
         evaluate_base=True,
         random_reference="random_stratified",
         trained_capabilities=("all",),
