@@ -350,3 +350,16 @@ def test_the_lda_variant_scores_with_its_own_direction_under_its_own_name(scored
                               pq.read_table(layout.scores("nait_c", c)).column("score").to_numpy())
               for c in synthetic_lake.CAPABILITIES]
     assert any(differ)
+
+
+def test_score_metadata_shows_the_top_rows_with_their_instructions(scored_lake):
+    instance, resource, layout = scored_lake
+    result = materialize(instance, resource, ["length_scores"])
+    top = result.asset_materializations_for_node("length_scores")[0].metadata["top_10"].value
+    scores = pq.read_table(layout.scores("length", "all")).sort_by([("score", "descending"), ("example_id", "ascending")])
+    best = scores.column("example_id")[0].as_py()
+    pool = pq.read_table(layout.pool_examples).to_pylist()
+    instruction = next(r["instruction"] for r in pool if r["example_id"] == best)
+    first_row = top.splitlines()[2]
+    assert first_row.startswith(f"| {best} |") and instruction.replace("\n", " ")[:40] in first_row
+    assert layout.instructions([best, "no-such-row"]) == [instruction, ""]

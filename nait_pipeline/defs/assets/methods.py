@@ -61,7 +61,7 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
                 "score_seconds": round(result.score_seconds, 3),
                 "score_mean": float(scores.mean()) if len(scores) else float("nan"),
                 "score_std": float(scores.std()) if len(scores) else float("nan"),
-                "top_10": markdown_table(with_score.take(order[:10]).select(["example_id", "score"]), 10),
+                "top_10": markdown_table(_with_instructions(layout, with_score.take(order[:10])), 10),
                 "histogram": histogram_plot(scores, f"{scorer.name} scores ({capability})", "score",
                                             path.with_suffix(".png")),
                 "path": path_value(path),
@@ -80,6 +80,12 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
         )
 
     return _scores
+
+
+def _with_instructions(layout: LakeLayout, top: pa.Table) -> pa.Table:
+    """The top rows' ids and scores beside their instruction: what a person checks first."""
+    ids = top.column("example_id").to_pylist()
+    return pa.table({"example_id": ids, "score": top.column("score"), "instruction": layout.instructions(ids)})
 
 
 def _contribution_plot(table: pa.Table, rows, scorer: str, capability: str, path) -> dg.MarkdownMetadataValue:

@@ -114,6 +114,17 @@ class LakeLayout:
         table = pq.read_table(self.pool_examples, columns=["shard"], filters=[("status", "=", "kept")])
         return sorted(set(table.column("shard").to_pylist()))
 
+    def instructions(self, example_ids: list[str]) -> list[str]:
+        """The pool instruction of each id, in the given order ("" for an id not in the pool table), read
+        with a filter so a large pool is not loaded for a preview."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.pool_examples, columns=["example_id", "instruction"],
+                              filters=[("example_id", "in", list(example_ids))]) if example_ids else None
+        found = dict(zip(table.column("example_id").to_pylist(), table.column("instruction").to_pylist())) \
+            if table is not None else {}
+        return [found.get(example_id) or "" for example_id in example_ids]
+
     @property
     def lineage_dir(self) -> Path:
         return self.root / "subset_lineage"
