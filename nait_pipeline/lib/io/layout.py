@@ -119,10 +119,11 @@ class LakeLayout:
         with a filter so a large pool is not loaded for a preview."""
         import pyarrow.parquet as pq
 
+        if not example_ids:
+            return []
         table = pq.read_table(self.pool_examples, columns=["example_id", "instruction"],
-                              filters=[("example_id", "in", list(example_ids))]) if example_ids else None
-        found = dict(zip(table.column("example_id").to_pylist(), table.column("instruction").to_pylist())) \
-            if table is not None else {}
+                              filters=[("example_id", "in", list(example_ids))])
+        found = dict(zip(table.column("example_id").to_pylist(), table.column("instruction").to_pylist()))
         return [found.get(example_id) or "" for example_id in example_ids]
 
     @property
