@@ -44,7 +44,8 @@ def main() -> None:
     from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline.lib.methods import scorers
-    from nait_pipeline.lib.methods.base import make_params, pool_groups, read_pool_store
+    from nait_pipeline.lib.features.forward import read_pool_store
+    from nait_pipeline.lib.methods.base import make_params, pool_groups
     from nait_pipeline.lib.selection import policies as selection
     from nait_pipeline.lib.selection.diagnostics import diagnose
 

@@ -20,12 +20,8 @@ def capabilities(settings: Settings) -> list[str]:
     return register_capabilities(_instance(), settings.data_dir / "targets")
 
 
-def foundation_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
-    return [
-        (["base_model", "it_pool"], None),
-        (["target_sets", "target_test_sets"], capabilities(settings)),
-        (["warehouse"], None),
-    ]
+# What every command needs before any method: the model, the pool, the target and test sets, the warehouse.
+FOUNDATION = ("base_model", "it_pool", "target_sets", "target_test_sets", "warehouse")
 
 
 class UsageError(Exception):
@@ -104,100 +100,86 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
             print(f"==> {label}: done in {time.perf_counter() - started:.1f}s  {_summary(result)}", flush=True)
 
 
-def feature_steps(settings: Settings) -> list[tuple[list[str], list[str] | None]]:
-    """The forward store over every shard of the current pool and every target set (shards already
-    featurized are reused, not recomputed), and NAIT's capability directions."""
-    from nait_pipeline.lib.io.layout import LakeLayout
-
-    shards = LakeLayout(settings.lake_dir).kept_shards()
-    return [
-        (["pool_activations"], shards),
-        (["target_activations", "capability_directions"], capabilities(settings)),
-    ]
-
-
 @functools.lru_cache(maxsize=1)
-def _asset_graph():
+def plan_graph() -> dict:
+    """The code location's materializable assets as plain nodes: parents and partitioning."""
     from nait_pipeline.definitions import defs
 
-    return defs().resolve_asset_graph()
+    return nodes_of(defs().resolve_asset_graph())
 
 
-def _partitioning(asset_name: str) -> str | None:
-    """"shards", "capabilities" or None: how an asset of the code location is partitioned."""
+def nodes_of(graph) -> dict:
     import dagster as dg
 
     from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
+    from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, UNPARTITIONED
+    from nait_pipeline.lib.io.plan import Node
 
-    partitions = _asset_graph().get(dg.AssetKey(asset_name)).partitions_def
-    if partitions == pool_shard_partitions:
-        return "shards"
-    return "capabilities" if partitions == capability_partitions else None
+    def partitioning(partitions) -> str:
+        if partitions is None:
+            return UNPARTITIONED
+        if partitions == pool_shard_partitions:
+            return SHARD
+        return CAPABILITY if partitions == capability_partitions else partitions.name
+
+    nodes = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.is_materializable and isinstance(key, dg.AssetKey):
+            nodes[key.to_user_string()] = Node(key.to_user_string(), frozenset(p.to_user_string() for p in node.parent_keys),
+                                               partitioning(node.partitions_def))
+    return nodes
 
 
-def method_steps(settings: Settings, methods: list[str]) -> list[tuple[list[str], list[str] | None]]:
-    """Feature kinds besides the forward store (per shard or per capability as they are partitioned),
-    scores (once per scorer, per capability where it needs targets), the assets policies read, then each
-    method's subsets."""
+def run_plan(steps, settings: Settings, run_config: dict | None = None) -> None:
+    """Run planned steps; a partitioned step's keys are read when it starts (the shards exist once the
+    pool is ingested, the capabilities once the targets folder is read)."""
+    from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD
     from nait_pipeline.lib.io.layout import LakeLayout
-    from nait_pipeline.lib.methods import get_method
 
-    chosen = [get_method(name) for name in methods]
-    scorers = {m.scorer.name: m.scorer for m in chosen if m.scorer is not None}
-    keys = {"shards": LakeLayout(settings.lake_dir).kept_shards(), "capabilities": capabilities(settings), None: None}
-    steps: list[tuple[list[str], list[str] | None]] = []
-    in_feature_steps = {"pool_activations", "target_activations", "capability_directions"}
-    extra = [a for s in scorers.values() for a in (*s.feature_assets, *s.target_assets) if a not in in_feature_steps]
-    for asset in dict.fromkeys(extra):  # LP's trajectories then clusters; the warmup then the gradients
-        steps.append(([asset], keys[_partitioning(asset)]))
-    targeted = [f"{s.name}_scores" for s in scorers.values() if s.targeted]
-    pooled = [f"{s.name}_scores" for s in scorers.values() if not s.targeted]
-    if targeted:
-        steps.append((targeted, keys["capabilities"]))
-    if pooled:
-        steps.append((pooled, None))
-    for asset in dict.fromkeys(a for m in chosen for a in m.policy_assets):
-        steps.append(([asset], keys[_partitioning(asset)]))
-    steps.append(([f"{m.name}_subsets" for m in chosen], None))
-    return steps
+    for step in steps:
+        keys = (LakeLayout(settings.lake_dir).kept_shards() if step.partitioning == SHARD
+                else capabilities(settings) if step.partitioning == CAPABILITY else None)
+        run_steps([(list(step.assets), keys)], run_config)
+
+
+def subsets_asset(method) -> str:
+    return f"{method.name}_subsets"
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib.methods import METHODS
+    """Plan from the asset graph: the foundation, then the methods that read no slow feature kind (the first
+    subsets), then the rest (LP's selector), each step once per shard or capability where partitioned."""
+    from nait_pipeline.lib.io.plan import plan, upstream_closure
+    from nait_pipeline.lib.methods import METHODS, get_method
 
     settings = Settings.from_env()
-    methods = args.methods or [name for name, m in METHODS.items() if m.scorer is None or not m.scorer.on_demand]
-    skipped = sorted(set(METHODS) - set(methods)) if not args.methods else []
-    run_steps(foundation_steps(settings))
-    if args.stage == "all":
-        run_steps(feature_steps(settings))
-        run_steps(method_steps(settings, methods))
-    if skipped and args.stage == "all":
+    graph = plan_graph()
+    chosen = [get_method(name) for name in args.methods] if args.methods else \
+        [m for m in METHODS.values() if not m.on_demand]
+    skipped = sorted(name for name, m in METHODS.items() if m.on_demand) if not args.methods else []
+    started = time.perf_counter()
+    if args.stage == "foundation":
+        run_plan(plan(graph, FOUNDATION), settings)
+        print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
+        return
+    phases = [[m for m in chosen if not any(kind.slow for kind in m.kinds)],
+              [m for m in chosen if any(kind.slow for kind in m.kinds)]]
+    done: set[str] = set()
+    for number, phase in enumerate(phases):
+        if not phase:
+            continue
+        if number == 1:
+            slow = sorted({kind.name for m in phase for kind in m.kinds if kind.slow})
+            print(f"==> first subsets ready after {time.perf_counter() - started:.0f}s (`nait-pipeline subsets`); "
+                  f"now {', '.join(m.name for m in phase)}, which read the slow feature kind(s) {slow}", flush=True)
+        targets = [*FOUNDATION, *(subsets_asset(m) for m in phase)]
+        run_plan(plan(graph, targets, done=done), settings)
+        done |= upstream_closure(graph, targets)
+    if skipped:
         print(f"not materialized by default (per-example gradients: hours on a CPU for a whole pool): {skipped}; "
               f"run `nait-pipeline materialize --methods {' '.join(skipped)}`")
-    print(f"done: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
-
-
-def _already_trained(layout, version: str, train_params: dict, model_dir: Path) -> bool:
-    import json
-
-    import pyarrow.parquet as pq
-
-    path = layout.finetune_run(version)
-    return path.exists() and (model_dir / "config.json").exists() and \
-        json.loads(pq.read_table(path).column("train_params_json")[0].as_py()) == train_params
-
-
-def _already_evaluated(layout, version: str, eval_params: dict) -> bool:
-    import json
-
-    import pyarrow.parquet as pq
-
-    path = layout.evaluation(version)
-    if not path.exists():
-        return False
-    recorded = json.loads(pq.read_table(path).column("eval_params_json")[0].as_py())
-    return all(recorded.get(k) == v for k, v in eval_params.items())
+    print(f"done in {time.perf_counter() - started:.0f}s: lake {settings.lake_dir}, warehouse {settings.warehouse_path}")
 
 
 def cmd_protocol(args: argparse.Namespace) -> None:
@@ -217,6 +199,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.evaluation import runs
     from nait_pipeline.lib.io.lake import read_metadata, write_json
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.io.plan import Step, plan, upstream_closure
+    from nait_pipeline.lib.methods import get_method
 
     chosen = proto.get_protocol(args.name)
     base = Settings.from_env()
@@ -235,25 +219,26 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     record["invocations"].append({"started_at": datetime.now(timezone.utc).isoformat(), "stage_seconds": stages})
 
     def stage(name: str, steps, config: dict | None = None) -> None:
+        """Run steps (planned ones, or (assets, partition keys) pairs) and add their time to the stage's."""
         started = time.perf_counter()
-        run_steps(steps, {"ops": config} if config else None)
+        run_config = {"ops": config} if config else None
+        if all(isinstance(step, Step) for step in steps):
+            run_plan(steps, settings, run_config)
+        else:
+            run_steps(steps, run_config)
         stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - started, 1)
         write_json(record, record_path)
 
     print(f"protocol {chosen.name}: store {store}", flush=True)
-    stage("pool_and_targets", [(["base_model", "it_pool"], None)])
-    stage("pool_and_targets", [(["target_sets", "target_test_sets"], capabilities(settings))],
-          {"target_sets": {"config": {"size": chosen.target_size}}})
-    from nait_pipeline.lib.methods import get_method
-
-    stage("features", feature_steps(settings))
-    subset_config = {}
-    for name in chosen.methods:
-        fields = get_method(name).params.__dataclass_fields__
-        subset_config[f"{name}_subsets"] = {"config": {
-            **({"budget_ratio": chosen.budget_ratio} if "budget_ratio" in fields else {}),
-            **({"seeds": list(chosen.random_seeds)} if "seeds" in fields else {})}}
-    stage("selection", method_steps(settings, list(chosen.methods)), {**chosen.features, **subset_config})
+    graph = plan_graph()
+    compared = [get_method(name) for name in chosen.methods]
+    feature_assets = [asset for kind in dict.fromkeys(k for m in compared for k in m.kinds)
+                      for asset in kind.asset_names()]
+    stage("pool_and_targets", plan(graph, FOUNDATION), {"target_sets": {"config": {"size": chosen.target_size}}})
+    stage("features", plan(graph, feature_assets, done=upstream_closure(graph, FOUNDATION)), chosen.features)
+    stage("selection", plan(graph, [subsets_asset(m) for m in compared],
+                            done=upstream_closure(graph, [*FOUNDATION, *feature_assets])),
+          {**chosen.features, **proto.subset_config(chosen)})
 
     pool_version = read_metadata(layout.pool_examples)["pool_version"]
     versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,
@@ -273,11 +258,11 @@ def cmd_protocol(args: argparse.Namespace) -> None:
         expected = dataclasses.replace(train.train_config(), seed=runs.run_seed(train.seed, key)).as_dict()
         if key == runs.BASE:
             pass  # evaluated as it is
-        elif _already_trained(layout, key, expected, finetuned_dir(resource, key)):
+        elif proto.already_trained(layout, key, expected, finetuned_dir(resource, key)):
             print(f"==> {key}: fine-tuned model with these parameters exists, kept", flush=True)
         else:
             stage("fine_tune", [(["finetuned_model"], [key])], {"finetuned_model": {"config": chosen.train}})
-        if _already_evaluated(layout, key, chosen.evaluation):
+        if proto.already_evaluated(layout, key, chosen.evaluation):
             print(f"==> {key}: evaluation with these parameters exists, kept", flush=True)
         else:
             stage("evaluate", [(["evaluation"], [key])],
@@ -369,13 +354,14 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
     for method in METHODS.values():
         scorer = method.scorer
-        if scorer is None:
-            features = "none"
-        elif scorer.read_pool is not None:  # another feature kind than the forward store: name its assets
-            features = ", ".join((*scorer.feature_assets, *scorer.target_assets)) + " (assets)"
-        else:
-            features = ", ".join((*scorer.pool_vectors, *scorer.pool_scalars))
-        print(f"{method.name:<18} features: {features}\n{'':<18} policy: {method.policy}\n"
+        columns = {kind: () for kind in method.kinds}
+        if scorer is not None:
+            columns[scorer.kind] = (*scorer.pool_vectors, *scorer.pool_scalars)
+        for kind in method.policy_reads:
+            columns[kind] = (*columns[kind], *method.policy_vectors)
+        reads = [f"{kind.name} ({', '.join(kind.asset_names())})" + (f": {', '.join(dict.fromkeys(read))}" if read else "")
+                 for kind, read in columns.items()]
+        print(f"{method.name:<18} features: {'; '.join(reads) or 'none'}\n{'':<18} policy: {method.policy}\n"
               f"{'':<18} source: {method.source}")
 
 

@@ -112,8 +112,8 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
     has no response token: a zero gradient), target rows in two tasks per capability, and G2IS's graph."""
     from nait_pipeline.lib.features import gradients as gr
     from nait_pipeline.lib.io.contract import TARGET_SCHEMA
-    from nait_pipeline.lib.methods import g2is_math
-    from nait_pipeline.lib.methods.gradient_pool import read_gradient_pool
+    from nait_pipeline.lib.methods import g2is_math, less_math
+    from nait_pipeline.lib.features.gradient_store import read_gradient_pool
 
     epochs, rates = [1, 2], [2e-5, 1e-5]
     write_json({"adapter_version": "adapter0", "model_id": IDENTITY["model_id"], "model_path": "unused",
@@ -154,5 +154,6 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
                   unit(centre + rng.normal(0, 0.5, size=(n_targets, dim))), "sgd", epoch, f"targets-{capability}")
     pool, _ = read_gradient_pool(layout)
     with open(layout.gradient_graph, "wb") as handle:
-        np.savez(handle, neighbours=g2is_math.knn_graph(pool.combined(), 8), pool_ids=np.array(pool.ids),
+        features = less_math.combined_features(pool.checkpoints, pool.weights)
+        np.savez(handle, neighbours=g2is_math.knn_graph(features, 8), pool_ids=np.array(pool.ids),
                  features_version=np.array(pool.metadata["features_version"]), kind=np.array("exact"))

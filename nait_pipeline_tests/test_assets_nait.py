@@ -143,7 +143,8 @@ def test_missing_pool_shard_fails_naming_it(pipeline, tmp_path):
 def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
     import json
 
-    from nait_pipeline.lib.methods.audit import dump_nait_selection, export_subset
+    from nait_pipeline.lib.methods.audit import export_subset
+    from nait_pipeline.lib.methods.nait_method import dump_nait_selection
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
@@ -190,7 +191,7 @@ def test_other_all_capability_merges_make_their_own_versions(pipeline, config):
 
 
 def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
-    from nait_pipeline.lib.methods.audit import dump_nait_selection
+    from nait_pipeline.lib.methods.nait_method import dump_nait_selection
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 

@@ -35,24 +35,65 @@ def test_methods_lists_every_registered_method(capsys):
     assert all(name in out for name in METHODS)
     # every method says what it reads, including those on another feature kind than the forward store
     assert "features: \n" not in out
-    assert "less               features: warmup_adapter, pool_gradients, target_gradients" in out
+    assert "less               features: gradients (warmup_adapter, pool_gradients, target_gradients)" in out
+    assert "kcenter            features: forward (pool_activations, target_activations): rds_embedding" in out
 
 
-def test_method_steps_run_each_feature_kind_by_its_partitions(tmp_path, monkeypatch):
+def test_materialize_plans_each_feature_kind_from_the_asset_graph():
+    """The order comes from the assets' deps: every feature kind a method reads (by its scorer or its policy),
+    run by its partitions, before the scores and subsets that read it."""
+    from nait_pipeline.lib.io.plan import Step, plan, upstream_closure
+
+    graph = cli.plan_graph()
+    steps = plan(graph, ["nait_subsets", "g2is_subsets", "less_subsets", "lp_low_subsets", "random_subsets"],
+                 done=upstream_closure(graph, cli.FOUNDATION))
+    assert steps == [
+        Step(("random_subsets", "selector_trajectories", "warmup_adapter"), "none"),
+        Step(("target_activations",), "capability"), Step(("pool_activations",), "shard"),
+        Step(("selector_clusters",), "none"), Step(("capability_directions", "target_gradients"), "capability"),
+        Step(("pool_gradients",), "shard"), Step(("gradient_graph", "lp_scores"), "none"),
+        Step(("less_scores", "nait_scores"), "capability"),
+        Step(("g2is_subsets", "less_subsets", "lp_low_subsets", "nait_subsets"), "none")]
+
+
+def test_an_asset_added_upstream_of_a_method_runs_before_it(tmp_path, monkeypatch):
+    """A throwaway asset made a dependency of random_subsets is planned and run first: nothing in the CLI
+    lists assets, it walks the graph."""
+    import dagster as dg
+
+    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.lib.io.plan import plan, upstream_closure
     from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline_tests import synthetic_lake
 
-    monkeypatch.setattr(cli, "capabilities", lambda settings: ["math", "code"])
-    settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", model=None, pool_sample=None)
-    synthetic_lake.build(settings.lake_dir)
-    shards = ["p0-s0000", "p0-s0001", "p0-s0002"]
-    steps = cli.method_steps(settings, ["nait", "g2is", "less", "lp_low", "random"])
-    assert steps == [
-        (["warmup_adapter"], None), (["pool_gradients"], shards), (["target_gradients"], ["math", "code"]),
-        (["selector_trajectories"], None), (["selector_clusters"], None),
-        (["nait_scores", "less_scores"], ["math", "code"]), (["lp_scores"], None),
-        (["gradient_graph"], None),
-        (["nait_subsets", "g2is_subsets", "less_subsets", "lp_low_subsets", "random_subsets"], None)]
+    ran = []
+
+    @dg.asset
+    def throwaway():
+        ran.append("throwaway")
+        return dg.MaterializeResult()
+
+    def with_throwaway(assets_def):
+        if assets_def.key != dg.AssetKey("random_subsets"):
+            return assets_def
+        return assets_def.map_asset_specs(lambda spec: spec.replace_attributes(deps=[*spec.deps, dg.AssetDep("throwaway")]))
+
+    assets = [with_throwaway(a) if isinstance(a, dg.AssetsDefinition) else a for a in cli._all_assets()] + [throwaway]
+    monkeypatch.setattr(cli, "_all_assets", lambda: assets)
+    cli.plan_graph.cache_clear()
+    resources = {"pipeline": PipelineResource(data_dir=str(tmp_path), store_dir=str(tmp_path / "store"))}
+    monkeypatch.setattr(cli, "plan_graph", lambda: cli.nodes_of(
+        dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()))
+    monkeypatch.setenv("NAIT_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("NAIT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    settings = Settings.from_env()
+    layout = synthetic_lake.build(settings.lake_dir)
+    graph = cli.plan_graph()
+    steps = plan(graph, ["random_subsets"], done=upstream_closure(graph, cli.FOUNDATION))
+    assert [step.assets for step in steps] == [("throwaway",), ("random_subsets",)]
+    cli.run_plan(steps, settings, {"ops": {"random_subsets": {"config": {"seeds": [0]}}}})
+    assert ran == ["throwaway"] and layout.current_subsets("random").exists()
 
 
 def test_migrate_store_moves_replicate_models_to_the_folder_the_pipeline_now_reads(tmp_path, monkeypatch, capsys):

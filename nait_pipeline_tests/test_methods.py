@@ -215,7 +215,7 @@ def test_a_nan_in_a_target_row_names_the_example_capability_and_layer(tmp_path):
 
 
 def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
-    from nait_pipeline.lib.methods.base import read_pool_store
+    from nait_pipeline.lib.features.forward import read_pool_store
     from nait_pipeline.lib.methods.nait_method import NaitScoreParams
 
     layout = synthetic_lake.build(tmp_path / "lake")

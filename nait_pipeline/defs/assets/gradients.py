@@ -18,13 +18,14 @@ from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
+from nait_pipeline.lib.features.gradient_store import read_gradient_pool, read_warmup
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
-from nait_pipeline.lib.methods import g2is_math
-from nait_pipeline.lib.methods.gradient_pool import read_gradient_pool, read_warmup, warmup_rows
+from nait_pipeline.lib.methods import g2is_math, less_math
+from nait_pipeline.lib.methods.gradient_pool import warmup_rows
 from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.models.template import ChatTemplate
 
@@ -225,7 +226,7 @@ def gradient_graph(context: dg.AssetExecutionContext, config: GradientGraphConfi
     (learning-rate-weighted, all checkpoints) gradient features, most similar first, self excluded."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     pool, _ = read_gradient_pool(layout)
-    features = pool.combined()
+    features = less_math.combined_features(pool.checkpoints, pool.weights)
     started = time.perf_counter()
     if config.kind == "exact":
         neighbours = g2is_math.knn_graph(features, config.k, progress=_console_progress("kNN graph", context))

@@ -14,6 +14,7 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import bar_plot, contribution_heatmap, heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.lib.features.kinds import SHARD
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -22,8 +23,12 @@ from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capabi
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 
-# Feature assets with one partition per pool shard: a score reads all of them.
-SHARD_PARTITIONED = ("pool_activations", "pool_gradients")
+
+
+def pool_feature_deps(kinds) -> list[dg.AssetDep]:
+    """The assets of each kind's pool side; a score or a policy reads every shard of a shard-partitioned one."""
+    return [dg.AssetDep(asset.name, partition_mapping=dg.AllPartitionMapping() if asset.partitioning == SHARD else None)
+            for kind in kinds for asset in kind.pool_assets]
 
 
 def _camel(name: str) -> str:
@@ -32,8 +37,7 @@ def _camel(name: str) -> str:
 
 def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
     Config = config_class(f"{_camel(scorer.name)}ScoreConfig", scorer.params)  # noqa: N806
-    deps = [*scorer.target_assets, *(dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping())
-                                     if name in SHARD_PARTITIONED else name for name in scorer.feature_assets)]
+    deps = [*scorer.target_asset_names, *pool_feature_deps(scorer.kinds)]
 
     @dg.asset(
         name=f"{scorer.name}_scores",
@@ -109,11 +113,11 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
     Config = config_class(f"{_camel(method.name)}SubsetConfig", method.params)  # noqa: N806
     scorer = method.scorer
     if scorer is None:
-        deps = ["it_pool", "base_model"]
+        deps = ["it_pool", "base_model", *pool_feature_deps(method.policy_reads)]
     else:
         deps = [dg.AssetDep(f"{scorer.name}_scores",
                             partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None),
-                *method.policy_assets]
+                *pool_feature_deps(method.policy_reads)]
     name = f"{method.name}_subsets"
 
     @dg.asset(

@@ -1,6 +1,7 @@
 """Learning Percentage's feature kind: a selector model's perplexity trajectories over a seeded slice of
 the pool, and the slice's semantic clusters. The LP scores and subsets come from the method registry."""
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -81,7 +82,8 @@ def selector_trajectories(context: dg.AssetExecutionContext, config: SelectorTra
     write_parquet(table, layout.selector_trajectories, {
         **trajectories.identity, "store_version": version, "pool_version": pool_version,
         "selector_model_id": model_id, "slice_rows": len(ids), "slice_seed": config.slice_seed,
-        "train_tokens_per_s": trajectories.train_tokens_per_s, "eval_tokens_per_s": trajectories.eval_tokens_per_s})
+        "train_tokens_per_s": trajectories.train_tokens_per_s, "eval_tokens_per_s": trajectories.eval_tokens_per_s,
+        "stats": trajectories.stats})
     tr.discard_checkpoint(layout.selector_run)
     p = trajectories.perplexities
     return dg.MaterializeResult(
@@ -130,6 +132,7 @@ def selector_clusters(context: dg.AssetExecutionContext, config: SelectorCluster
         raise ValueError(f"{len(missing)} selector rows are not in the pool any more, e.g. {missing[:5]}: "
                          "re-materialize selector_trajectories")
     texts = [cl.clustering_text(by_id[i]["instruction"], by_id[i]["input"], by_id[i]["output"]) for i in ids]
+    started = time.perf_counter()
     meter = Progress("embedding for clusters", len(texts))
     embeddings = cl.embed(texts, progress=lambda done, total: to_console(meter.update(done), final=done == total))
     n_clusters = cl.cluster_count(len(ids), config.rows_per_cluster)
@@ -138,7 +141,8 @@ def selector_clusters(context: dg.AssetExecutionContext, config: SelectorCluster
                            "embedding": "all-MiniLM-L6-v2", "kmeans_seed": cl.KMEANS_SEED})[:16]
     table = pa.table({"example_id": ids, "cluster": labels, "distance_to_centre": distances})
     write_parquet(table, layout.selector_clusters, {"clusters_version": version, "n_clusters": n_clusters,
-                                                    "trajectories_version": trajectories_meta["store_version"]})
+                                                    "trajectories_version": trajectories_meta["store_version"],
+                                                    "stats": {"seconds": round(time.perf_counter() - started, 2)}})
     sizes = np.bincount(labels, minlength=n_clusters)
     return dg.MaterializeResult(
         metadata={"row_count": len(ids), "clusters": n_clusters, "smallest_cluster": int(sizes.min()),

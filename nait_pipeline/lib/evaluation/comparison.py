@@ -55,43 +55,26 @@ def method_label(method: str, capability: str) -> str:
     return method if untargeted and capability == "all" else f"{method}:{capability}"
 
 
-def _featurization_stats(paths: Sequence[Path]) -> tuple[float, int]:
-    seconds, tokens = 0.0, 0
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: its featurization cost cannot be read")
-        stats = read_metadata(path).get("stats") or {}
-        seconds += float(stats.get("seconds", 0.0))
-        tokens += int(stats.get("tokens", 0))
-    return seconds, tokens
-
-
 def selection_cost(layout: LakeLayout, method: str, score_versions: dict[str, str]) -> tuple[float, int]:
-    """(seconds, tokens) a subset's selection took, from the lake's own records. A method with a scorer
-    pays for the pool's forward store (shared by every method and capability: one store serves them
-    all, so each row reports the whole of it), the in-domain sets' activations of the capabilities it
-    scored (``score_versions``' keys, from lineage) and its scoring time; random and full cost nothing."""
+    """(seconds, tokens) a subset's selection took, from the lake's own records: every feature kind the
+    method reads prices its pool side (shared by every method and capability that reads it: one store
+    serves them all, so each row reports the whole of it) and, for a targeted scorer, the target side of
+    the capabilities it scored (``score_versions``' keys, from lineage); then its scoring time. Random
+    and full cost nothing."""
     from nait_pipeline.lib.methods import METHODS
 
-    scorer = METHODS[method].scorer if method in METHODS else None
     if method not in METHODS:
         raise ValueError(f"no selection cost rule for method {method!r}: it is not registered")
-    if scorer is None:
-        return 0.0, 0
-    capabilities = sorted(score_versions)
-    if "pool_gradients" in scorer.feature_assets:  # the gradient store: every shard and target set per checkpoint
-        epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
-        pool_paths = [layout.pool_gradients(s, e) for s in layout.kept_shards() for e in epochs]
-        target_paths = [layout.target_gradients(c, e) for c in capabilities for e in epochs]
-    else:
-        pool_paths = [layout.pool_activations(s) for s in layout.kept_shards()]
-        target_paths = [layout.target_activations(c) for c in capabilities]
-    seconds, tokens = _featurization_stats(pool_paths)
-    if scorer.targeted:
-        target_seconds, target_tokens = _featurization_stats(target_paths)
-        seconds, tokens = seconds + target_seconds, tokens + target_tokens
-    scoring = sum(float(read_metadata(layout.scores(scorer.name, c)).get("seconds", 0.0)) for c in capabilities)
-    return seconds + scoring, tokens
+    chosen = METHODS[method]
+    scorer = chosen.scorer
+    capabilities = sorted(score_versions) if scorer is not None else []
+    seconds, tokens = 0.0, 0
+    for kind in chosen.kinds:
+        kind_seconds, kind_tokens = kind.cost(layout, capabilities, with_targets=scorer is not None and scorer.targeted)
+        seconds, tokens = seconds + kind_seconds, tokens + kind_tokens
+    if scorer is not None:
+        seconds += sum(float(read_metadata(layout.scores(scorer.name, c)).get("seconds", 0.0)) for c in capabilities)
+    return seconds, tokens
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -7,6 +7,8 @@ is in the `Protocol` record, which is also written next to the results.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -170,3 +172,34 @@ def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio
             if row["slot"] in wanted_slots:
                 chosen.append(row["subset_version"])
     return sorted(chosen)
+
+
+def subset_config(protocol: Protocol) -> dict:
+    """Run config of every compared method's subsets asset: the protocol's budget and random seeds, for the
+    methods whose parameters have them."""
+    from nait_pipeline.lib.methods import get_method
+
+    config = {}
+    for name in protocol.methods:
+        fields = {f.name for f in dataclasses.fields(get_method(name).params)}
+        config[f"{name}_subsets"] = {"config": {
+            **({"budget_ratio": protocol.budget_ratio} if "budget_ratio" in fields else {}),
+            **({"seeds": list(protocol.random_seeds)} if "seeds" in fields else {})}}
+    return config
+
+
+def already_trained(layout: LakeLayout, run_key: str, train_params: dict, model_dir: Path) -> bool:
+    """A fine-tune of ``run_key`` with these parameters finished (its record and its model exist): kept."""
+    path = layout.finetune_run(run_key)
+    return path.exists() and (model_dir / "config.json").exists() and \
+        json.loads(pq.read_table(path).column("train_params_json")[0].as_py()) == train_params
+
+
+def already_evaluated(layout: LakeLayout, run_key: str, eval_params: dict) -> bool:
+    """An evaluation of ``run_key`` recorded with these parameters (newer parameters it records beside
+    them do not count): kept."""
+    path = layout.evaluation(run_key)
+    if not path.exists():
+        return False
+    recorded = json.loads(pq.read_table(path).column("eval_params_json")[0].as_py())
+    return all(recorded.get(k) == v for k, v in eval_params.items())

@@ -68,6 +68,7 @@ class Trajectories:
     eval_tokens_per_s: float
     reused_epochs: int  # perplexity columns read from an earlier (killed or finished) run
     identity: dict  # selector model, template, rows and config: what the store version hashes
+    stats: dict  # seconds and tokens (training and perplexity passes) this run spent; reused epochs cost none
 
     @property
     def store_version(self) -> str:
@@ -261,7 +262,8 @@ def _collect(run: _RunDir, identity: dict, ids: Sequence[str], config: SelectorC
                         no_response=counted == 0, response_tokens=counted,
                         train_tokens_per_s=train_tokens / train_seconds if train_seconds else float("nan"),
                         eval_tokens_per_s=eval_tokens / eval_seconds if eval_seconds else float("nan"),
-                        reused_epochs=reused, identity=identity)
+                        reused_epochs=reused, identity=identity,
+                        stats={"seconds": round(train_seconds + eval_seconds, 2), "tokens": train_tokens + eval_tokens})
 
 
 def discard_checkpoint(run_dir: Path) -> None:

@@ -4,7 +4,19 @@ and one line here; the Dagster assets, comparison, protocol, export and dump pic
 
 from __future__ import annotations
 
-from nait_pipeline.lib.methods import bids, g2is, less, lp, nait_c_method, nait_method, pool_stats, random_methods, rds
+from nait_pipeline.lib.methods import (
+    bids,
+    facility_location,
+    g2is,
+    kcenter,
+    less,
+    lp,
+    nait_c_method,
+    nait_method,
+    pool_stats,
+    random_methods,
+    rds,
+)
 from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -24,6 +36,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     less.METHOD,
     bids.METHOD,
     g2is.METHOD,
+    kcenter.METHOD,
+    facility_location.METHOD,
 ]}
 
 

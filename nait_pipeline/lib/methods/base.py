@@ -19,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import PoolStore, stale_shards
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.features.kinds import FeatureKind, MethodInputError
 from nait_pipeline.lib.io.layout import LakeLayout
 
 ALL = "all"  # the capability label of a subset selected for every capability at once
-
-
-class MethodInputError(ValueError):
-    """A method asked for something the store does not hold, or parameters it cannot use."""
 
 
 @dataclass
@@ -49,22 +44,35 @@ class Scorer:
     name: str  # names the scores asset (`<name>_scores`) and files (`scores/<name>__<capability>`)
     description: str
     params: type  # a dataclass of scoring parameters (config in the UI, recorded in lineage)
-    pool_vectors: tuple[str, ...]  # stored per-example vectors read from the pool store
-    pool_scalars: tuple[str, ...]
+    kind: FeatureKind  # the pool features it reads; its reader's metadata "features_version" joins the score version
     score: Callable[..., Scored]  # score(pool, target, params) -> Scored
+    pool_vectors: tuple[str, ...] = ()  # stored per-example vectors read from the kind's pool side
+    pool_scalars: tuple[str, ...] = ()
     targeted: bool = True  # False: one score for the whole pool (perplexity, length)
     load_target: Callable[..., tuple[object, dict]] | None = None  # (layout, capability, params) -> (target, meta)
-    target_assets: tuple[str, ...] = ()  # assets the target model is read from
+    # Assets the target model is read from; None: the kind's target side (NAIT reads its directions instead).
+    target_assets: tuple[str, ...] | None = None
+    also_reads: tuple[FeatureKind, ...] = ()  # other kinds its target model or score reads (NAIT-C: the prefix)
     version_key: str = "target"  # the key the target version is hashed under (NAIT keeps "directions")
     code_version: str = "1"
-    # Another feature kind than the forward store: read_pool(layout) -> (features with .ids and .metadata,
-    # pool version); its metadata's "features_version" is hashed into the score version.
-    read_pool: Callable[..., tuple[object, str]] | None = None
-    feature_assets: tuple[str, ...] = ("pool_activations",)  # the assets the pool features come from
     group_columns: tuple[str, ...] = ()  # score columns a policy reads as row groups (LP: cluster)
-    # A feature kind too costly for the default `nait-pipeline materialize` on a CPU (per-example gradients):
-    # built when its methods are named with --methods, from the UI, or by a protocol that lists them.
-    on_demand: bool = False
+    # dump_inputs(dump, layout, params, capabilities) -> notes: the arrays a dump of one of its subsets holds, in
+    # the formats the official code reads; None: the generic dump of the vectors and scalars it reads.
+    dump_inputs: Callable[..., dict] | None = None
+
+    @property
+    def kinds(self) -> tuple[FeatureKind, ...]:
+        return (self.kind, *self.also_reads)
+
+    @property
+    def target_asset_names(self) -> tuple[str, ...]:
+        if self.target_assets is not None:
+            return self.target_assets
+        return tuple(asset.name for asset in self.kind.target_assets)
+
+    @property
+    def on_demand(self) -> bool:
+        return any(kind.on_demand for kind in self.kinds)
 
 
 @dataclass
@@ -80,11 +88,29 @@ class SelectionInput:
     unscored: np.ndarray  # [N] bool, rows no policy may select
     groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. "source" -> [N] labels
     matrix_loader: Callable[[str], tuple[np.ndarray, list[str]]] | None = None
+    policy_reads: tuple[FeatureKind, ...] = ()  # the kinds pool_features may read (the method's policy_reads)
 
     def matrix(self, capability: str) -> tuple[np.ndarray, list[str]]:
         if self.matrix_loader is None:
             raise MethodInputError("this method's scorer keeps no per-target score matrix")
         return self.matrix_loader(capability)
+
+    def pool_vectors(self, kind: FeatureKind, name: str, needed_by: str) -> np.ndarray:
+        """[N, d] float32 vectors ``name`` of a kind the method's policy reads, rows aligned with ``ids``;
+        the kind's store must cover exactly the rows selected from."""
+        if kind not in self.policy_reads:
+            raise MethodInputError(f"{needed_by} reads the {kind.name} feature kind but does not list it in its "
+                                   "policy_reads, so its assets would not be upstream of it")
+        store, pool_version = kind.read_pool(self.layout, (name,), (), needed_by)
+        if pool_version != self.pool_version:
+            raise MethodInputError(f"the {kind.name} store is of pool version {pool_version}, the selection of "
+                                   f"{self.pool_version}: re-materialize it")
+        row = {example_id: i for i, example_id in enumerate(store.ids)}
+        missing = [i for i in self.ids if i not in row]
+        if missing or len(row) != len(self.ids):
+            raise MethodInputError(f"the {kind.name} store covers other rows than {needed_by} selects from "
+                                   f"(e.g. missing {missing[:5]}): re-materialize {', '.join(kind.asset_names())}")
+        return store.vector(name)[[row[i] for i in self.ids]]
 
 
 @dataclass(frozen=True)
@@ -120,7 +146,24 @@ class Method:
     cost: str  # what it costs, in words
     code_version: str = "1"
     recipe: str = ""  # how a dump reproduces the selection with NumPy or the official code
-    policy_assets: tuple[str, ...] = ()  # assets the policy reads beside the scores (G2IS: gradient_graph)
+    # Feature kinds the policy reads beside the scores (G2IS: the gradient graph; k-center: the forward store),
+    # and the stored vectors it reads from them (``SelectionInput.pool_features``).
+    policy_reads: tuple[FeatureKind, ...] = ()
+    policy_vectors: tuple[str, ...] = ()
+    # dump(layout, subset_version, out_dir, template) -> manifest path: a method's own dump (NAIT's); None: the
+    # scorer's dump_inputs or the generic one. dump_extra(dump, layout, params, capabilities) -> notes: added
+    # to its scorer's dump (G2IS's walk inputs on the gradient store).
+    dump: Callable[..., Path] | None = None
+    dump_extra: Callable[..., dict] | None = None
+
+    @property
+    def kinds(self) -> tuple[FeatureKind, ...]:
+        """Every feature kind the method reads, through its scorer or its policy, once each."""
+        return tuple(dict.fromkeys((*(self.scorer.kinds if self.scorer else ()), *self.policy_reads)))
+
+    @property
+    def on_demand(self) -> bool:
+        return any(kind.on_demand for kind in self.kinds)
 
 
 def params_dict(params) -> dict:
@@ -135,37 +178,6 @@ def make_params(cls: type, values: Mapping | None) -> object:
     if unknown:
         raise MethodInputError(f"unknown parameter(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
     return cls(**values)
-
-
-def require_store_columns(path: Path, needed: Sequence[str], what: str) -> None:
-    """Fail naming the asset to materialize when a store lacks a feature a method reads."""
-    names = set(pq.read_schema(path).names)
-    missing = [n for n in needed if n not in names]
-    if missing:
-        raise MethodInputError(f"{what} needs feature(s) {missing}, which {path.name} does not hold: "
-                               "re-materialize pool_activations / target_activations with the current featurizer")
-
-
-def read_pool_store(layout: LakeLayout, vectors: Sequence[str], scalars: Sequence[str] = (),
-                    needed_by: str = "this method") -> tuple[PoolStore, str]:
-    """The stored forward features of every shard of the current pool, and the pool version."""
-    if not layout.pool_examples.exists():
-        raise FileNotFoundError(f"{layout.pool_examples} is missing: materialize it_pool first")
-    shards = layout.kept_shards()
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    paths = [layout.pool_activations(s) for s in shards]
-    unusable = stale_shards(layout.pool_examples, layout.pool_activations)  # missing, or of other texts
-    missing = [s for s in unusable if not layout.pool_activations(s).exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} pool shard(s) not featurized yet, e.g. {missing[:5]}: "
-                                "materialize pool_activations for them")
-    if unusable:  # every one of them has a store, computed from other texts
-        raise MethodInputError(f"{len(unusable)} pool shard(s) were featurized from other rows or texts than the "
-                               f"pool holds now (a pool file rewritten?), e.g. {unusable[:5]}: re-materialize "
-                               "pool_activations for them")
-    for path in paths:
-        require_store_columns(path, [*vectors, *scalars], needed_by)
-    return PoolStore(paths, scalars=scalars), pool_version
 
 
 def pool_groups(layout: LakeLayout, ids: Sequence[str], column: str = "source") -> list[str]:

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib.methods import g2is_math
+from nait_pipeline.lib.features.gradient_store import GRADIENT_GRAPH, load_target_gradients, read_gradient_pool
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.methods import g2is_math, less_math
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
-from nait_pipeline.lib.methods.gradient_pool import SCORER, load_target_gradients, read_gradient_pool
+from nait_pipeline.lib.methods.dump import Dump, torch_file
+from nait_pipeline.lib.methods.gradient_pool import SCORER
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,10 @@ class G2isParams:
     scikit-learn's signs, which anchors a flipped component on anti-aligned rows)."""
 
 
-def read_graph(layout, features_version: str) -> tuple[np.ndarray, dict]:
+def read_graph(layout: LakeLayout, features_version: str) -> tuple[np.ndarray, dict]:
     path = layout.gradient_graph
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: materialize gradient_graph first")
+        raise FileNotFoundError(f"{path} is missing: materialize {GRADIENT_GRAPH.pool_assets[0].name} first")
     with np.load(path) as stored:
         meta = {"features_version": str(stored["features_version"]), "kind": str(stored["kind"]),
                 "k": int(stored["neighbours"].shape[1])}
@@ -49,9 +52,10 @@ def _select(inp: SelectionInput, params: G2isParams) -> list[Chosen]:
     pool, _ = read_gradient_pool(inp.layout)
     if pool.ids != inp.ids:
         raise MethodInputError("pool_gradients cover other rows than less_scores: re-materialize less_scores")
-    features = pool.combined()
+    features = less_math.combined_features(pool.checkpoints, pool.weights)
     graph, graph_meta = read_graph(inp.layout, pool.metadata["features_version"])
-    targets = {c: load_target_gradients(inp.layout, c)[0].combined(pool.weights) for c in inp.scores}
+    targets = {c: less_math.combined_features(load_target_gradients(inp.layout, c)[0].checkpoints, pool.weights)
+               for c in inp.scores}
 
     def walk(capability: str, target: np.ndarray, versions: dict) -> Chosen:
         core = g2is_math.core_knowledge(target, params.val_k, params.sign_fix)
@@ -75,6 +79,32 @@ def _select(inp: SelectionInput, params: G2isParams) -> list[Chosen]:
     return out + [walk(ALL, np.concatenate([targets[c] for c in sorted(targets)]), inp.score_versions)]
 
 
+def dump_walk_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilities: list[str]) -> dict:
+    """G2IS's inputs for the official ``gradient_walk.py``, beside the gradient store's own dump:
+    ``g2is/train_gradients.pt`` [N, C*dim] (``concat_c sqrt(w_c) * f_c``), ``g2is/validation_gradients.pt``
+    (the capability's target rows, or every capability's stacked in name order for ``all``) and
+    ``g2is/graph.npy`` [N, k]."""
+    pool, _ = read_gradient_pool(layout)
+    features = less_math.combined_features(pool.checkpoints, pool.weights)
+    stacked = np.concatenate([less_math.combined_features(load_target_gradients(layout, c)[0].checkpoints, pool.weights)
+                              for c in capabilities])
+    graph, graph_meta = read_graph(layout, pool.metadata["features_version"])
+    torch_file(dump, "g2is/train_gradients.pt", features, "[N, C*dim] combined pool gradient features")
+    torch_file(dump, "g2is/validation_gradients.pt", stacked,
+               f"combined target gradient features of {capabilities} (stacked in this order)")
+    dump.array("g2is/graph.npy", graph, f"[N, k] neighbours, most similar first ({graph_meta['kind']})")
+    return {
+        "g2is_walk": (f"python gradient_walk.py --train_gradients_file g2is/train_gradients.pt "
+                      f"--validation_gradients_file g2is/validation_gradients.pt --graph g2is/graph.npy "
+                      f"--val_k {params.get('val_k')} --train_k {params.get('budget_ratio')} --ways "
+                      f"{params.get('delta')} --train_data_dir train.jsonl --save g2is_out; "
+                      "target_sample.kpl then lists selected_ids.json's rows of pool_ids.json, in order"),
+        "g2is_conditions": ("the same scikit-learn version as params.sklearn_version (PCA signs), "
+                            "sign_fix false, an exact graph (a faiss graph may pad with -1), no zero-gradient "
+                            "rows (the official walk cannot exclude them)"),
+    }
+
+
 METHOD = Method(
     name="g2is", description="G2IS: a walk on the pool's gradient kNN graph that follows the principal components "
                              "of the target gradients, with no conflicting gradients inside a component's set.",
@@ -86,5 +116,6 @@ METHOD = Method(
     recipe=("features = concat_c sqrt(w_c) * pool_c (unit rows); the dump's g2is/ folder holds train and "
             "validation gradient files and graph.npy for the official gradient_walk.py with --train_k r "
             "--ways delta --val_k val_k; it returns row indices of the dump's row order."),
-    policy_assets=("gradient_graph",),
+    policy_reads=(GRADIENT_GRAPH,),
+    dump_extra=dump_walk_inputs,
 )

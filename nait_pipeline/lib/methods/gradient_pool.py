@@ -1,10 +1,10 @@
-"""The gradient store as the gradient methods read it, and the one scorer they share.
+"""The one scorer the gradient methods share, on the gradient feature kind, and its dump.
 
 LESS, BIDS and G2IS differ only after the features (methods.md section 8.2): one warmup, one store of
 projected pool and target gradients per checkpoint, and one N x m influence matrix per capability
 (:mod:`~nait_pipeline.lib.methods.less_math`). The ``less`` scorer writes it with LESS's capability
 score; LESS ranks by the score, BIDS balances over the matrix's columns, and G2IS walks the combined
-features (read here too) on the ``gradient_graph``.
+features on the ``gradient_graph``. The store's reader is :mod:`~nait_pipeline.lib.features.gradient_store`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import stale_shards
-from nait_pipeline.lib.features.gradients import WarmupConfig, read_gradient_stores
+from nait_pipeline.lib.features.gradient_store import (
+    GRADIENTS,
+    GradientPool,
+    TargetGradients,
+    load_target_gradients,
+    read_gradient_pool,
+)
+from nait_pipeline.lib.features.gradients import WarmupConfig
 from nait_pipeline.lib.features.projection import check_same_projection
-from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import less_math
 from nait_pipeline.lib.methods.base import MethodInputError, Scored, Scorer
+from nait_pipeline.lib.methods.dump import Dump, torch_file
 from nait_pipeline.lib.selection.policies import seeded_random
 
-
-def read_warmup(layout: LakeLayout) -> dict:
-    if not layout.warmup_record.exists():
-        raise FileNotFoundError(f"{layout.warmup_record} is missing: materialize warmup_adapter first")
-    return json.loads(layout.warmup_record.read_text())
+SCORER_NAME = "less"  # the scores and influence matrices LESS, BIDS and G2IS select from
 
 
 def warmup_rows(ids: Sequence[str], config: WarmupConfig) -> list[int]:
@@ -41,91 +42,6 @@ def warmup_rows(ids: Sequence[str], config: WarmupConfig) -> list[int]:
         raise MethodInputError(f"warmup share must be in (0, 1], got {config.share}")
     k = min(len(ids), max(config.min_rows, math.ceil(config.share * len(ids))))
     return sorted(seeded_random(list(ids), k, config.seed), key=lambda i: ids[i])
-
-
-@dataclass
-class GradientPool:
-    ids: list[str]
-    checkpoints: list[np.ndarray]  # per checkpoint [N, dim] unit rows
-    weights: list[float]
-    zero_gradient: np.ndarray  # [N] bool
-    metadata: dict
-
-    def combined(self) -> np.ndarray:
-        return less_math.combined_features(self.checkpoints, self.weights)
-
-
-def read_gradient_pool(layout: LakeLayout) -> tuple[GradientPool, str]:
-    """Every kept shard's pool gradients at every warmup checkpoint, checked to be of the current pool
-    rows and of the current warmup adapter."""
-    warmup = read_warmup(layout)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    shards = layout.kept_shards()
-    per_checkpoint, versions = [], []
-    for checkpoint in warmup["checkpoints"]:
-        epoch = checkpoint["epoch"]
-        stale = stale_shards(layout.pool_examples, lambda shard, e=epoch: layout.pool_gradients(shard, e))
-        if stale:
-            raise MethodInputError(f"pool_gradients is missing or out of date for shard(s) {stale[:5]} at checkpoint "
-                                   f"{epoch}: materialize pool_gradients for them")
-        stored = read_gradient_stores([layout.pool_gradients(shard, epoch) for shard in shards])
-        if stored.metadata["adapter_version"] != warmup["adapter_version"]:
-            raise MethodInputError(f"pool_gradients at checkpoint {epoch} were computed with another warmup adapter: "
-                                   "re-materialize pool_gradients")
-        per_checkpoint.append(stored)
-        versions.append(sha256_json([read_metadata(layout.pool_gradients(s, epoch))["store_version"] for s in shards]))
-    first = per_checkpoint[0]
-    for stored in per_checkpoint[1:]:
-        if stored.ids != first.ids:
-            raise MethodInputError("pool_gradients of different checkpoints cover different rows")
-        check_same_projection(stored.metadata["projection"], first.metadata["projection"], "pool_gradients")
-    # Rows in id order, as every scorer writes them.
-    order = np.argsort(np.asarray(first.ids, dtype=object), kind="stable")
-    zero = np.zeros(len(first.ids), bool)
-    for stored in per_checkpoint:
-        zero |= stored.zero_gradient
-    return GradientPool(
-        ids=[first.ids[i] for i in order], checkpoints=[s.vectors[order] for s in per_checkpoint],
-        weights=list(warmup["weights"]), zero_gradient=zero[order],
-        metadata={"model_id": first.metadata["model_id"], "template_hash": first.metadata["template_hash"],
-                  "projection": first.metadata["projection"], "adapter_version": warmup["adapter_version"],
-                  "features_version": sha256_json(versions)[:16]},
-    ), pool_version
-
-
-@dataclass
-class TargetGradients:
-    ids: list[str]
-    subtasks: list[str]
-    checkpoints: list[np.ndarray]
-    projection: dict
-
-    def combined(self, weights) -> np.ndarray:
-        return less_math.combined_features(self.checkpoints, weights)
-
-
-def load_target_gradients(layout: LakeLayout, capability: str, params=None) -> tuple[TargetGradients, dict]:
-    """A capability's target gradients at every checkpoint, columns grouped by subtask (the official
-    contiguous layout when the subtasks have equal sizes)."""
-    warmup = read_warmup(layout)
-    paths = [layout.target_gradients(capability, c["epoch"]) for c in warmup["checkpoints"]]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]} is missing: materialize target_gradients[{capability}] first")
-    stored = [read_gradient_stores([p]) for p in paths]
-    for s in stored:
-        if s.metadata["adapter_version"] != warmup["adapter_version"]:
-            raise MethodInputError(f"target_gradients[{capability}] were computed with another warmup adapter: "
-                                   "re-materialize them")
-    task_of = dict(zip(*(pq.read_table(layout.target_selection(capability), columns=["example_id", "task"])
-                         .column(c).to_pylist() for c in ("example_id", "task"))))
-    ids = stored[0].ids
-    order = sorted(range(len(ids)), key=lambda i: (task_of.get(ids[i], capability), ids[i]))
-    meta = {"model_id": stored[0].metadata["model_id"],
-            "version": sha256_json([read_metadata(p)["store_version"] for p in paths])[:16]}
-    return TargetGradients(ids=[ids[i] for i in order], subtasks=[task_of.get(ids[i], capability) for i in order],
-                           checkpoints=[s.vectors[order] for s in stored],
-                           projection=stored[0].metadata["projection"]), meta
 
 
 @dataclass(frozen=True)
@@ -147,12 +63,62 @@ def _score(pool: GradientPool, target: TargetGradients, params: LessScoreParams)
                          "zero_gradient_rows": int(pool.zero_gradient.sum())})
 
 
+def dump_gradient_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilities: list[str]) -> dict:
+    """The gradient store as the official scripts read it, rows in ``pool_ids.json`` order:
+
+    - ``less/ckpt<e>/pool.pt`` [N, dim] (Adam features) and ``less/ckpt<e>/<capability>.pt`` [m, dim] (SGD
+      features, each subtask's rows contiguous): LESS's ``matching.py`` with
+      ``--gradient_path less/ckpt{}/{}.pt --validation_gradient_path less/ckpt{}/{}.pt --train_file_names pool``;
+    - ``train.jsonl``: the pool rows for ``--train_files`` / ``--train_data_dir``;
+    - the influence matrices (``score_matrix_<capability>.npy``) BIDS starts from.
+    Returns the commands and the conditions under which they reproduce the subset."""
+    pool, _ = read_gradient_pool(layout)
+    epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
+    dump.json("pool_ids.json", pool.ids, "pool example ids; row i of every pool array and of train.jsonl")
+    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
+                          filters=[("status", "=", "kept")])
+    by_id = {r["example_id"]: r for r in texts.to_pylist()}
+    dump.jsonl("train.jsonl", [{"id": i, **{k: by_id[i][k] for k in ("instruction", "input", "output")}}
+                               for i in pool.ids], "the pool rows, pool_ids.json order")
+    dump.array("pool_zero_gradient.npy", pool.zero_gradient, "[N] bool: rows without a response token (never picked)")
+    for epoch, vectors in zip(epochs, pool.checkpoints):
+        torch_file(dump, f"less/ckpt{epoch}/pool.pt", vectors, f"pool Adam gradient features at checkpoint {epoch}")
+    subtasks = {}
+    for capability in capabilities:
+        target, _ = load_target_gradients(layout, capability)
+        subtasks[capability] = {"n_subtasks": len(less_math.subtask_order(target.subtasks)),
+                                "official_blocks": less_math.official_blocks(target.subtasks)}
+        for epoch, vectors in zip(epochs, target.checkpoints):
+            torch_file(dump, f"less/ckpt{epoch}/{capability}.pt", vectors,
+                       f"{capability} target SGD gradient features at checkpoint {epoch}, subtasks contiguous")
+        dump.json(f"target_ids_{capability}.json", target.ids, f"{capability} target ids, row order of its files")
+        dump.json(f"target_subtasks_{capability}.json", target.subtasks, f"the subtask of each {capability} target row")
+        with np.load(layout.score_matrix(SCORER_NAME, capability)) as stored:
+            dump.array(f"score_matrix_{capability}.npy", stored["matrix"],
+                       f"[N, m] LESS influence of each pool row on each {capability} target row (BIDS's input)")
+    weights = " ".join(f"{w:.10g}" for w in pool.weights)
+    notes = {
+        "row_order": "every pool file's rows are pool_ids.json; official indices are row numbers in it",
+        "less_matching": (f"python -m less.data_selection.matching --gradient_path 'less/ckpt{{}}/{{}}.pt' "
+                          f"--train_file_names pool --ckpts {' '.join(map(str, epochs))} --checkpoint_weights "
+                          f"{weights} --target_task_names {' '.join(capabilities)} --validation_gradient_path "
+                          "'less/ckpt{}/{}.pt' --output_path selected_data; then write_selected_data.py "
+                          "--train_file_names pool --train_files train.jsonl --target_task_names <capability> "
+                          f"--percentage {params.get('budget_ratio')}"),
+        "less_subtasks": subtasks,
+        "less_conditions": "matching.py's N_SUBTASKS needs each capability name with its n_subtasks (above); its "
+                           "reshape reproduces our per-subtask means only where official_blocks is true. The 'all' "
+                           "subset is the max over capabilities of their scores.",
+        "zero_gradient_rows": int(pool.zero_gradient.sum()),
+    }
+    return notes
+
+
 SCORER = Scorer(
-    name="less",
+    name=SCORER_NAME,
     description="LESS influence of every pool row on the capability's target rows: the learning-rate-weighted "
                 "cosine of Adam-preconditioned pool gradients and SGD target gradients over the warmup "
                 "checkpoints (the [N, m] matrix is kept), then the mean per subtask and the max over subtasks.",
-    params=LessScoreParams, pool_vectors=(), pool_scalars=(), score=_score,
-    load_target=load_target_gradients, target_assets=("target_gradients",),
-    read_pool=read_gradient_pool, feature_assets=("warmup_adapter", "pool_gradients"), on_demand=True,
+    params=LessScoreParams, kind=GRADIENTS, score=_score, load_target=load_target_gradients,
+    dump_inputs=dump_gradient_inputs,
 )

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.features.selector_store import SELECTOR, TrajectoryPool, read_trajectory_pool
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import lp_math
+from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.selection.policies import seeded_random
 
@@ -34,44 +36,6 @@ def selector_slice(ids: list[str], rows: int, seed: int) -> list[int]:
         raise MethodInputError(f"slice rows must be >= 0, got {rows}")
     chosen = range(len(ids)) if rows == 0 or rows >= len(ids) else seeded_random(ids, rows, seed)
     return sorted(chosen, key=lambda i: ids[i])
-
-
-@dataclass
-class TrajectoryPool:
-    ids: list[str]
-    perplexities: np.ndarray  # [N, E+1]
-    no_response: np.ndarray
-    clusters: np.ndarray
-    metadata: dict
-
-
-def read_trajectory_pool(layout: LakeLayout) -> tuple[TrajectoryPool, str]:
-    """The stored trajectories and clusters of the selector's slice, checked to be of the current pool."""
-    for path, asset in ((layout.selector_trajectories, "selector_trajectories"),
-                        (layout.selector_clusters, "selector_clusters")):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: materialize {asset} first")
-    meta = read_metadata(layout.selector_trajectories)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    if meta["pool_version"] != pool_version:
-        raise MethodInputError(f"selector_trajectories was computed on pool version {meta['pool_version']}, the "
-                               f"pool is now {pool_version}: re-materialize selector_trajectories and selector_clusters")
-    trajectories = pq.read_table(layout.selector_trajectories)
-    clusters = pq.read_table(layout.selector_clusters, columns=["example_id", "cluster"])
-    cluster_meta = read_metadata(layout.selector_clusters)
-    ids = trajectories.column("example_id").to_pylist()
-    if cluster_meta.get("trajectories_version") != meta["store_version"] or \
-            clusters.column("example_id").to_pylist() != ids:
-        raise MethodInputError("selector_clusters was built for other rows than selector_trajectories holds: "
-                               "re-materialize selector_clusters")
-    epochs = sorted(int(name[1:]) for name in trajectories.column_names if name[0] == "p" and name[1:].isdigit())
-    perplexities = np.stack([trajectories.column(f"p{e}").to_numpy() for e in epochs], axis=1)
-    return TrajectoryPool(
-        ids=ids, perplexities=perplexities, no_response=trajectories.column("no_response").to_numpy(zero_copy_only=False),
-        clusters=clusters.column("cluster").to_numpy(),
-        metadata={"model_id": meta["selector_model_id"], "template_hash": meta["template_hash"],
-                  "features_version": f"{meta['store_version']}:{cluster_meta['clusters_version']}"},
-    ), pool_version
 
 
 @dataclass(frozen=True)
@@ -154,12 +118,36 @@ def _stratified_random(inp: SelectionInput, params: LPRandomParams) -> list[Chos
             for seed in params.seeds]
 
 
+def dump_lp_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilities: list[str]) -> dict:
+    """LP's inputs as arrays and in the official `subset.py` formats: `dataset.json` (rows in
+    `pool_ids.json` order), `clustering.pkl` (row i: {"cluster_num": c}) and `epoch<e>.pkl` (row i's
+    perplexity after epoch e; epoch0 before training). The official script reads epoch0..epoch3 and
+    ranks by LP(1) with P3 as the last epoch: with E = 3 epochs the files map one to one."""
+    pool, _ = read_trajectory_pool(layout)
+    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
+                          filters=[("status", "=", "kept")])
+    by_id = {r["example_id"]: r for r in texts.to_pylist()}
+    dump.json("pool_ids.json", pool.ids, "the selector's slice, sorted by id; row i of every array and of dataset.json")
+    dump.array("pool_perplexities.npy", pool.perplexities, "[N, E+1] response perplexity before training, then "
+               "after each epoch (0 where no_response)")
+    dump.array("pool_no_response.npy", pool.no_response, "[N] bool: no response token survived truncation")
+    dump.array("pool_clusters.npy", pool.clusters, "[N] KMeans cluster of each row")
+    dump.json("dataset.json", [{k: by_id[i][k] for k in ("instruction", "input", "output")} for i in pool.ids],
+              "official subset.py --dataset: the slice's rows, pool_ids.json order")
+    dump.pickle("clustering.pkl", [{"cluster_num": int(c)} for c in pool.clusters],
+                "official subset.py --clustering: row i -> {'cluster_num': c}")
+    for epoch in range(pool.perplexities.shape[1]):
+        dump.pickle(f"epoch{epoch}.pkl", pool.perplexities[:, epoch].tolist(),
+                    f"official subset.py --epoch{epoch}: perplexities " + ("before training" if epoch == 0
+                                                                          else f"after epoch {epoch}"))
+    return {}
+
+
 SCORER = Scorer(
     name="lp", description="Learning Percentage of every row of the selector's slice: how much of its "
                            "perplexity drop the selector achieved in the first epoch (low: learnt late, hard).",
-    params=LPScoreParams, pool_vectors=(), pool_scalars=(), score=_score, targeted=False,
-    read_pool=read_trajectory_pool, feature_assets=("selector_trajectories", "selector_clusters"),
-    group_columns=("cluster", "no_response"))
+    params=LPScoreParams, kind=SELECTOR, score=_score, targeted=False, group_columns=("cluster", "no_response"),
+    dump_inputs=dump_lp_inputs)
 
 _SOURCE = "Mekala et al. 2024 (methods.md §6, §11)"
 _COST = "selector fine-tuning over the slice (E epochs) + E+1 perplexity passes + MiniLM embeddings + KMeans"

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
+from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -201,12 +202,12 @@ SCORER = Scorer(
     description="NAIT-C score: per layer the cleaned, standardised token mean projected on the contrastive "
                 "direction of the capability, layers weighted by their held-out length-controlled separability.",
     params=NaitCScoreParams,
+    kind=FORWARD,
     pool_vectors=("layer_mean",),
     pool_scalars=("n_tokens",),
     score=_score,
     load_target=_load_target,
-    target_assets=("target_activations",),
-    feature_assets=("pool_activations", "template_prefix"),
+    also_reads=(TEMPLATE_PREFIX,),
     code_version=CODE_VERSION,
     group_columns=("n_tokens",),
 )

@@ -4,16 +4,20 @@ all-capability merges. The math lives in :mod:`nait_pipeline.lib.methods.nait_ma
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.features.forward import FORWARD, read_pool_store
+from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import nait_math as nait
-from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput, read_pool_store
+from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
+from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.selection import policies as selection
 
 CODE_VERSION = "1"
@@ -123,14 +127,92 @@ SCORER = Scorer(
     description="NAIT score: sum over layers of the projection of the pool example's token-mean activation "
                 "on the capability's direction (PC1 of the in-domain activation drift).",
     params=NaitScoreParams,
+    kind=FORWARD,
     pool_vectors=("layer_mean",),
-    pool_scalars=(),
     score=_score,
     load_target=_load_target,
     target_assets=("capability_directions",),
     version_key="directions",
     code_version=CODE_VERSION,
 )
+
+def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, template) -> Path:
+    """Dump the arrays behind a NAIT subset: features, directions, scores, ids and rendered texts."""
+    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    if lineage["method"] != "nait":
+        raise ValueError(f"{subset_version} was made by {lineage['method']!r}; dump supports NAIT subsets")
+    params = json.loads(lineage["params_json"])
+    capabilities = list(params["score_versions"])
+    dump = Dump(out_dir)
+
+    for capability in capabilities:
+        current = read_metadata(layout.scores("nait", capability))["score_version"]
+        if params["score_versions"][capability] != current:
+            raise ValueError(f"{subset_version} was selected from {capability} score version "
+                             f"{params['score_versions'][capability]}, but the lake now holds {current}: "
+                             "dump a subset made from the current scores (re-materialize nait_subsets)")
+    score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
+    pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
+    shards = layout.kept_shards()
+    store = read_features([layout.pool_activations(s) for s in shards], scalars=("n_tokens", "truncated"))
+    if store.ids != pool_ids:
+        raise ValueError("pool activations no longer match the stored scores: re-materialize nait_scores")
+    dump.json("pool_ids.json", pool_ids, "pool example ids; row i of every pool array is this id")
+    dump.array("pool_layer_mean.npy", store.vectors["layer_mean"],
+               "[N, L, d] token-mean residual stream per decoder layer (as read from the store, float32)")
+    for capability in capabilities:
+        table = score_tables[capability]
+        dump.array(f"scores_{capability}.npy", table.column("score").to_numpy(),
+                   f"[N] NAIT score per pool example for {capability}")
+        dump.array(f"layer_projections_{capability}.npy",
+                   np.stack(table.column("layer_projections").to_numpy(zero_copy_only=False)),
+                   f"[N, L] a_l . v_l per layer for {capability}; scores = sum over the layers in params")
+        directions = pq.read_table(layout.directions(capability))
+        dump.array(f"directions_{capability}.npy",
+                   np.stack(directions.column("direction").to_numpy(zero_copy_only=False)).astype(np.float32),
+                   f"[L, d] unit direction per layer for {capability} (PC1 of the drift, sign fixed by its mean)")
+        dump.array(f"explained_variance_{capability}.npy",
+                   directions.column("explained_variance_ratio").to_numpy(), f"[L] PC1 variance share ({capability})")
+        target = read_features([layout.target_activations(capability)], vectors=("layer_mean", "first_token"))
+        dump.json(f"target_ids_{capability}.json", target.ids, f"in-domain example ids for {capability}")
+        dump.array(f"target_layer_mean_{capability}.npy", target.vectors["layer_mean"],
+                   f"[n, L, d] token means of the {capability} in-domain set")
+        dump.array(f"target_first_token_{capability}.npy", target.vectors["first_token"],
+                   f"[n, L, d] first-token states of the {capability} in-domain set")
+        targets = pq.read_table(layout.target_selection(capability)).to_pylist()
+        dump.jsonl(f"target_texts_{capability}.jsonl", [
+            dict(zip(("prompt_text", "response_text"), template.render(t["prompt"], "", t["answer"])),
+                 example_id=t["example_id"]) for t in targets],
+            f"the {capability} in-domain examples exactly as rendered for the model")
+
+    subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
+    dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
+    dump.array("selected_scores.npy", subset.column("score").to_numpy(), "the score each selected id was ranked by")
+    pool = pq.read_table(layout.pool_examples, filters=[("status", "=", "kept")]).to_pylist()
+    by_id = {r["example_id"]: r for r in pool}
+    texts = []
+    for example_id, n_tokens, truncated in zip(pool_ids, store.scalars["n_tokens"], store.scalars["truncated"]):
+        row = by_id[example_id]
+        prompt_text, response_text = template.render(row["instruction"], row["input"], row["output"])
+        texts.append({"example_id": example_id, "prompt_text": prompt_text, "response_text": response_text,
+                      "n_tokens": int(n_tokens), "truncated": bool(truncated)})
+    dump.jsonl("pool_texts.jsonl", texts, "pool examples as rendered for the model (before truncation to n_tokens)")
+
+    manifest = {
+        "subset_version": subset_version,
+        "lineage": {k: str(v) for k, v in lineage.items()},
+        "params": params,
+        "store": {k: read_metadata(layout.pool_activations(shards[0])).get(k)
+                  for k in ("model_id", "template_hash", "featurizer", "layers")},
+        "recipe": (
+            "score_c = sum over layers l of pool_layer_mean[:, l] @ directions_c[l] (aggregation 'sum'); "
+            "for capability 'all' with merge 'zsum': sum over capabilities of (score_c - mean) / std; "
+            "rank by descending score, ties by ascending id; keep the first ceil(budget_ratio * N)."
+        ),
+        "files": dump.files,
+    }
+    return write_json(manifest, out_dir / "manifest.json")
+
 
 METHOD = Method(
     name="nait",
@@ -146,4 +228,5 @@ METHOD = Method(
     recipe=("score_c = sum over layers l of pool_layer_mean[:, l] @ directions_c[l] (aggregation 'sum'); "
             "for capability 'all' with merge 'zsum': sum over capabilities of (score_c - mean) / std; "
             "rank by descending score, ties by ascending id; keep the first ceil(budget_ratio * N)."),
+    dump=dump_nait_selection,
 )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nait_pipeline.lib.features.forward import FORWARD
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.selection import policies as selection
 
@@ -60,11 +61,11 @@ def _longest(inp: SelectionInput, params: BudgetParams) -> list[Chosen]:
 PERPLEXITY = Scorer(
     name="perplexity",
     description="Response perplexity exp(mean response-token NLL) under the base model, from the store.",
-    params=NoScoreParams, pool_vectors=(), pool_scalars=("response_loss",), score=_perplexity, targeted=False)
+    params=NoScoreParams, kind=FORWARD, pool_scalars=("response_loss",), score=_perplexity, targeted=False)
 LENGTH = Scorer(
     name="length",
     description="Response tokens (after truncation) of each pool example, from the store.",
-    params=NoScoreParams, pool_vectors=(), pool_scalars=("n_response_tokens",), score=_length, targeted=False)
+    params=NoScoreParams, kind=FORWARD, pool_scalars=("n_response_tokens",), score=_length, targeted=False)
 
 PERPLEXITY_METHODS = [
     Method(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nait_pipeline.lib.features.feature_store import read_features
+from nait_pipeline.lib.features.forward import FORWARD, require_store_columns
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.base import (
     ALL,
@@ -23,7 +24,6 @@ from nait_pipeline.lib.methods.base import (
     Scored,
     Scorer,
     SelectionInput,
-    require_store_columns,
 )
 from nait_pipeline.lib.selection import policies as selection
 
@@ -97,11 +97,10 @@ SCORER = Scorer(
     description="RDS+ cosine between pool and in-domain position-weighted last-layer means; score = max "
                 "over the capability's in-domain examples, the [N, m] matrix kept for round-robin.",
     params=RdsScoreParams,
+    kind=FORWARD,
     pool_vectors=("rds_embedding",),
-    pool_scalars=(),
     score=_score,
     load_target=_load_target,
-    target_assets=("target_activations",),
 )
 
 ROUND_ROBIN = Method(

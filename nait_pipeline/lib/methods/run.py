@@ -30,7 +30,6 @@ from nait_pipeline.lib.methods.base import (
     SelectionInput,
     params_dict,
     pool_groups,
-    read_pool_store,
 )
 from nait_pipeline.lib.selection.diagnostics import diagnose
 from nait_pipeline.lib.selection.policies import require_finite
@@ -55,10 +54,7 @@ def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params
     target, target_meta = (None, {})
     if scorer.targeted:
         target, target_meta = scorer.load_target(layout, capability, params)
-    if scorer.read_pool is not None:
-        pool, pool_version = scorer.read_pool(layout)
-    else:
-        pool, pool_version = read_pool_store(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
+    pool, pool_version = scorer.kind.read_pool(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
     if target_meta and pool.metadata["model_id"] != target_meta.get("model_id"):
         raise MethodInputError(
             f"pool activations come from {pool.metadata['model_id']} but the {capability} target model from "
@@ -121,7 +117,8 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
         return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores={}, score_versions={},
                               score_params={}, unscored=np.zeros(len(ids), bool),
                               groups={"source": pool_groups(layout, ids),
-                                      "length": [len(text) for text in kept.column("output").to_pylist()]})
+                                      "length": [len(text) for text in kept.column("output").to_pylist()]},
+                              policy_reads=method.policy_reads)
     keys = capabilities if scorer.targeted else [ALL]
     if not keys:
         raise MethodInputError(f"{method.name} needs at least one capability with a target set")
@@ -149,7 +146,8 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
         params[capability] = meta["params"]
     return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores=scores, score_versions=versions,
                           score_params=params, unscored=unscored,
-                          groups={"source": pool_groups(layout, ids), **groups}, matrix_loader=_load_matrix(layout, scorer, versions))
+                          groups={"source": pool_groups(layout, ids), **groups},
+                          matrix_loader=_load_matrix(layout, scorer, versions), policy_reads=method.policy_reads)
 
 
 def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: dict) -> list[dict]:

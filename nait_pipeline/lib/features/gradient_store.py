@@ -1,0 +1,137 @@
+"""The gradient feature kind (LESS, BIDS and G2IS read it): the warmup's checkpoints, then per-example
+projected LoRA gradients of every pool shard and target set at each checkpoint
+(:mod:`~nait_pipeline.lib.features.gradients` computes them). Read here, checked to be of the current
+pool rows and of the current warmup adapter; priced from the stats every store file records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from nait_pipeline.lib.features.feature_store import stale_shards
+from nait_pipeline.lib.features.gradients import read_gradient_stores
+from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
+from nait_pipeline.lib.features.projection import check_same_projection
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.layout import LakeLayout
+
+WARMUP_ASSET = FeatureAsset("warmup_adapter")
+POOL_ASSET = FeatureAsset("pool_gradients", SHARD)
+TARGET_ASSET = FeatureAsset("target_gradients", CAPABILITY)
+
+
+def read_warmup(layout: LakeLayout) -> dict:
+    if not layout.warmup_record.exists():
+        raise FileNotFoundError(f"{layout.warmup_record} is missing: materialize {WARMUP_ASSET.name} first")
+    return json.loads(layout.warmup_record.read_text())
+
+
+@dataclass
+class GradientPool:
+    ids: list[str]
+    checkpoints: list[np.ndarray]  # per checkpoint [N, dim] unit rows
+    weights: list[float]
+    zero_gradient: np.ndarray  # [N] bool
+    metadata: dict
+
+
+def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars: Sequence[str] = (),
+                       needed_by: str = "") -> tuple[GradientPool, str]:
+    """Every kept shard's pool gradients at every warmup checkpoint, checked to be of the current pool
+    rows and of the current warmup adapter (the store has one vector per row: ``vectors`` is unused)."""
+    warmup = read_warmup(layout)
+    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    shards = layout.kept_shards()
+    per_checkpoint, versions = [], []
+    for checkpoint in warmup["checkpoints"]:
+        epoch = checkpoint["epoch"]
+        stale = stale_shards(layout.pool_examples, lambda shard, e=epoch: layout.pool_gradients(shard, e))
+        if stale:
+            raise MethodInputError(f"{POOL_ASSET.name} is missing or out of date for shard(s) {stale[:5]} at "
+                                   f"checkpoint {epoch}: materialize {POOL_ASSET.name} for them")
+        stored = read_gradient_stores([layout.pool_gradients(shard, epoch) for shard in shards])
+        if stored.metadata["adapter_version"] != warmup["adapter_version"]:
+            raise MethodInputError(f"{POOL_ASSET.name} at checkpoint {epoch} were computed with another warmup "
+                                   f"adapter: re-materialize {POOL_ASSET.name}")
+        per_checkpoint.append(stored)
+        versions.append(sha256_json([read_metadata(layout.pool_gradients(s, epoch))["store_version"] for s in shards]))
+    first = per_checkpoint[0]
+    for stored in per_checkpoint[1:]:
+        if stored.ids != first.ids:
+            raise MethodInputError(f"{POOL_ASSET.name} of different checkpoints cover different rows")
+        check_same_projection(stored.metadata["projection"], first.metadata["projection"], POOL_ASSET.name)
+    # Rows in id order, as every scorer writes them.
+    order = np.argsort(np.asarray(first.ids, dtype=object), kind="stable")
+    zero = np.zeros(len(first.ids), bool)
+    for stored in per_checkpoint:
+        zero |= stored.zero_gradient
+    return GradientPool(
+        ids=[first.ids[i] for i in order], checkpoints=[s.vectors[order] for s in per_checkpoint],
+        weights=list(warmup["weights"]), zero_gradient=zero[order],
+        metadata={"model_id": first.metadata["model_id"], "template_hash": first.metadata["template_hash"],
+                  "projection": first.metadata["projection"], "adapter_version": warmup["adapter_version"],
+                  "features_version": sha256_json(versions)[:16]},
+    ), pool_version
+
+
+@dataclass
+class TargetGradients:
+    ids: list[str]
+    subtasks: list[str]
+    checkpoints: list[np.ndarray]
+    projection: dict
+
+
+def load_target_gradients(layout: LakeLayout, capability: str, params=None) -> tuple[TargetGradients, dict]:
+    """A capability's target gradients at every checkpoint, columns grouped by subtask (the official
+    contiguous layout when the subtasks have equal sizes)."""
+    warmup = read_warmup(layout)
+    paths = [layout.target_gradients(capability, c["epoch"]) for c in warmup["checkpoints"]]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} is missing: materialize {TARGET_ASSET.name}[{capability}] first")
+    stored = [read_gradient_stores([p]) for p in paths]
+    for s in stored:
+        if s.metadata["adapter_version"] != warmup["adapter_version"]:
+            raise MethodInputError(f"{TARGET_ASSET.name}[{capability}] were computed with another warmup adapter: "
+                                   "re-materialize them")
+    task_of = dict(zip(*(pq.read_table(layout.target_selection(capability), columns=["example_id", "task"])
+                         .column(c).to_pylist() for c in ("example_id", "task"))))
+    ids = stored[0].ids
+    order = sorted(range(len(ids)), key=lambda i: (task_of.get(ids[i], capability), ids[i]))
+    meta = {"model_id": stored[0].metadata["model_id"],
+            "version": sha256_json([read_metadata(p)["store_version"] for p in paths])[:16]}
+    return TargetGradients(ids=[ids[i] for i in order], subtasks=[task_of.get(ids[i], capability) for i in order],
+                           checkpoints=[s.vectors[order] for s in stored],
+                           projection=stored[0].metadata["projection"]), meta
+
+
+def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):
+    """Every shard and target set at every checkpoint (the warmup itself records no stats)."""
+    epochs = [c["epoch"] for c in read_warmup(layout)["checkpoints"]]
+    return ([layout.pool_gradients(s, e) for s in layout.kept_shards() for e in epochs],
+            [layout.target_gradients(c, e) for c in capabilities for e in epochs])
+
+
+GRADIENTS = FeatureKind(
+    name="gradients",
+    description="a LoRA warmup on a seeded share of the pool, then per-example LoRA gradients of the response "
+                "loss at every checkpoint (Adam-preconditioned for pool rows), Rademacher-projected and normalised",
+    pool_assets=(WARMUP_ASSET, POOL_ASSET),
+    target_assets=(TARGET_ASSET,),
+    read_pool=read_gradient_pool,
+    cost_files=_cost_files,
+    on_demand=True,
+)
+
+GRADIENT_GRAPH = FeatureKind(
+    name="gradient_graph",
+    description="G2IS's kNN graph over the pool's combined gradient features (exact, or FAISS IVF)",
+    pool_assets=(FeatureAsset("gradient_graph"),),
+    on_demand=True,
+)
