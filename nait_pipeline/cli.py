@@ -330,11 +330,12 @@ def cmd_recover(args: argparse.Namespace) -> None:
 def cmd_migrate_store(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.evaluation.runs import model_folder
     from nait_pipeline.lib.features.feature_store import migrate_store_file
+    from nait_pipeline.lib.io.layout import LakeLayout
 
     settings = Settings.from_env()
-    lake = settings.lake_dir
-    files = sorted(p for folder in ("pool_activations", "target_activations")
-                   for p in (lake / "features" / folder).glob("*.parquet") if not p.name.startswith("_"))
+    layout = LakeLayout(settings.lake_dir)
+    folders = [layout.pool_activations("_").parent, layout.target_activations("_").parent]  # the forward store
+    files = sorted(p for folder in folders for p in folder.glob("*.parquet") if not p.name.startswith("_"))
     migrated = 0
     for index, path in enumerate(files, start=1):
         changed = migrate_store_file(path)

@@ -29,7 +29,10 @@ from nait_pipeline.lib.io.settings import CAPABILITIES as BUILT_IN
 HEADLINE_METRIC = {"math": "gsm8k_exact_match", "code": "mbpp_pass@1", "reasoning": "bbh_exact_match",
                    "knowledge": "mmlu_accuracy", "multilingual": "answer_nll"}
 LOWER_IS_BETTER = {"answer_nll"}
-
+# The comparison's references: runs of the protocol's random reference (any seeded method) are labelled
+# RANDOM_LABEL; the full pool's runs carry FULL_LABEL, its method's label.
+RANDOM_LABEL = "random"
+FULL_LABEL = "full"
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,9 @@ def compare(name: str, runs: Sequence[Run], evaluations: Sequence[dict]) -> pa.T
     records = []
     for (method, capability, metric), observed in sorted(values.items()):
         mean, std = _mean_std([v for v, _, _ in observed])
-        random_values = [v for v, _, _ in values.get(("random", capability, metric), [])]
+        random_values = [v for v, _, _ in values.get((RANDOM_LABEL, capability, metric), [])]
         random_mean, random_std = _mean_std(random_values) if random_values else (None, None)
-        full = values.get(("full", capability, metric))
+        full = values.get((FULL_LABEL, capability, metric))
         method_runs = runs_of[method]
         records.append(dict(
             comparison=name, method=method, eval_capability=capability, metric=metric,
@@ -130,8 +133,8 @@ def compare(name: str, runs: Sequence[Run], evaluations: Sequence[dict]) -> pa.T
 
 
 def _method_order(methods: set[str]) -> list[str]:
-    nait = sorted(m for m in methods if m not in ("random", "full"))
-    return nait + [m for m in ("random", "full") if m in methods]
+    references = (RANDOM_LABEL, FULL_LABEL)
+    return sorted(m for m in methods if m not in references) + [m for m in references if m in methods]
 
 
 def _capabilities(rows: list[dict]) -> list[str]:
@@ -218,7 +221,7 @@ def plot(table: pa.Table, destination: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = table.to_pylist()
-    methods = [m for m in _method_order({r["method"] for r in rows}) if m not in ("random", "full")]
+    methods = [m for m in _method_order({r["method"] for r in rows}) if m not in (RANDOM_LABEL, FULL_LABEL)]
     shown = _capabilities(rows)
     figure, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 6), dpi=90, squeeze=False)
     for column, capability in enumerate(shown):
@@ -264,7 +267,7 @@ def run_keys(layout: LakeLayout, versions: Sequence[str]) -> list[str]:
     return keys + ([BASE] if BASE in present else [])
 
 
-def load_runs(layout: LakeLayout, keys: Sequence[str], random_reference: str = "random") -> list[Run]:
+def load_runs(layout: LakeLayout, keys: Sequence[str], random_reference: str = RANDOM_LABEL) -> list[Run]:
     """Runs for run keys that were fine-tuned (or the base model), with their selection and training cost.
     Runs of ``random_reference`` (random_stratified on a mixed pool) are labelled ``random``: the reference."""
     loaded = []
@@ -281,7 +284,7 @@ def load_runs(layout: LakeLayout, keys: Sequence[str], random_reference: str = "
         train = pq.read_table(train_path).to_pylist()[0]
         params = json.loads(lineage["params_json"])
         seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
-        label = "random" if lineage["method"] == random_reference else method_label(lineage["method"],
+        label = RANDOM_LABEL if lineage["method"] == random_reference else method_label(lineage["method"],
                                                                                      lineage["capability"])
         loaded.append(Run(subset_version=key, method=label,
                           n_selected=lineage["n_selected"], selection_seconds=seconds, selection_tokens=tokens,

@@ -86,7 +86,7 @@ class SelectionInput:
     score_versions: dict[str, str]
     score_params: dict[str, dict]
     unscored: np.ndarray  # [N] bool, rows no policy may select
-    groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. "source" -> [N] labels
+    groups: dict[str, list] = field(default_factory=dict)  # "source" -> [N] labels; "output_chars" for random
     matrix_loader: Callable[[str], tuple[np.ndarray, list[str]]] | None = None
     policy_reads: tuple[FeatureKind, ...] = ()  # the kinds pool_features may read (the method's policy_reads)
 

@@ -41,7 +41,7 @@ def _balanced(inp: SelectionInput, params: RandomParams) -> list[Chosen]:
 
 def _stratified(inp: SelectionInput, params: RandomParams) -> list[Chosen]:
     k = selection.budget(len(inp.ids), params.budget_ratio)
-    quintiles = selection.length_quintiles(inp.groups["length"])
+    quintiles = selection.length_quintiles(inp.groups["output_chars"])
     strata = [f"{source}|q{quintile}" for source, quintile in zip(inp.groups["source"], quintiles)]
     return [Chosen(ALL, selection.proportional_random(inp.ids, strata, k, seed), None,
                    {"budget_ratio": params.budget_ratio, "seed": seed, "stratified_by": "source x length quintile"},

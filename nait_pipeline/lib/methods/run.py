@@ -117,7 +117,7 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
         return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores={}, score_versions={},
                               score_params={}, unscored=np.zeros(len(ids), bool),
                               groups={"source": pool_groups(layout, ids),
-                                      "length": [len(text) for text in kept.column("output").to_pylist()]},
+                                      "output_chars": [len(text) for text in kept.column("output").to_pylist()]},
                               policy_reads=method.policy_reads)
     keys = capabilities if scorer.targeted else [ALL]
     if not keys:
