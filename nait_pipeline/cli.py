@@ -147,6 +147,24 @@ def subsets_asset(method) -> str:
     return f"{method.name}_subsets"
 
 
+def print_current_subsets(settings: Settings, methods) -> None:
+    """One line per method: the subsets its last selection wrote, with their sizes."""
+    import pyarrow.parquet as pq
+
+    from nait_pipeline.lib.io.layout import LakeLayout
+
+    layout = LakeLayout(settings.lake_dir)
+    for method in methods:
+        path = layout.current_subsets(method.name)
+        if not path.exists():
+            continue
+        slots = []
+        for row in pq.read_table(path).to_pylist():
+            selected = pq.read_table(layout.lineage(row["subset_version"]), columns=["n_selected"]).column(0)[0]
+            slots.append(f"{row['capability']}{'/' + row['slot'] if row['slot'] else ''} {selected.as_py()}")
+        print(f"    {method.name:<20} {', '.join(slots)}", flush=True)
+
+
 def cmd_materialize(args: argparse.Namespace) -> None:
     """Plan from the asset graph: the foundation, then the methods that read no slow feature kind (the first
     subsets), then the rest (LP's selector), each step once per shard or capability where partitioned."""
@@ -170,9 +188,11 @@ def cmd_materialize(args: argparse.Namespace) -> None:
         if not phase:
             continue
         if number == 1:
-            slow = sorted({kind.name for m in phase for kind in m.kinds if kind.slow})
-            print(f"==> first subsets ready after {time.perf_counter() - started:.0f}s (`nait-pipeline subsets`); "
-                  f"now {', '.join(m.name for m in phase)}, which read the slow feature kind(s) {slow}", flush=True)
+            slow = {kind for m in phase for kind in m.kinds if kind.slow}
+            print(f"==> first subsets ready after {time.perf_counter() - started:.0f}s:", flush=True)
+            print_current_subsets(settings, phases[0])
+            print(f"==> now {', '.join(m.name for m in phase)}, which read the slow feature kind(s) "
+                  + "; ".join(f"{kind.name} ({kind.description})" for kind in slow), flush=True)
         targets = [*FOUNDATION, *(subsets_asset(m) for m in phase)]
         run_plan(plan(graph, targets, done=done), settings)
         done |= upstream_closure(graph, targets)

@@ -1,10 +1,10 @@
 """The Dagster UI in a real browser: `dagster dev` on 127.0.0.1, headless Chromium (Debian's package,
 driven by Playwright from PyPI, no browser download), on a store set up by the CLI with the
-featurization sensor switched on in the settings file. In file order, the README's walkthrough:
+featurization sensor switched on in the settings file. In file order, docs/walkthrough.md:
 nothing starts by itself; the warehouse is materialized by clicking and checked through SQL; a GraphQL
 client launches a partitioned run; a pool file is dropped, the sensors ingest it and featurize only its
 shard, the subsets are re-selected by clicking and the diff shows the new rows. Screenshots go to
-$NAIT_SCREENSHOTS (the README's come from `NAIT_SCREENSHOTS=docs/screenshots`)."""
+$NAIT_SCREENSHOTS (the walkthrough's come from `NAIT_SCREENSHOTS=docs/screenshots`)."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def test_graphql_launches_a_partitioned_run(dagster_dev):
 
 
 def test_a_dropped_pool_file_flows_to_a_subset_diff(dagster_dev, browser_page, shots):
-    """The README's walkthrough: a file dropped in the pools folder is ingested by `new_pool_files` once
+    """The walkthrough (docs/walkthrough.md): a file dropped in the pools folder is ingested by `new_pool_files` once
     it held still, `unfeaturized_pool_shards` featurizes only its shard, the length subsets re-selected
     by clicking get a new version, and the diff names the new rows and the changed pool version."""
     home, data, page = dagster_dev["home"], dagster_dev["data"], browser_page

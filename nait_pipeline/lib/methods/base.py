@@ -70,10 +70,6 @@ class Scorer:
             return self.target_assets
         return tuple(asset.name for asset in self.kind.target_assets)
 
-    @property
-    def on_demand(self) -> bool:
-        return any(kind.on_demand for kind in self.kinds)
-
 
 @dataclass
 class SelectionInput:
