@@ -165,7 +165,7 @@ def flops(config, tokens: int, lm_head_tokens: int, mean_length: float) -> float
 
 
 def scores(pool_mean, target_mean, target_first):
-    from nait_pipeline.lib.methods import nait_math as nait
+    from nait_pipeline.lib.methods.nait import nait_math as nait
 
     directions = nait.fit_directions(nait.drift(target_mean, target_first, None, "R2")).vectors
     return nait.aggregate(nait.layer_projections(pool_mean, directions))

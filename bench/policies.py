@@ -44,7 +44,7 @@ def synthetic(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator, b
 
 
 def run(n: int, dim: int, m: int, k: int) -> dict:
-    from nait_pipeline.lib.methods import bids_math, g2is_math, less_math
+    from nait_pipeline.lib.methods.gradients import bids_math, g2is_math, less_math
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, dim)).astype(np.float32) / math.sqrt(dim) * 3

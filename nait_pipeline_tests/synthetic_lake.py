@@ -112,7 +112,7 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
     has no response token: a zero gradient), target rows in two tasks per capability, and G2IS's graph."""
     from nait_pipeline.lib.features import gradients as gr
     from nait_pipeline.lib.io.contract import TARGET_SCHEMA
-    from nait_pipeline.lib.methods import g2is_math, less_math
+    from nait_pipeline.lib.methods.gradients import g2is_math, less_math
     from nait_pipeline.lib.features.gradient_store import read_gradient_pool
 
     epochs, rates = [1, 2], [2e-5, 1e-5]

@@ -144,7 +144,7 @@ def test_export_and_dump_let_anyone_redo_the_selection(pipeline, tmp_path):
     import json
 
     from nait_pipeline.lib.methods.audit import export_subset
-    from nait_pipeline.lib.methods.nait_method import dump_nait_selection
+    from nait_pipeline.lib.methods.nait.nait_method import dump_nait_selection
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
@@ -191,7 +191,7 @@ def test_other_all_capability_merges_make_their_own_versions(pipeline, config):
 
 
 def test_dump_refuses_a_subset_whose_scores_were_replaced(pipeline, tmp_path):
-    from nait_pipeline.lib.methods.nait_method import dump_nait_selection
+    from nait_pipeline.lib.methods.nait.nait_method import dump_nait_selection
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nait_pipeline.lib.methods import get_method
-from nait_pipeline.lib.methods.facility_location import greedy_facility_location
-from nait_pipeline.lib.methods.kcenter import FIRST_CENTER_SCORE, greedy_k_center
+from nait_pipeline.lib.methods.baselines.facility_location import greedy_facility_location
+from nait_pipeline.lib.methods.baselines.kcenter import FIRST_CENTER_SCORE, greedy_k_center
 
 
 def at_degrees(*angles: float) -> np.ndarray:

@@ -21,7 +21,7 @@ from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features.projection import ProjectionMismatchError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import less_math
+from nait_pipeline.lib.methods.gradients import less_math
 
 ASSETS = [base_model, it_pool, target_sets, target_test_sets, warmup_adapter, pool_gradients, target_gradients,
           gradient_graph, *score_assets, *subset_assets]

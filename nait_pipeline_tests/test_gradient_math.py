@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nait_pipeline.lib.methods import bids_math, g2is_math, less_math
+from nait_pipeline.lib.methods.gradients import bids_math, g2is_math, less_math
 
 
 def unit(rows) -> np.ndarray:

@@ -147,7 +147,7 @@ def test_few_shot_rows_spread_over_tasks():
 
 
 def test_the_warmup_share_is_seeded_and_stable_when_rows_are_added():
-    from nait_pipeline.lib.methods.gradient_pool import warmup_rows
+    from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
 
     ids = [f"row-{i:03d}" for i in range(200)]
     config = gr.WarmupConfig(share=0.05, min_rows=4)

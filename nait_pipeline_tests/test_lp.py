@@ -14,7 +14,7 @@ import pytest
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.methods import MethodInputError
-from nait_pipeline.lib.methods import lp_math as lp
+from nait_pipeline.lib.methods.lp import lp_math as lp
 from nait_pipeline.lib.methods.audit import dump_selection
 from nait_pipeline_tests import synthetic_lake
 

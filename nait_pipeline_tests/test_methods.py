@@ -206,7 +206,7 @@ def _poison(layout, path, example_index: int, layer: int):
 
 
 def test_a_nan_in_a_target_row_names_the_example_capability_and_layer(tmp_path):
-    from nait_pipeline.lib.methods.nait_method import target_drifts
+    from nait_pipeline.lib.methods.nait.nait_method import target_drifts
 
     layout = synthetic_lake.build(tmp_path / "lake")
     culprit = _poison(layout, layout.target_activations("code"), 2, layer=3)
@@ -216,7 +216,7 @@ def test_a_nan_in_a_target_row_names_the_example_capability_and_layer(tmp_path):
 
 def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
     from nait_pipeline.lib.features.forward import read_pool_store
-    from nait_pipeline.lib.methods.nait_method import NaitScoreParams
+    from nait_pipeline.lib.methods.nait.nait_method import NaitScoreParams
 
     layout = synthetic_lake.build(tmp_path / "lake")
     directions = np.ones((3, 8), np.float32) / np.sqrt(8)
@@ -338,7 +338,7 @@ def test_the_lda_variant_scores_with_its_own_direction_under_its_own_name(scored
     """nait_c_lda is NAIT-C with the whitened direction: its scores record lda, nait_c's contrastive, and
     the two rank the synthetic pool differently (the whitening is applied, not just recorded)."""
     from nait_pipeline.lib.io.lake import read_metadata
-    from nait_pipeline.lib.methods import nait_c_method
+    from nait_pipeline.lib.methods.nait import nait_c_method
 
     assert "Σ_LW⁻¹" in nait_c_method.LDA_METHOD.recipe  # its recipe is derived from nait_c's by replacement
     _, _, layout = scored_lake

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from nait_pipeline.lib.features import prefix as pf
-from nait_pipeline.lib.methods import nait_c_math as nc
-from nait_pipeline.lib.methods import nait_math
-from nait_pipeline.lib.methods.nait_c_method import NaitCScoreParams, _score
+from nait_pipeline.lib.methods.nait import nait_c_math as nc
+from nait_pipeline.lib.methods.nait import nait_math
+from nait_pipeline.lib.methods.nait.nait_c_method import NaitCScoreParams, _score
 from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.selection.diagnostics import spearman
 

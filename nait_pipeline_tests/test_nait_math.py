@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nait_pipeline.lib.methods import nait_math as nait
+from nait_pipeline.lib.methods.nait import nait_math as nait
 
 
 def test_drift_variants():

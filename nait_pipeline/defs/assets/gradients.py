@@ -24,8 +24,8 @@ from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
-from nait_pipeline.lib.methods import g2is_math, less_math
-from nait_pipeline.lib.methods.gradient_pool import warmup_rows
+from nait_pipeline.lib.methods.gradients import g2is_math, less_math
+from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
 from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.models.template import ChatTemplate
 

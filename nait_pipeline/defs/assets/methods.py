@@ -24,7 +24,6 @@ from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 
 
-
 def pool_feature_deps(kinds) -> list[dg.AssetDep]:
     """The assets of each kind's pool side; a score or a policy reads every shard of a shard-partitioned one."""
     return [dg.AssetDep(asset.name, partition_mapping=dg.AllPartitionMapping() if asset.partitioning == SHARD else None)

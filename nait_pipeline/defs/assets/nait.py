@@ -13,9 +13,9 @@ from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import nait_math as nait
-from nait_pipeline.lib.methods.nait_c_math import massive_dims
-from nait_pipeline.lib.methods.nait_method import CODE_VERSION, target_drifts
+from nait_pipeline.lib.methods.nait import nait_math as nait
+from nait_pipeline.lib.methods.nait.nait_c_math import massive_dims
+from nait_pipeline.lib.methods.nait.nait_method import CODE_VERSION, target_drifts
 
 
 class DirectionConfig(dg.Config):

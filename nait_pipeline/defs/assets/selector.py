@@ -21,7 +21,7 @@ from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
-from nait_pipeline.lib.methods.lp import selector_slice
+from nait_pipeline.lib.methods.lp.lp import selector_slice
 from nait_pipeline.lib.models import model_io
 
 _TrainingConfig = config_class("SelectorTrainingConfig", tr.SelectorConfig)

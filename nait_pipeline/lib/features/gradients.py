@@ -43,7 +43,7 @@ from nait_pipeline.lib.features.projection import RademacherProjector
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_dir, read_metadata, write_parquet
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
-from nait_pipeline.lib.models.train import IGNORE_INDEX, collate, length_grouped_batches, training_step
+from nait_pipeline.lib.models.train import IGNORE_INDEX, collate, train_epochs
 
 GRADIENT_VERSION = "1"
 ADAM_BETAS = (0.9, 0.999)
@@ -145,17 +145,20 @@ def warmup(model_dir: Path, rows: Sequence[dict], config: WarmupConfig, run_dir:
         torch.set_rng_state(state["torch_rng"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps_done = start * math.ceil(len(examples) / config.batch_size)
-    for epoch in range(start + 1, config.epochs + 1):
-        model.train()
-        rates = []
-        for step, batch in enumerate(length_grouped_batches(examples, config.batch_size, config.seed, epoch - 1), 1):
-            rates.append(scheduler.get_last_lr()[0])
-            input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-            training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
-                          f"in warmup epoch {epoch}, step {step}")
-            steps_done += 1
-            if progress:
-                progress(steps_done, total)
+    rates: list[float] = []  # the learning rate of each step of the current epoch
+
+    def before_step(epoch: int, step: int) -> None:
+        if step == 1:
+            rates.clear()
+        rates.append(scheduler.get_last_lr()[0])
+
+    def after_step(epoch: int, step: int, batch: list, mask, loss: float) -> None:
+        nonlocal steps_done
+        steps_done += 1
+        if progress:
+            progress(steps_done, total)
+
+    def after_epoch(epoch: int) -> None:
         moments = [optimizer.state[p] for p in parameters]
         with atomic_dir(run_dir / f"checkpoint-{epoch}") as tmp:
             torch.save({"lora": {name: p.detach().cpu().clone() for name, p in named},
@@ -165,6 +168,10 @@ def warmup(model_dir: Path, rows: Sequence[dict], config: WarmupConfig, run_dir:
                         "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
             (tmp / "checkpoint.json").write_text(json.dumps({"epoch": epoch, "mean_lr": float(np.mean(rates)),
                                                              "steps": len(rates)}))
+
+    train_epochs(model, parameters, optimizer, scheduler, examples, batch_size=config.batch_size, seed=config.seed,
+                 pad_id=pad_id, epochs=range(start + 1, config.epochs + 1), where="warmup", device=device,
+                 before_step=before_step, after_step=after_step, after_epoch=after_epoch)
     return read_checkpoints(run_dir, config.epochs)
 
 

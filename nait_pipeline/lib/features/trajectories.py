@@ -34,7 +34,7 @@ from nait_pipeline.lib.features.featurize import plan_batches
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_dir, write_parquet
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
-from nait_pipeline.lib.models.train import collate, length_grouped_batches, training_step
+from nait_pipeline.lib.models.train import collate, train_epochs
 
 TRAJECTORY_VERSION = "1"
 
@@ -224,28 +224,34 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
                       run.perplexity_path(epoch), {"epoch": epoch})
 
     evaluate(start_epoch)
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        batches = length_grouped_batches(trainable, config.batch_size, config.seed, epoch - 1)
-        done = epoch_tokens = 0
+    epoch_started, done, epoch_tokens = 0.0, 0, 0
+
+    def before_epoch(epoch: int) -> None:
+        nonlocal epoch_started, done, epoch_tokens
+        epoch_started, done, epoch_tokens = time.perf_counter(), 0, 0
         if progress:  # the stage starts its clock here, not after the first batch
             progress(f"selector epoch {epoch}/{config.epochs}", 0, len(trainable), 0)
-        for step, batch in enumerate(batches, 1):
-            input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-            training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
-                          f"in selector epoch {epoch}, step {step}")
-            done += len(batch)
-            epoch_tokens += int(mask.sum())
-            if progress:
-                progress(f"selector epoch {epoch}/{config.epochs}", done, len(trainable), epoch_tokens)
+
+    def after_step(epoch: int, step: int, batch: list, mask, loss: float) -> None:
+        nonlocal done, epoch_tokens
+        done += len(batch)
+        epoch_tokens += int(mask.sum())
+        if progress:
+            progress(f"selector epoch {epoch}/{config.epochs}", done, len(trainable), epoch_tokens)
+
+    def after_epoch(epoch: int) -> None:
+        nonlocal train_tokens, train_seconds
         train_tokens += epoch_tokens
-        train_seconds += time.perf_counter() - started
+        train_seconds += time.perf_counter() - epoch_started
         evaluate(epoch)
         with atomic_dir(run.checkpoint) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
             (tmp / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+
+    train_epochs(model, parameters, optimizer, scheduler, trainable, batch_size=config.batch_size, seed=config.seed,
+                 pad_id=pad_id, epochs=range(start_epoch + 1, config.epochs + 1), where="selector", device=device,
+                 before_epoch=before_epoch, after_step=after_step, after_epoch=after_epoch)
 
     return _collect(run, identity, ids, config, reused, train_tokens, train_seconds, eval_tokens, eval_seconds)
 

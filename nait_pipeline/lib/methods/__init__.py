@@ -1,23 +1,17 @@
-"""The method registry: every selection method, by name. Adding a method means writing its module
-(a :class:`~nait_pipeline.lib.methods.base.Scorer` and/or :class:`~nait_pipeline.lib.methods.base.Method`)
-and one line here; the Dagster assets, comparison, protocol, export and dump pick it up from this list."""
+"""The method registry: every selection method, by name. Methods live in family packages (``nait``,
+``rds``, ``gradients``, ``lp``, ``baselines``), each method's math in its own Dagster-free ``*_math``
+module. Adding a method means writing its module (a :class:`~nait_pipeline.lib.methods.base.Scorer`
+and/or :class:`~nait_pipeline.lib.methods.base.Method`) and one line here; the Dagster assets, the
+planner, comparison, protocol, export and dump pick it up from this list."""
 
 from __future__ import annotations
 
-from nait_pipeline.lib.methods import (
-    bids,
-    facility_location,
-    g2is,
-    kcenter,
-    less,
-    lp,
-    nait_c_method,
-    nait_method,
-    pool_stats,
-    random_methods,
-    rds,
-)
 from nait_pipeline.lib.methods.base import ALL, Method, MethodInputError, Scorer
+from nait_pipeline.lib.methods.baselines import facility_location, kcenter, pool_stats, random_methods
+from nait_pipeline.lib.methods.gradients import bids, g2is, less
+from nait_pipeline.lib.methods.lp import lp
+from nait_pipeline.lib.methods.nait import nait_c_method, nait_method
+from nait_pipeline.lib.methods.rds import rds
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     nait_method.METHOD,

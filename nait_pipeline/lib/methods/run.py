@@ -57,8 +57,8 @@ def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params
     pool, pool_version = scorer.kind.read_pool(layout, scorer.pool_vectors, scorer.pool_scalars, f"{scorer.name}_scores")
     if target_meta and pool.metadata["model_id"] != target_meta.get("model_id"):
         raise MethodInputError(
-            f"pool activations come from {pool.metadata['model_id']} but the {capability} target model from "
-            f"{target_meta.get('model_id')}: re-materialize one of them with the same model")
+            f"the pool's {scorer.kind.name} features come from {pool.metadata['model_id']} but the {capability} "
+            f"target model from {target_meta.get('model_id')}: re-materialize one of them with the same model")
     read_seconds = time.perf_counter() - started
     scored = scorer.score(pool, target, params)
     unscored = scored.unscored if scored.unscored is not None else np.zeros(len(pool.ids), bool)

@@ -115,6 +115,32 @@ def training_step(model, parameters, optimizer, scheduler, input_ids, mask, labe
     return loss.item()
 
 
+def train_epochs(model, parameters, optimizer, scheduler, examples: Sequence, *, batch_size: int, seed: int, pad_id: int,
+                 epochs: Sequence[int], where: str, device: str = "cpu", autocast=None,
+                 before_epoch: Callable[[int], None] | None = None, before_step: Callable[[int, int], None] | None = None,
+                 after_step: Callable[[int, int, list, object, float], None] | None = None,
+                 after_epoch: Callable[[int], None] | None = None) -> None:
+    """The one training loop (fine-tuning, LP's selector, LESS's warmup): for each epoch (1-based) seeded,
+    length-grouped batches (``length_grouped_batches(seed, epoch - 1)``) and one ``training_step`` each.
+    What differs between its users are the hooks: ``before_epoch(epoch)``, ``before_step(epoch, step)``,
+    ``after_step(epoch, step, batch, mask, loss)`` and ``after_epoch(epoch)`` (checkpoints, perplexity
+    passes, optimizer state export). ``where`` names the run in a non-finite loss's error."""
+    for epoch in epochs:
+        model.train()
+        if before_epoch is not None:
+            before_epoch(epoch)
+        for step, batch in enumerate(length_grouped_batches(list(examples), batch_size, seed, epoch - 1), 1):
+            if before_step is not None:
+                before_step(epoch, step)
+            input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
+            loss = training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
+                                 f"in {where} epoch {epoch}, step {step}", autocast)
+            if after_step is not None:
+                after_step(epoch, step, batch, mask, loss)
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+
 def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destination: Path,
               progress: Callable[[int, int, float], None] | None = None, device: str = "cpu") -> TrainResult:
     """Train on ``rows`` (instruction/input/output dicts) and save the model at ``destination``."""
@@ -155,15 +181,18 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
     losses: list[float] = []
     tokens = 0
     started = time.perf_counter()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-    for epoch in range(config.epochs):
-        for batch in length_grouped_batches(examples, config.batch_size, config.seed, epoch):
-            input_ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-            losses.append(training_step(model, parameters, optimizer, scheduler, input_ids, mask, labels,
-                                        f"at step {len(losses) + 1}", autocast))
-            tokens += int(mask.sum())
-            if progress is not None:
-                progress(len(losses), total, losses[-1])
+
+    def after_step(epoch: int, step: int, batch: list, mask, loss: float) -> None:
+        nonlocal tokens
+        losses.append(loss)
+        tokens += int(mask.sum())
+        if progress is not None:
+            progress(len(losses), total, loss)
+
+    train_epochs(model, parameters, optimizer, scheduler, examples, batch_size=config.batch_size, seed=config.seed,
+                 pad_id=pad_id, epochs=range(1, config.epochs + 1), where="fine-tuning", device=device,
+                 autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")),
+                 after_step=after_step)
     seconds = time.perf_counter() - started
     if config.mode == "lora":
         model = model.merge_and_unload()

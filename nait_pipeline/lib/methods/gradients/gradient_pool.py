@@ -2,7 +2,7 @@
 
 LESS, BIDS and G2IS differ only after the features (methods.md section 8.2): one warmup, one store of
 projected pool and target gradients per checkpoint, and one N x m influence matrix per capability
-(:mod:`~nait_pipeline.lib.methods.less_math`). The ``less`` scorer writes it with LESS's capability
+(:mod:`~nait_pipeline.lib.methods.gradients.less_math`). The ``less`` scorer writes it with LESS's capability
 score; LESS ranks by the score, BIDS balances over the matrix's columns, and G2IS walks the combined
 features on the ``gradient_graph``. The store's reader is :mod:`~nait_pipeline.lib.features.gradient_store`.
 """
@@ -27,7 +27,7 @@ from nait_pipeline.lib.features.gradient_store import (
 from nait_pipeline.lib.features.gradients import WarmupConfig
 from nait_pipeline.lib.features.projection import check_same_projection
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import less_math
+from nait_pipeline.lib.methods.gradients import less_math
 from nait_pipeline.lib.methods.base import MethodInputError, Scored, Scorer
 from nait_pipeline.lib.methods.dump import Dump, torch_file
 from nait_pipeline.lib.selection.policies import seeded_random

@@ -4,7 +4,7 @@ Stages: a selector model (small, any local HF model; the embedded one by default
 seeded slice of the pool and records every row's perplexity trajectory (``selector_trajectories``,
 :mod:`~nait_pipeline.lib.features.trajectories`); the same rows are clustered by sentence embeddings
 (``selector_clusters``, :mod:`~nait_pipeline.lib.features.clusters`); the scorer turns trajectories
-into LP(1) or LP_app (:mod:`~nait_pipeline.lib.methods.lp_math`); the policies cut each cluster's
+into LP(1) or LP_app (:mod:`~nait_pipeline.lib.methods.lp.lp_math`); the policies cut each cluster's
 LP order into chunks and keep the hard (low), middle or easy (high) chunk, or a seeded random chunk
 per cluster (the stratified baseline). No in-domain set: one score serves every capability.
 
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from nait_pipeline.lib.features.selector_store import SELECTOR, TrajectoryPool, read_trajectory_pool
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import lp_math
+from nait_pipeline.lib.methods.lp import lp_math
 from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.selection.policies import seeded_random

@@ -1,5 +1,5 @@
 """BIDS (Dai et al. 2025; methods.md section 7) on the registry: LESS's instance matrix, column
-z-scored over the pool, then the balanced greedy (:mod:`~nait_pipeline.lib.methods.bids_math`).
+z-scored over the pool, then the balanced greedy (:mod:`~nait_pipeline.lib.methods.gradients.bids_math`).
 Per capability over its target instances; for every capability at once over all of them."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.methods import bids_math
+from nait_pipeline.lib.methods.gradients import bids_math
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
-from nait_pipeline.lib.methods.gradient_pool import SCORER
-from nait_pipeline.lib.methods.less import floor_budget
+from nait_pipeline.lib.methods.gradients.gradient_pool import SCORER
+from nait_pipeline.lib.methods.gradients.less import floor_budget
 
 
 @dataclass(frozen=True)

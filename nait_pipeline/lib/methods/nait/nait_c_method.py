@@ -1,6 +1,6 @@
 """NAIT-C as a registered method: NAIT scored on cleaned, standardised features with a contrastive
 direction and length-controlled layer weights (the math and its reasons are in
-:mod:`nait_pipeline.lib.methods.nait_c_math`). It reads the same forward store as NAIT plus the
+:mod:`nait_pipeline.lib.methods.nait.nait_c_math`). It reads the same forward store as NAIT plus the
 `template_prefix` asset (one forward of the constant prefix); no new pass over the pool.
 
 Selection: top ceil(r·N) per capability, unless the score still tracks length
@@ -22,7 +22,7 @@ from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import nait_c_math as nc
+from nait_pipeline.lib.methods.nait import nait_c_math as nc
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.selection import policies as selection
 from nait_pipeline.lib.selection.diagnostics import spearman

@@ -21,8 +21,8 @@ import numpy as np
 
 from nait_pipeline.lib.features.forward import FORWARD
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
-from nait_pipeline.lib.methods.kcenter import EMBEDDING, dump_embedding
-from nait_pipeline.lib.methods.rds import unit_rows
+from nait_pipeline.lib.methods.baselines.kcenter import EMBEDDING, dump_embedding
+from nait_pipeline.lib.methods.rds.rds import unit_rows
 from nait_pipeline.lib.selection import policies as selection
 
 

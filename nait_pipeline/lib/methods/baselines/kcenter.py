@@ -20,7 +20,7 @@ from nait_pipeline.lib.features.forward import FORWARD
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
 from nait_pipeline.lib.methods.dump import Dump
-from nait_pipeline.lib.methods.rds import unit_rows
+from nait_pipeline.lib.methods.rds.rds import unit_rows
 from nait_pipeline.lib.selection import policies as selection
 
 EMBEDDING = "rds_embedding"

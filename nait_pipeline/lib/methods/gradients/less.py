@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
-from nait_pipeline.lib.methods.gradient_pool import SCORER
+from nait_pipeline.lib.methods.gradients.gradient_pool import SCORER
 from nait_pipeline.lib.selection import policies as selection
 
 

@@ -1,6 +1,6 @@
 """NAIT as a registered method (methods.md sections 4 and 11): per-layer capability directions
 (the `capability_directions` asset), pool scores by projection, top-r subsets and the
-all-capability merges. The math lives in :mod:`nait_pipeline.lib.methods.nait_math`."""
+all-capability merges. The math lives in :mod:`nait_pipeline.lib.methods.nait.nait_math`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.features.forward import FORWARD, read_pool_store
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import nait_math as nait
+from nait_pipeline.lib.methods.nait import nait_math as nait
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.selection import policies as selection

@@ -1,5 +1,5 @@
 """G2IS (Zhao et al. 2025; methods.md sections 5 and 11) on the registry: the gradient walk
-(:mod:`~nait_pipeline.lib.methods.g2is_math`) over the pool's combined gradient features and the
+(:mod:`~nait_pipeline.lib.methods.gradients.g2is_math`) over the pool's combined gradient features and the
 ``gradient_graph``, guided by the principal components of the capability's target gradients (every
 capability's target gradients stacked into one PCA for the all-capability subset).
 
@@ -16,10 +16,10 @@ import numpy as np
 
 from nait_pipeline.lib.features.gradient_store import GRADIENT_GRAPH, load_target_gradients, read_gradient_pool
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.methods import g2is_math, less_math
+from nait_pipeline.lib.methods.gradients import g2is_math, less_math
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
 from nait_pipeline.lib.methods.dump import Dump, torch_file
-from nait_pipeline.lib.methods.gradient_pool import SCORER
+from nait_pipeline.lib.methods.gradients.gradient_pool import SCORER
 
 
 @dataclass(frozen=True)

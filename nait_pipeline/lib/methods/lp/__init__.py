@@ -1,0 +1,1 @@
+"""Learning Percentage: a selector model's perplexity trajectories, per cluster."""
