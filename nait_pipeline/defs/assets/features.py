@@ -1,7 +1,6 @@
 """Activation stores: one forward pass per example over pool shards and target sets."""
 
 import functools
-import json
 import warnings
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
-from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.features import forward
+from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
+from nait_pipeline.lib.models.model_io import read_model_record
 
 
 class FeaturizerConfig(dg.Config):
@@ -40,12 +39,6 @@ class FeaturizerConfig(dg.Config):
                                  hidden_states=self.hidden_states)
 
 
-def read_model_record(layout: LakeLayout) -> dict:
-    if not layout.model_record.exists():
-        raise FileNotFoundError(f"{layout.model_record} is missing: materialize base_model first")
-    return json.loads(layout.model_record.read_text())
-
-
 @functools.lru_cache(maxsize=2)
 def cached_model(model_path: str, dtype: str, device: str):
     """One model per process: Dagster runs many shard steps in the same process with `materialize`."""
@@ -60,15 +53,6 @@ def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], confi
                    keep_last_token: bool, destination: Path, input_version: str) -> dg.MaterializeResult:
     """Featurize ``rows`` into ``destination`` unless an identical store is already there."""
     spec = config.spec(keep_last_token)
-    identity = {"model_id": model["model_id"], "template_hash": model["template_hash"],
-                "featurizer": spec.identity(), "input_version": input_version}
-    version = sha256_json(identity)[:16]
-    if destination.exists() and read_metadata(destination).get("store_version") == version:
-        context.log.info(f"{destination.name} is up to date (store version {version}); not recomputed")
-        table = pq.read_table(destination, columns=["example_id", "n_tokens", "truncated", "response_loss"])
-        return _result(table, destination, version, {"reused": True})
-
-    lm, template = cached_model(model["path"], spec.dtype, fz.resolve_device(config.device))
     step = max(1, len(rows) // 10)
     meter = Progress(f"featurizing {destination.stem}", len(rows))
 
@@ -78,10 +62,12 @@ def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], confi
         if done // step != (done - 1) // step or done == total:
             context.log.info(line)
 
-    features = fz.featurize(lm, template, rows, spec, ids, progress=progress)
-    write_features(destination, ids, features, {**identity, "store_version": version, "stats": features.stats})
-    table = pq.read_table(destination, columns=["example_id", "n_tokens", "truncated", "response_loss"])
-    return _result(table, destination, version, {"reused": False, **features.stats})
+    run = forward.featurize_into(destination, model, rows, ids, spec, input_version,
+                                 lambda: cached_model(model["path"], spec.dtype, fz.resolve_device(config.device)),
+                                 progress)
+    if run.reused:
+        context.log.info(f"{destination.name} is up to date (store version {run.version}); not recomputed")
+    return _result(run.table, destination, run.version, {"reused": run.reused, **run.stats})
 
 
 def _result(table: pa.Table, path: Path, version: str, extra: dict) -> dg.MaterializeResult:
@@ -144,27 +130,8 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
         data_version=dg.DataVersion(version))
 
 
-def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
-    """A pool shard's kept rows, their ids and the input version every store of the shard records."""
-    pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
-                         columns=["example_id", "instruction", "input", "output", "content_hash"])
-    if len(pool) == 0:
-        raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
-    rows = pool.to_pylist()
-    ids = [r["example_id"] for r in rows]
-    return rows, ids, shard_input_version(ids, [r["content_hash"] for r in rows])
-
-
-def target_rows(targets: list[dict]) -> tuple[list[dict], list[str], str]:
-    """Target rows rendered like pool rows (prompt as instruction, reference answer as output), their ids
-    and input version."""
-    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
-    ids = [r["example_id"] for r in targets]
-    return rows, ids, sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
-
-
 def _featurize_shard(context, layout: LakeLayout, shard: str, config: FeaturizerConfig) -> dg.MaterializeResult:
-    rows, ids, input_version = shard_rows(layout, shard)
+    rows, ids, input_version = forward.shard_rows(layout, shard)
     return featurize_rows(context, read_model_record(layout), rows, ids, config, False,
                           layout.pool_activations(shard), input_version)
 
@@ -183,6 +150,6 @@ def target_activations(context: dg.AssetExecutionContext, config: FeaturizerConf
     (prompt as instruction, reference answer as output), with last-token states for the R1 drift."""
     layout = LakeLayout(pipeline.settings.lake_dir)
     capability = context.partition_key
-    rows, ids, input_version = target_rows(pq.read_table(layout.target_selection(capability)).to_pylist())
+    rows, ids, input_version = forward.target_rows(pq.read_table(layout.target_selection(capability)).to_pylist())
     return featurize_rows(context, read_model_record(layout), rows, ids, config, True,
                           layout.target_activations(capability), input_version)

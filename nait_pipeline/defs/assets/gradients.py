@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets.features import SHARDS_PER_RUN, read_model_record, shard_rows, target_rows
+from nait_pipeline.defs.assets.features import SHARDS_PER_RUN
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
@@ -18,6 +18,7 @@ from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
+from nait_pipeline.lib.features.forward import shard_rows, target_rows
 from nait_pipeline.lib.features.gradient_store import read_gradient_pool, read_warmup
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
@@ -27,6 +28,7 @@ from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.gradients import g2is_math, less_math
 from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
 from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.models.template import ChatTemplate
 
 WarmupAdapterConfig = config_class("WarmupAdapterConfig", gr.WarmupConfig)

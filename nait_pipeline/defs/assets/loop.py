@@ -10,7 +10,6 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import SUBSET_VERSION_ASSET, selectable_capabilities, subset_partitions
 from nait_pipeline.defs.plots import embedded_png
@@ -28,6 +27,7 @@ from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods import METHODS
 from nait_pipeline.lib.methods.audit import subset_rows
+from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
@@ -19,7 +18,8 @@ from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
-from nait_pipeline.lib.methods.run import budget_of, run_selection, score_capability
+from nait_pipeline.lib.methods.run import budget_of, expected_sizes, run_selection, score_capability
+from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 
@@ -143,10 +143,8 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         register_subset_versions(context.instance, [w["subset_version"] for w in written])
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]
-        planned = {key: w["expected_size"] if w["expected_size"] is not None
-                   else selection.budget(n_pool, w["budget_ratio"]) for key, w in zip(sizes, written)}
         shortfall = {key: w["shortfall"] for key, w in zip(sizes, written) if w["shortfall"]}
-        expected = {key: planned[key] - shortfall.get(key, 0) for key in planned}
+        expected = expected_sizes(written)
         summary = pa.Table.from_pylist([{k: v for k, v in w.items() if k not in ("ids", "diagnostics")}
                                         for w in written])
         diagnostics = pa.Table.from_pylist([{"subset": key, **{k: v for k, v in w["diagnostics"].as_row().items()

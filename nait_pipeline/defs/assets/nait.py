@@ -92,7 +92,8 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: PipelineResourc
 
     import pyarrow.parquet as pq
 
-    from nait_pipeline.defs.assets.features import cached_model, read_model_record
+    from nait_pipeline.defs.assets.features import cached_model
+    from nait_pipeline.lib.models.model_io import read_model_record
     from nait_pipeline.lib.features import prefix as pf
 
     layout = LakeLayout(pipeline.settings.lake_dir)

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets.features import read_model_record
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.plots import histogram_plot
@@ -23,6 +22,7 @@ from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.lp.lp import selector_slice
 from nait_pipeline.lib.models import model_io
+from nait_pipeline.lib.models.model_io import read_model_record
 
 _TrainingConfig = config_class("SelectorTrainingConfig", tr.SelectorConfig)
 

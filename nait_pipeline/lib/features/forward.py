@@ -1,14 +1,25 @@
 """The forward feature kind: one pass per pool and in-domain example (``pool_activations`` per shard,
 ``target_activations`` per capability), read lazily shard by shard; and the template prefix NAIT-C
-removes from it (``template_prefix``, one forward of the constant prefix)."""
+removes from it (``template_prefix``, one forward of the constant prefix).
+
+A store file is named by what it was computed from: model, template, featurizer identity (batching
+excluded) and the input version (the hash of its rows' ids and texts). :func:`featurize_into` keeps a
+file whose identity matches and computes only the others, so a killed backfill resumes where it stopped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import PoolStore, stale_shards
+from nait_pipeline.lib.features.feature_store import PoolStore, shard_input_version, stale_shards, write_features
+from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
+from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -46,6 +57,59 @@ def read_pool_store(layout: LakeLayout, vectors: Sequence[str], scalars: Sequenc
     for path in paths:
         require_store_columns(path, [*vectors, *scalars], needed_by)
     return PoolStore(paths, scalars=scalars), pool_version
+
+
+def store_identity(model: dict, spec: FeaturizerSpec, input_version: str) -> dict:
+    return {"model_id": model["model_id"], "template_hash": model["template_hash"], "featurizer": spec.identity(),
+            "input_version": input_version}
+
+
+def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
+    """A pool shard's kept rows, their ids and the input version every store of the shard records."""
+    pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
+                         columns=["example_id", "instruction", "input", "output", "content_hash"])
+    if len(pool) == 0:
+        raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
+    rows = pool.to_pylist()
+    ids = [r["example_id"] for r in rows]
+    return rows, ids, shard_input_version(ids, [r["content_hash"] for r in rows])
+
+
+def target_rows(targets: list[dict]) -> tuple[list[dict], list[str], str]:
+    """Target rows rendered like pool rows (prompt as instruction, reference answer as output), their ids
+    and input version."""
+    rows = [{"instruction": r["prompt"], "input": "", "output": r["answer"]} for r in targets]
+    ids = [r["example_id"] for r in targets]
+    return rows, ids, sha256_lines(f"{r['example_id']}\t{r['prompt']}\t{r['answer']}" for r in targets)[:16]
+
+
+@dataclass
+class StoreRun:
+    """One store file, computed or kept: its summary columns, version and the featurizer's stats."""
+
+    path: Path
+    version: str
+    reused: bool
+    table: pa.Table  # example_id, n_tokens, truncated, response_loss
+    stats: dict = field(default_factory=dict)
+
+
+def featurize_into(destination: Path, model: dict, rows: Sequence[dict], ids: Sequence[str], spec: FeaturizerSpec,
+                   input_version: str, load_model: Callable[[], tuple[object, object]],
+                   progress: Callable[[int, int, int], None] | None = None) -> StoreRun:
+    """Featurize ``rows`` into ``destination`` unless a store of the same identity is already there
+    (``load_model() -> (model, template)`` is only called when something must be computed)."""
+    identity = store_identity(model, spec, input_version)
+    version = sha256_json(identity)[:16]
+    columns = ["example_id", "n_tokens", "truncated", "response_loss"]
+    if destination.exists() and read_metadata(destination).get("store_version") == version:
+        return StoreRun(destination, version, True, pq.read_table(destination, columns=columns))
+    lm, template = load_model()
+    started = time.perf_counter()
+    features = featurize(lm, template, rows, spec, ids, progress=progress)
+    write_features(destination, list(ids), features, {**identity, "store_version": version, "stats": features.stats})
+    stats = {**features.stats, "wall_seconds": round(time.perf_counter() - started, 3)}
+    return StoreRun(destination, version, False, pq.read_table(destination, columns=columns), stats)
 
 
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):

@@ -32,7 +32,7 @@ from nait_pipeline.lib.methods.base import (
     pool_groups,
 )
 from nait_pipeline.lib.selection.diagnostics import diagnose
-from nait_pipeline.lib.selection.policies import require_finite
+from nait_pipeline.lib.selection.policies import budget, require_finite
 from nait_pipeline.lib.selection.subsets import write_subset
 
 
@@ -202,6 +202,18 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
     return written
 
 
+def _slot_label(w: dict) -> str:
+    return f"{w['capability']}{'/' + w['slot'] if w['slot'] else ''}"
+
+
 def budget_of(written: list[dict]) -> dict[str, int]:
-    return {f"{w['capability']}{'/' + w['slot'] if w['slot'] else ''}": w["n_selected"] for w in written}
+    """Rows each written subset holds, by slot label (``capability`` or ``capability/slot``)."""
+    return {_slot_label(w): w["n_selected"] for w in written}
+
+
+def expected_sizes(written: list[dict]) -> dict[str, int]:
+    """The size each written subset must hold: the method's own rounding rule where it has one (LP's
+    per-cluster chunks), else ceil(r * N), less what a policy reported it could not fill (G2IS's walk)."""
+    return {_slot_label(w): (w["expected_size"] if w["expected_size"] is not None
+                             else budget(w["n_pool"], w["budget_ratio"])) - w["shortfall"] for w in written}
 

@@ -120,3 +120,10 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def read_model_record(layout) -> dict:
+    """The base model the lake was built with (``base_model``'s record: id, path, layers, template hash)."""
+    if not layout.model_record.exists():
+        raise FileNotFoundError(f"{layout.model_record} is missing: materialize base_model first")
+    return json.loads(layout.model_record.read_text())
