@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from nait_pipeline.lib.features import gradients as gr  # noqa: E402
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize  # noqa: E402
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector  # noqa: E402
-from nait_pipeline.lib.methods import nait_math  # noqa: E402
+from nait_pipeline.lib.methods.nait import nait_math  # noqa: E402
 from nait_pipeline.lib.models.template import TokenizedExample  # noqa: E402
 from nait_pipeline.lib.models.train import TrainConfig, collate, length_grouped_batches, training_step  # noqa: E402
 
@@ -238,8 +238,6 @@ def measure_featurizer(shape: str, device: str, rates: dict, tiny: bool) -> dict
                    "speedup_over_naive": round(best["tokens_per_s"] / naive, 2)})
     if shape in ("llama-1b", "llama-8b") and best["mfu_measured"] < TARGET_MFU:
         result["bounded_by"] = featurizer_bound(best)
-    del model
-    reset_peak(device)
     return result
 
 
@@ -329,9 +327,7 @@ def measure_gradients(shape: str, device: str, rate: float) -> dict:
             f"neither path is matmul-bound (loop {result['loop_mfu_measured']:.0%}, batched "
             f"{result['batched_mfu_measured']:.0%} of the measured matmul rate): attention and element-wise kernels, "
             "the per-example outer products and host-side collation take the time")
-    del model, reference, batched
-    reset_peak(device)
-    return result
+    return result  # the model and gradients go with this frame, before the next size is built
 
 
 def featurize_on(model, template, rows, device: str, dtype_name: str):

@@ -2,30 +2,24 @@
 
 import dataclasses
 import json
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import SUBSET_VERSION_ASSET, selectable_capabilities, subset_partitions
 from nait_pipeline.defs.plots import embedded_png
 from nait_pipeline.defs.resources import PipelineResource
-from nait_pipeline.lib.evaluation import comparison as cmp
 from nait_pipeline.lib.evaluation import intervals, items, runs
-from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capability
-from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
-from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
+from nait_pipeline.lib.evaluation.benchmarks import EvalConfig
+from nait_pipeline.lib.evaluation.loop import evaluate_run, run_comparison
 from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.io.contract import EVALUATION_ITEMS_SCHEMA, EVALUATIONS_SCHEMA, FINETUNE_SCHEMA
+from nait_pipeline.lib.io.contract import FINETUNE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
+from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
-from nait_pipeline.lib.methods import METHODS
 from nait_pipeline.lib.methods.audit import subset_rows
 from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.models.train import TrainConfig, fine_tune
@@ -149,65 +143,32 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     the zero point) on every capability's held-out test split:
     answer NLL everywhere, MMLU accuracy, GSM8K and BBH exact match, MBPP/HumanEval pass@1 (code
     executed in a sandbox). Rows land in the `evaluations` view."""
-    from nait_pipeline.lib.models import model_io
-    from nait_pipeline.lib.models.template import ChatTemplate
-
     layout = LakeLayout(pipeline.settings.lake_dir)
-    subset_version = context.partition_key  # a run key: a subset version, a replicate, or `base`
-    if subset_version == runs.BASE:
-        model_dir = Path(read_model_record(layout)["path"])  # the zero point: no fine-tuning
-    else:
-        model_dir = finetuned_dir(pipeline, subset_version)
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"no fine-tuned model at {model_dir}: materialize finetuned_model[{subset_version}]")
-    model = model_io.load_causal_lm(model_dir, device=fz.resolve_device("auto"))
-    template = ChatTemplate(model_io.load_tokenizer(model_dir))
+    run_key = context.partition_key  # a subset version, a replicate, or `base`
+    model_dir = Path(read_model_record(layout)["path"]) if run_key == runs.BASE else finetuned_dir(pipeline, run_key)
     eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
                              code_timeout_s=config.code_timeout_s, items_per_capability=config.items_per_capability)
-    backend = choose_generation_backend(config.generation_backend)
-    context.log.info(f"generation backend: {backend}")
-    generator = make_generator(backend, model, model_dir, template)
-    params = json.dumps({**eval_config.__dict__, "generation_backend": backend}, sort_keys=True)
-    created = datetime.now(timezone.utc)
-    records, no_test_rows, item_rows = [], [], []
-    started = time.perf_counter()
     capabilities = selectable_capabilities(context.instance)
-    meter = Progress(f"evaluating {subset_version}", len(capabilities), unit="capabilities", rate_unit="")
-    for done, capability in enumerate(capabilities, start=1):
-        path = layout.target_test(capability)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
-        rows = pq.read_table(path).to_pylist()
-        if not rows:
-            no_test_rows.append(capability)
-            context.log.warning(f"{capability}: the test split has no rows, so nothing to evaluate")
-            continue
-        for result in evaluate_capability(model, template, capability, rows, eval_config, context.log.info,
-                                            generator):
-            records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
-                                created_at=created, **result))
-        scored = items.score_capability_items(model, template, capability, rows, eval_config.items_per_capability)
-        item_rows += [dict(subset_version=subset_version, capability=capability, eval_params_json=params,
-                           **dataclasses.asdict(item)) for item in scored]
-        for (family, metric), summary in items.aggregate(scored).items():
-            records.append(dict(subset_version=subset_version, capability=capability, eval_params_json=params,
-                                created_at=created, metric=f"{family}_{metric}", value=summary["value"],
-                                n=summary["n"]))
+    meter = Progress(f"evaluating {run_key}", len(capabilities), unit="capabilities", rate_unit="")
+
+    def on_capability(done: int, total: int) -> None:
         line = meter.update(done)
         context.log.info(line)
-        to_console(line, final=done == len(capabilities))
-    table = pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
-    item_table = pa.Table.from_pylist(item_rows, schema=EVALUATION_ITEMS_SCHEMA)
-    write_parquet(item_table, layout.evaluation_items(subset_version))
-    write_parquet(table, layout.evaluation(subset_version))
+        to_console(line, final=done == total)
+
+    result = evaluate_run(layout, run_key, model_dir, capabilities, eval_config, config.generation_backend,
+                          fz.resolve_device("auto"), context.log.info, on_capability)
+    for capability in result.no_test_rows:
+        context.log.warning(f"{capability}: the test split has no rows, so nothing to evaluate")
+    table = result.table
     return dg.MaterializeResult(
-        metadata={"row_count": len(table), "seconds": round(time.perf_counter() - started, 1),
-                  "items": len(item_table),
-                  "items_not_computable": sum(1 for r in item_rows if r["status"] != items.OK),
-                  "generation_backend": backend, "no_test_rows": dg.MetadataValue.json(no_test_rows),
-                  "results": markdown_table(
-            table.select(["capability", "metric", "value", "n"]), len(table))},
-        data_version=dg.DataVersion(sha256_json([(r["capability"], r["metric"], r["value"]) for r in records])[:16]),
+        metadata={"row_count": len(table), "seconds": round(result.seconds, 1), "items": len(result.item_table),
+                  "items_not_computable": sum(1 for s in result.item_table.column("status").to_pylist()
+                                              if s != items.OK),
+                  "generation_backend": result.backend, "no_test_rows": dg.MetadataValue.json(result.no_test_rows),
+                  "results": markdown_table(table.select(["capability", "metric", "value", "n"]), len(table))},
+        data_version=dg.DataVersion(sha256_json([(r["capability"], r["metric"], r["value"])
+                                                 for r in table.to_pylist()])[:16]),
     )
 
 
@@ -242,40 +203,15 @@ def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
     the full pool; rows land in the `comparisons` view, with a markdown report and a plot beside the
     Parquet file."""
     layout = LakeLayout(pipeline.settings.lake_dir)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    unknown = sorted(set(config.methods or []) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
-    versions = compared_subset_versions(layout, pool_version, config.budget_ratio, config.random_seeds,
-                                        config.methods, config.capabilities)
-    evaluated = [v for v in cmp.run_keys(layout, versions) if layout.evaluation(v).exists()]
-    not_evaluated = sorted(set(versions) - set(evaluated))
-    if not evaluated:
-        raise ValueError(f"none of the {len(versions)} subset versions at budget {config.budget_ratio} on pool "
-                         f"{pool_version} has an evaluation: materialize finetuned_model and evaluation first")
-    if not_evaluated:
-        context.log.warning(f"left out, not evaluated yet: {not_evaluated}")
-    compared_runs = cmp.load_runs(layout, evaluated, config.random_reference)
-    table = cmp.compare(config.name, compared_runs, cmp.load_evaluations(layout, evaluated))
-    destination = layout.comparison(config.name)
-    run_record = {"pool_version": pool_version, "budget_ratio": config.budget_ratio,
-                  "random_seeds": list(config.random_seeds), "random_reference": config.random_reference,
-                  "subset_versions": evaluated}
-    write_parquet(table, destination, run_record)
-    interval_table = intervals.interval_table(config.name, compared_runs, intervals.load_items(layout, evaluated))
-    write_parquet(interval_table, layout.comparison_intervals(config.name), run_record)
-    report = (cmp.report_markdown(table) + "\n\nPer-item metrics (higher is better), Δ [one-sided 95 % bounds] "
-              "against random and the full pool:\n\n" + intervals.report_markdown(interval_table) +
-              "\n\nOffline diagnostics of the compared subsets (enrichment: share of the subset ÷ share of the "
-              "pool):\n\n" + cmp.diagnostics_markdown(compared_runs, cmp.load_diagnostics(layout, compared_runs)))
-    with atomic_path(destination.with_suffix(".md"), ".md") as tmp:
-        tmp.write_text(f"# Comparison {config.name}\n\nPool version {pool_version}, budget {config.budget_ratio}, "
-                       f"random = {config.random_reference}, seeds {list(config.random_seeds)}.\n\n{report}\n")
-    figure = cmp.plot(table, destination.with_suffix(".png"))
-    interval_figure = intervals.plot(interval_table, destination.with_name(f"{config.name}_intervals.png"))
-    plots = {"plot": embedded_png(figure, f"comparison {config.name}")}
-    if interval_figure is not None:
-        plots["intervals_vs_random"] = embedded_png(interval_figure, f"Δ vs random, {config.name}")
+    result = run_comparison(layout, config.name, config.budget_ratio, config.random_seeds, config.methods,
+                            config.capabilities, config.random_reference)
+    if result.not_evaluated:
+        context.log.warning(f"left out, not evaluated yet: {result.not_evaluated}")
+    table, interval_table, report, evaluated = result.table, result.interval_table, result.report, result.evaluated
+    not_evaluated, destination = result.not_evaluated, result.path
+    plots = {"plot": embedded_png(result.plot, f"comparison {config.name}")}
+    if result.interval_plot is not None:
+        plots["intervals_vs_random"] = embedded_png(result.interval_plot, f"Δ vs random, {config.name}")
     return dg.MaterializeResult(
         metadata={"report": dg.MetadataValue.md(report), **plots,
                   "runs": len(evaluated), "not_evaluated": dg.MetadataValue.json(not_evaluated),
