@@ -19,17 +19,14 @@ from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
 from nait_pipeline.lib.features.forward import shard_rows, target_rows
-from nait_pipeline.lib.features.gradient_store import read_gradient_pool, read_warmup
-from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector
+from nait_pipeline.lib.features.gradient_store import featurize_checkpoints, read_gradient_pool
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.gradients import g2is_math, less_math
 from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
-from nait_pipeline.lib.models import model_io
 from nait_pipeline.lib.models.model_io import read_model_record
-from nait_pipeline.lib.models.template import ChatTemplate
 
 WarmupAdapterConfig = config_class("WarmupAdapterConfig", gr.WarmupConfig)
 
@@ -103,39 +100,10 @@ class GradientFeaturizerConfig(dg.Config):
 
 def _featurize(context, layout: LakeLayout, rows: list[dict], ids: list[str], input_version: str,
                config: GradientFeaturizerConfig, preconditioning: str, destination) -> list[dict]:
-    """The rows' gradient features at every warmup checkpoint; a checkpoint whose store already matches is
-    kept, so a killed run resumes per checkpoint (and per shard, by partition)."""
-    warmup = read_warmup(layout)
-    params = gr.WarmupConfig(**warmup["config"])
-    device = resolve_device(config.device)
-    template = ChatTemplate(model_io.load_tokenizer(Path(warmup["model_path"])))
-    done = []
-    projector = None
-    for checkpoint in gr.read_checkpoints(layout.warmup_run, params.epochs):
-        path = destination(checkpoint.epoch)
-        model = None
-        if projector is None:
-            model, exp_avg, exp_avg_sq = gr.load_checkpoint_model(Path(warmup["model_path"]), params, checkpoint, device)
-            projector = RademacherProjector(ProjectionSpec(gr.count_parameters(model), config.dim, config.seed))
-        wanted = gr.store_identity(warmup["model_id"], warmup["template_hash"], warmup["adapter_version"],
-                                   checkpoint.epoch, projector.spec.identity, preconditioning, config.max_length,
-                                   input_version)
-        if path.exists() and read_metadata(path).get("store_version") == gr.store_version(wanted):
-            done.append({"checkpoint": checkpoint.epoch, "reused": True, **read_metadata(path)["stats"]})
-            continue
-        if model is None:
-            model, exp_avg, exp_avg_sq = gr.load_checkpoint_model(Path(warmup["model_path"]), params, checkpoint, device)
-        features = gr.gradient_features(model, exp_avg, exp_avg_sq, template, rows, ids, config.max_length, projector,
-                                        preconditioning, config.batch_tokens, batch_rows=config.batch_rows or None,
-                                        progress=_console_progress(f"gradients {path.stem} ckpt{checkpoint.epoch}",
-                                                                   context), device=device)
-        stats = {"rows": len(ids), "seconds": round(features.seconds, 2), "tokens": int(features.n_tokens.sum()),
-                 "rows_per_s": round(len(ids) / features.seconds, 3) if features.seconds else None,
-                 "zero_gradient": int(features.zero_gradient.sum())}
-        gr.write_gradient_store(path, features, {**wanted, "store_version": gr.store_version(wanted),
-                                                 "mean_lr": checkpoint.mean_lr, "stats": stats})
-        done.append({"checkpoint": checkpoint.epoch, "reused": False, **stats})
-    return done
+    return featurize_checkpoints(layout, rows, ids, input_version, preconditioning, destination, dim=config.dim,
+                                 seed=config.seed, max_length=config.max_length, batch_tokens=config.batch_tokens,
+                                 batch_rows=config.batch_rows or None, device=resolve_device(config.device),
+                                 progress=lambda label: _console_progress(label, context))
 
 
 def _result(per_checkpoint: list[dict], paths: list, extra: dict) -> dg.MaterializeResult:

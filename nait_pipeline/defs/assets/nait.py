@@ -90,35 +90,23 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     dimensions. A template without a common start gives an empty prefix (reported), not an assumed one."""
     from pathlib import Path
 
-    import pyarrow.parquet as pq
-
     from nait_pipeline.defs.assets.features import cached_model
-    from nait_pipeline.lib.models.model_io import read_model_record
     from nait_pipeline.lib.features import prefix as pf
+    from nait_pipeline.lib.models.model_io import read_model_record
 
     layout = LakeLayout(pipeline.settings.lake_dir)
     record = read_model_record(layout)
-    pool = pq.read_table(layout.pool_examples, columns=["instruction", "input"], filters=[("status", "=", "kept")])
-    rows = pool.to_pylist()
-    for path in sorted((layout.root / "targets" / "selection").glob("*.parquet")):
-        rows += [{"instruction": r["prompt"], "input": ""} for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
     model, template = cached_model(record["path"], "float32", "cpu")
-    tokens = pf.prompt_tokens(template, rows, max_length=512)
-    length = pf.common_prefix_length(tokens)
-    sums, first = pf.prefix_states(model, tokens[0][:length] if tokens else [])
-    text = template.tokenizer.decode(tokens[0][:length]) if length else ""
-    version = sha256_json({"model": record["model_id"], "template": record["template_hash"], "tokens": tokens[0][:length]
-                           if tokens else []})[:16]
-    write_parquet(pa.table({"layer": np.arange(1, len(sums) + 1), "prefix_sum": list(sums.astype(np.float32)),
-                            "first_state": list(first.astype(np.float32))}), layout.template_prefix,
-                  {"prefix_tokens": length, "prefix_text": text, "prefix_version": version,
-                   "model_id": record["model_id"], "template_hash": record["template_hash"], "rows_checked": len(rows)})
+    table, meta, first = pf.prefix_table(layout, model, template, record)
+    write_parquet(table, layout.template_prefix, meta)
+    length, text, version, rows_checked = meta["prefix_tokens"], meta["prefix_text"], meta["prefix_version"], \
+        meta["rows_checked"]
     if length == 0:
         context.log.warning("the rendered prompts share no token prefix: NAIT-C cleans nothing")
     massive = massive_dims(first)  # against the first state's own median: an underestimate of the count
     return dg.MaterializeResult(
         metadata={"prefix_tokens": length, "prefix_text": dg.MetadataValue.md(f"```\n{text}\n```"),
-                  "rows_checked": len(rows), "max_first_token_magnitude": float(np.abs(first).max()) if length else 0.0,
+                  "rows_checked": rows_checked, "max_first_token_magnitude": float(np.abs(first).max()) if length else 0.0,
                   "massive_dims_per_layer": dg.MetadataValue.json(massive.sum(1).tolist()),
                   "path": path_value(Path(layout.template_prefix)), "prefix_version": version},
         data_version=dg.DataVersion(version),

