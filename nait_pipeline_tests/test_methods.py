@@ -279,6 +279,23 @@ def test_dumps_let_anyone_redo_rds_perplexity_and_random_selections(scored_lake,
     assert max(per_source.values()) - min(per_source.values()) <= 1
 
 
+def test_a_kcenter_dump_holds_the_embedding_its_policy_read(scored_lake, tmp_path):
+    """The diversity policies read the forward store themselves; their dump holds what they read, in the
+    dump's row order, and farthest-first on it gives the subset back."""
+    from nait_pipeline.lib.methods.audit import dump_selection
+    from nait_pipeline.lib.methods.baselines.kcenter import greedy_k_center
+
+    instance, resource, layout = scored_lake
+    materialize(instance, resource, ["kcenter_subsets"])
+    [version] = pq.read_table(layout.current_subsets("kcenter"), columns=["subset_version"]).column(0).to_pylist()
+    dump_selection(layout, version, tmp_path, None)
+    ids = json.loads((tmp_path / "pool_ids.json").read_text())
+    embedding = np.load(tmp_path / "pool_rds_embedding.npy")
+    chosen, _ = greedy_k_center(embedding / np.linalg.norm(embedding, axis=1, keepdims=True),
+                                selection.budget(len(ids), 0.1), selection.seeded_random(ids, 1, 0)[0])
+    assert [ids[i] for i in chosen] == json.loads((tmp_path / "selected_ids.json").read_text())
+
+
 def test_a_changed_selection_gets_a_new_version_and_a_diff_that_says_why(scored_lake):
     instance, resource, layout = scored_lake
     config = lambda r: {"ops": {"length_subsets": {"config": {"budget_ratio": r}}}}  # noqa: E731

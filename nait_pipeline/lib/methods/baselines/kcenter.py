@@ -64,10 +64,12 @@ def _distances(points: np.ndarray, center: np.ndarray) -> np.ndarray:
 
 
 def dump_embedding(dump: Dump, layout: LakeLayout, params: dict, capabilities: list[str]) -> dict:
-    """The embedding the policy read, rows in the dump's ``pool_ids.json`` order (sorted ids)."""
-    store, _ = FORWARD.read_pool(layout, (EMBEDDING,), ())
-    order = np.argsort(np.asarray(store.ids, dtype=object), kind="stable")
-    dump.array(f"pool_{EMBEDDING}.npy", store.vector(EMBEDDING)[order],
+    """The embedding the policy read, read as the policy reads it: rows in the dump's ``pool_ids.json`` order
+    (sorted kept ids), with the same pool-version and coverage checks."""
+    from nait_pipeline.lib.methods.run import selection_input
+
+    inp = selection_input(layout, METHOD, [])
+    dump.array(f"pool_{EMBEDDING}.npy", inp.pool_vectors(FORWARD, EMBEDDING, "the dump"),
                f"[N, d] {EMBEDDING} of every pool example (pool_ids.json order), from the store")
     return {}
 
