@@ -39,6 +39,7 @@ def build(root: Path, rows: int, layout_name: str) -> None:
     from nait_pipeline.lib.features.featurize import Features
     from nait_pipeline.lib.io.lake import write_json, write_parquet
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.models.model_io import ModelInfo
 
     layout = LakeLayout(root / layout_name / "lake")
     if layout.model_record.exists():
@@ -77,7 +78,9 @@ def build(root: Path, rows: int, layout_name: str) -> None:
                             "direction": list(directions), "explained_variance_ratio": [0.5] * LAYERS,
                             "sign_flipped": [False] * LAYERS}),
                   layout.directions("math"), {"directions_version": "bench", "model_id": "bench@0", "template_hash": "t"})
-    write_json({"model_id": "bench@0", "template_hash": "t", "path": "unused"}, layout.model_record)
+    write_json(ModelInfo(model_id="bench@0", path="unused", architecture="synthetic", num_layers=LAYERS,
+                         hidden_size=WIDTH, vocab_size=0, template_hash="t", has_chat_template=True).as_dict(),
+               layout.model_record)
 
 
 def measure(root: Path, layout_name: str, what: str) -> dict:
@@ -85,11 +88,12 @@ def measure(root: Path, layout_name: str, what: str) -> dict:
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.io.pool_view import PoolView
     from nait_pipeline.lib.methods import scorers
     from nait_pipeline.lib.methods.run import score_capability
 
     layout = LakeLayout(root / layout_name / "lake")
-    paths = [layout.pool_activations(s) for s in layout.kept_shards()]
+    paths = [layout.pool_activations(s) for s in PoolView.open(layout).shards]
 
     def run():
         if what == "raw read":

@@ -69,7 +69,7 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
     import dagster as dg
 
     from nait_pipeline.defs.recovery import recover_dead_runs
-    from nait_pipeline.defs.resources import pipeline_resource_from_env
+    from nait_pipeline.defs.resources import lake_resource_from_settings
     from nait_pipeline.lib.io.progress import CONSOLE_ENV
 
     os.environ.setdefault(CONSOLE_ENV, "1")
@@ -78,7 +78,7 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
     instance = _instance()
     for item in recover_dead_runs(instance):
         print(f"==> recovered run {item.run_id}: {item.reason}", flush=True)
-    resources = {"pipeline": pipeline_resource_from_env()}
+    resources = {"pipeline": lake_resource_from_settings(Settings.from_env())}
     for selection, partition_keys in steps:
         # Each step gets the config of its own assets only: Dagster refuses config for ops not in the run.
         ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in selection}
@@ -136,9 +136,10 @@ def run_plan(steps, settings: Settings, run_config: dict | None = None) -> None:
     pool is ingested, the capabilities once the targets folder is read)."""
     from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD
     from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.io.pool_view import PoolView
 
     for step in steps:
-        keys = (LakeLayout(settings.lake_dir).kept_shards() if step.partitioning == SHARD
+        keys = (PoolView.open(LakeLayout(settings.lake_dir)).shards if step.partitioning == SHARD
                 else capabilities(settings) if step.partitioning == CAPABILITY else None)
         run_steps([(list(step.assets), keys)], run_config)
 
@@ -214,10 +215,10 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
     from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
     from nait_pipeline.defs.partitions import register_subset_versions
-    from nait_pipeline.defs.resources import pipeline_resource_from_env
+    from nait_pipeline.defs.resources import lake_resource_from_settings
     from nait_pipeline.lib.evaluation import protocol as proto
     from nait_pipeline.lib.evaluation import runs
-    from nait_pipeline.lib.io.lake import read_metadata, write_json
+    from nait_pipeline.lib.io.lake import write_json
     from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.io.plan import Step, plan, upstream_closure
     from nait_pipeline.lib.methods import get_method
@@ -260,10 +261,9 @@ def cmd_protocol(args: argparse.Namespace) -> None:
                             done=upstream_closure(graph, [*FOUNDATION, *feature_assets])),
           {**chosen.features, **proto.subset_config(chosen)})
 
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    versions = proto.compared_subset_versions(layout, pool_version, chosen.budget_ratio, chosen.random_seeds,
+    resource = lake_resource_from_settings(settings)
+    versions = proto.compared_subset_versions(layout, resource.pool().version, chosen.budget_ratio, chosen.random_seeds,
                                               chosen.methods, chosen.trained_capabilities or None)
-    resource = pipeline_resource_from_env()
     # Training-order replicates of the headline method(s), and the base model as the zero point.
     keys = []
     for version in versions:
@@ -324,7 +324,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
-    import json
 
     from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.methods.audit import dump_selection
@@ -332,8 +331,8 @@ def cmd_dump(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.models.template import ChatTemplate
 
     layout = LakeLayout(Settings.from_env().lake_dir)
-    model = json.loads(layout.model_record.read_text())
-    template = ChatTemplate(model_io.load_tokenizer(Path(model["path"])))
+    model = model_io.ModelInfo.read(layout)
+    template = ChatTemplate(model_io.load_tokenizer(Path(model.path)))
     manifest = dump_selection(layout, args.subset_version, Path(args.out), template)
     print(f"wrote {manifest} and the files it lists")
 

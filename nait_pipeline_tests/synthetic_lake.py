@@ -15,10 +15,17 @@ from nait_pipeline.lib.io.contract import QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.models.model_io import ModelInfo
 
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 SOURCES = ("alpaca_cleaned", "flan_cot/gsm8k", "code_alpaca_2k")  # two in-domain-like (oracle_source)
 IDENTITY = {"model_id": "tiny@0", "template_hash": "t0", "featurizer": {"spec": "synthetic"}}
+
+
+def model_info(layers: int = 3, width: int = 8) -> ModelInfo:
+    """The base model record the synthetic stores claim to come from (no weights behind it)."""
+    return ModelInfo(model_id=IDENTITY["model_id"], path="unused", architecture="synthetic", num_layers=layers,
+                     hidden_size=width, vocab_size=0, template_hash=IDENTITY["template_hash"], has_chat_template=True)
 
 
 def _features(rng: np.random.Generator, n: int, layers: int, width: int, shift: float = 0.0,
@@ -66,8 +73,7 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
         target = _features(rng, n_targets, layers, width, shift=0.5 * (position + 1), last_token=True)
         write_features(layout.target_activations(capability), [f"{capability}-{i}" for i in range(n_targets)],
                        target, {**IDENTITY, "store_version": f"target-{capability}", "stats": target.stats})
-    write_json({"model_id": IDENTITY["model_id"], "template_hash": IDENTITY["template_hash"], "path": "unused"},
-               layout.model_record)
+    write_json(model_info(layers, width).as_dict(), layout.model_record)
     _selector_store(rng, layout, ids[: n_pool * 3 // 4], pool_version)
     _template_prefix(rng, layout, layers, width)
     _gradient_store(rng, layout, ids, shards, n_targets)

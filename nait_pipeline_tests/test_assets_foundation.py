@@ -10,7 +10,7 @@ from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import POOL_SHARDS_NAME, register_capabilities
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.settings import CAPABILITIES
 
@@ -29,7 +29,7 @@ def materialization(result, key):
 
 
 def test_foundation_end_to_end(shared_data, model_dir, store_dir):
-    resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store_dir), model=str(model_dir))
+    resource = LakeResource(data_dir=str(shared_data), store_dir=str(store_dir), model=str(model_dir))
     with dg.instance_for_test() as instance:
         assert register_capabilities(instance, shared_data / "targets") == list(CAPABILITIES)
         first = materialize(instance, resource, ["base_model", "it_pool"])
@@ -76,7 +76,7 @@ def test_bad_pool_file_fails_without_touching_stored_data(shared_data, model_dir
     (data / "pools").mkdir(parents=True)
     (data / "targets").symlink_to(shared_data / "targets")
     (data / "pools" / "good.jsonl").write_text('{"instruction": "Hi", "output": "Hello"}\n')
-    resource = PipelineResource(data_dir=str(data), store_dir=str(store_dir), model=str(model_dir))
+    resource = LakeResource(data_dir=str(data), store_dir=str(store_dir), model=str(model_dir))
     with dg.instance_for_test() as instance:
         materialize(instance, resource, ["it_pool"])
         stored = (store_dir / "lake" / "pool" / "examples.parquet").read_bytes()

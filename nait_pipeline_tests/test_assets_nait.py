@@ -20,7 +20,7 @@ from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import register_capabilities
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import CAPABILITIES
@@ -45,7 +45,7 @@ def shard_keys(layout: LakeLayout) -> list[str]:
 @pytest.fixture(scope="module")
 def pipeline(shared_data, model_dir, tmp_path_factory):
     store = tmp_path_factory.mktemp("nait_store")
-    resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=6)
+    resource = LakeResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=6)
     layout = LakeLayout(store / "lake")
     with dg.instance_for_test() as instance:
         register_capabilities(instance, shared_data / "targets")

@@ -8,16 +8,16 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from nait_pipeline.defs.automation import new_pool_files, unfeaturized_pool_shards
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.automation import new_pool_files, unfeaturized_shards_sensor
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data.ingest import POOL_SCHEMA
 from nait_pipeline.lib.features.feature_store import shard_input_version
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 
 
-def resource(tmp_path) -> PipelineResource:
-    return PipelineResource(data_dir=str(tmp_path / "data"), store_dir=str(tmp_path / "store"))
+def resource(tmp_path) -> LakeResource:
+    return LakeResource(data_dir=str(tmp_path / "data"), store_dir=str(tmp_path / "store"))
 
 
 def test_pool_sensor_fires_once_per_change(tmp_path):
@@ -52,7 +52,7 @@ def test_shard_sensor_requests_only_unfeaturized_shards(tmp_path):
     write_parquet(pa.table({"example_id": ["p-1"]}), layout.pool_activations("p-0001"),
                   {"input_version": shard_input_version(["p-1"], ["text before the rewrite"])})
     with dg.instance_for_test() as instance:
-        result = unfeaturized_pool_shards(dg.build_sensor_context(instance=instance,
+        result = unfeaturized_shards_sensor(False)(dg.build_sensor_context(instance=instance,
                                                                    resources={"pipeline": resource(tmp_path)}))
     assert [r.partition_key for r in result.run_requests] == ["p-0001", "p-0002"]
     assert [r.run_key for r in result.run_requests] == ["v1:p-0001", "v1:p-0002"]
@@ -100,11 +100,36 @@ def test_target_sensor_registers_dropped_capabilities_and_reports_bad_files(tmp_
         assert [r.partition_key for r in rewritten.run_requests] == ["legal"]
 
 
-def test_automation_that_starts_hours_of_work_is_off_by_default():
+def _loaded_sensor(name: str) -> dg.SensorDefinition:
+    from nait_pipeline.definitions import defs
+
+    return next(s for s in defs().sensors if s.name == name)
+
+
+def test_automation_that_starts_hours_of_work_is_off_by_default(tmp_path, monkeypatch):
     from nait_pipeline.defs.automation import nightly_refresh
 
-    assert unfeaturized_pool_shards.default_status == dg.DefaultSensorStatus.STOPPED
+    monkeypatch.setenv("NAIT_SETTINGS", str(tmp_path / "none.toml"))
+    assert _loaded_sensor("unfeaturized_pool_shards").default_status == dg.DefaultSensorStatus.STOPPED
     assert nightly_refresh.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_the_settings_file_is_read_when_definitions_load_not_at_import(tmp_path, monkeypatch):
+    """Importing `defs/` has no side effects: a broken settings file fails the load, not the import, and
+    a file turning the shard sensor on is seen by the next load without re-importing anything."""
+    import importlib
+
+    import nait_pipeline.defs.automation as automation
+
+    settings_file = tmp_path / "nait_settings.toml"
+    settings_file.write_text("not = [valid toml\n")
+    monkeypatch.setenv("NAIT_SETTINGS", str(settings_file))
+    importlib.reload(automation)  # reads nothing
+    with pytest.raises(Exception, match=r"automation.py \(error\)") as failed:
+        _loaded_sensor("unfeaturized_pool_shards")
+    assert "not valid TOML" in str(failed.value.__cause__)
+    settings_file.write_text("[automation]\nfeaturize_new_shards = true\nmax_shards_per_tick = 1\n")
+    assert _loaded_sensor("unfeaturized_pool_shards").default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def test_an_asset_added_upstream_of_a_method_runs_before_it(tmp_path, monkeypatc
     lists assets, it walks the graph."""
     import dagster as dg
 
-    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.defs.resources import LakeResource
     from nait_pipeline.lib.io.plan import plan, upstream_closure
     from nait_pipeline.lib.io.settings import Settings
     from nait_pipeline_tests import synthetic_lake
@@ -81,7 +81,7 @@ def test_an_asset_added_upstream_of_a_method_runs_before_it(tmp_path, monkeypatc
     assets = [with_throwaway(a) if isinstance(a, dg.AssetsDefinition) else a for a in cli._all_assets()] + [throwaway]
     monkeypatch.setattr(cli, "_all_assets", lambda: assets)
     cli.plan_graph.cache_clear()
-    resources = {"pipeline": PipelineResource(data_dir=str(tmp_path), store_dir=str(tmp_path / "store"))}
+    resources = {"pipeline": LakeResource(data_dir=str(tmp_path), store_dir=str(tmp_path / "store"))}
     monkeypatch.setattr(cli, "plan_graph", lambda: cli.nodes_of(
         dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()))
     monkeypatch.setenv("NAIT_STORE_DIR", str(tmp_path / "store"))
@@ -100,7 +100,7 @@ def test_migrate_store_moves_replicate_models_to_the_folder_the_pipeline_now_rea
     """A replicate's model folder no longer has the run key's "@" (transformers warned about it on every
     load); migrate-store renames an older store's folders so their fine-tunes are kept, not redone."""
     from nait_pipeline.defs.assets.loop import finetuned_dir
-    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.defs.resources import LakeResource
 
     monkeypatch.setenv("NAIT_STORE_DIR", str(tmp_path))
     old = tmp_path / "models" / "finetuned" / "nait_c-all-abc@order1"
@@ -108,7 +108,7 @@ def test_migrate_store_moves_replicate_models_to_the_folder_the_pipeline_now_rea
     (old / "config.json").write_text("{}")
     (tmp_path / "models" / "finetuned" / "nait_c-all-abc").mkdir()  # the first order: no "@", untouched
     cli.main(["migrate-store"])
-    resource = PipelineResource(data_dir=str(tmp_path), store_dir=str(tmp_path), model="unused")
+    resource = LakeResource(data_dir=str(tmp_path), store_dir=str(tmp_path), model="unused")
     moved = finetuned_dir(resource, "nait_c-all-abc@order1")
     assert "@" not in moved.name and (moved / "config.json").exists() and not old.exists()
     assert finetuned_dir(resource, "nait_c-all-abc").exists()

@@ -15,7 +15,7 @@ from dagster._time import get_current_datetime
 from nait_pipeline.defs.assets.loop import finetuned_model, subset_version
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.partitions import SUBSET_VERSION_ASSET
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline_tests import synthetic_lake
 
 ASSETS = [*score_assets, *subset_assets, subset_version, finetuned_model]
@@ -38,7 +38,7 @@ def test_reselecting_one_method_marks_only_its_own_models_stale(tmp_path, model_
     layout = synthetic_lake.build(tmp_path / "lake")
     record = json.loads(layout.model_record.read_text())
     layout.model_record.write_text(json.dumps({**record, "path": str(model_dir)}))
-    resource = PipelineResource(data_dir=str(tmp_path), store_dir=str(tmp_path))
+    resource = LakeResource(data_dir=str(tmp_path), store_dir=str(tmp_path))
     graph = AssetGraph.from_assets(ASSETS)
 
     def run(selection, partition=None, config=None):

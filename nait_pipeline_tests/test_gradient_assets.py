@@ -11,13 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.defs.assets.gradients import gradient_graph, pool_gradients, target_gradients, warmup_adapter
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.pool import it_pool
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.projection import ProjectionMismatchError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -49,14 +50,14 @@ def run(instance, resource, selection, partition_key=None, run_config=None):
 @pytest.fixture(scope="module")
 def pipeline(shared_data, model_dir, tmp_path_factory):
     store = tmp_path_factory.mktemp("gradient_store")
-    resource = PipelineResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=4)
+    resource = LakeResource(data_dir=str(shared_data), store_dir=str(store), model=str(model_dir), pool_sample=4)
     layout = LakeLayout(store / "lake")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CAPABILITIES_NAME, CAPABILITIES)
         run(instance, resource, ["base_model", "it_pool", "warmup_adapter"])
         for capability in CAPABILITIES:
             run(instance, resource, ["target_sets", "target_test_sets", "target_gradients"], capability)
-        shards = layout.kept_shards()
+        shards = PoolView.open(layout).shards
         for shard in shards:
             run(instance, resource, ["pool_gradients"], shard)
         for capability in CAPABILITIES:
@@ -102,7 +103,7 @@ def test_less_scores_are_the_weighted_cosines_of_the_stored_gradients(pipeline):
     recomputed = 0.0
     for weight, checkpoint in zip(warmup["weights"], warmup["checkpoints"]):
         pool = {}
-        for shard in layout.kept_shards():
+        for shard in PoolView.open(layout).shards:
             table = pq.read_table(layout.pool_gradients(shard, checkpoint["epoch"]))
             raw = table.column("gradient").combine_chunks()
             vectors = np.frombuffer(raw.buffers()[1], np.float32).reshape(len(table), -1)
@@ -125,7 +126,7 @@ def test_less_scores_are_the_weighted_cosines_of_the_stored_gradients(pipeline):
 
 def test_a_finished_checkpoint_is_kept_and_a_changed_projection_is_refused(pipeline):
     instance, resource, layout, _ = pipeline
-    shard = layout.kept_shards()[0]
+    shard = PoolView.open(layout).shards[0]
     first = layout.pool_gradients(shard, 1)
     before = read_metadata(first)["store_version"]
     stamp = first.stat().st_mtime_ns
@@ -194,7 +195,7 @@ def test_a_killed_gradient_run_resumes_per_checkpoint_with_identical_results(pip
     from nait_pipeline.lib.features import gradients as gr
 
     instance, resource, layout, _ = pipeline
-    shard = layout.kept_shards()[1]
+    shard = PoolView.open(layout).shards[1]
     paths = [layout.pool_gradients(shard, epoch) for epoch in (1, 2)]
     before = [gr.read_gradient_stores([p]).vectors.copy() for p in paths]
     for path in paths:

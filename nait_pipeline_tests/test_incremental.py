@@ -7,10 +7,11 @@ import json
 
 import dagster as dg
 
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.defs.assets.features import pool_activations
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.pool import it_pool
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.watch import unfeaturized_shards
 from nait_pipeline.lib.io.layout import LakeLayout
 
@@ -25,7 +26,7 @@ def write_pool(path, start: int, n: int) -> None:
 
 def featurize_all(instance, resource, layout) -> dict[str, dict]:
     processed = {}
-    for shard in layout.kept_shards():
+    for shard in PoolView.open(layout).shards:
         result = dg.materialize(ASSETS, selection=["pool_activations"], partition_key=shard, instance=instance,
                                 resources={"pipeline": resource})
         metadata = result.asset_materializations_for_node("pool_activations")[0].metadata
@@ -37,7 +38,7 @@ def test_an_added_file_featurizes_only_its_rows(model_dir, tmp_path):
     data = tmp_path / "data"
     (data / "pools").mkdir(parents=True)
     write_pool(data / "pools" / "first.jsonl", 0, 12)
-    resource = PipelineResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
+    resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
     layout = LakeLayout(tmp_path / "store" / "lake")
     with dg.instance_for_test() as instance:
         assert dg.materialize(ASSETS, selection=["base_model", "it_pool"], instance=instance,
@@ -71,13 +72,13 @@ def test_a_backfill_range_featurizes_many_shards_in_one_run(model_dir, tmp_path)
     (data / "pools").mkdir(parents=True)
     write_pool(data / "pools" / "a.jsonl", 0, 5)
     write_pool(data / "pools" / "b.jsonl", 50, 4)
-    resource = PipelineResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
+    resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
     layout = LakeLayout(tmp_path / "store" / "lake")
     assert pool_activations.backfill_policy.max_partitions_per_run > 1
     with dg.instance_for_test() as instance:
         assert dg.materialize(ASSETS, selection=["base_model", "it_pool"], instance=instance,
                               resources={"pipeline": resource}, run_config=QUICK).success
-        shards = layout.kept_shards()
+        shards = PoolView.open(layout).shards
         assert shards == ["a-0000", "b-0000"]
         ranged = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
         first = dg.materialize(ASSETS, selection=["pool_activations"], instance=instance, tags=ranged,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.methods import MethodInputError
 from nait_pipeline.lib.methods.lp import lp_math as lp
 from nait_pipeline.lib.methods.audit import dump_selection
@@ -92,7 +92,7 @@ def test_expected_size_is_what_the_chunking_gives():
 def lp_lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("lp_store")
     layout = synthetic_lake.build(root / "lake")
-    resource = PipelineResource(data_dir=str(root), store_dir=str(root))
+    resource = LakeResource(data_dir=str(root), store_dir=str(root))
     instance = dg.DagsterInstance.ephemeral()
     assets = [*score_assets, *subset_assets]
     assert dg.materialize(assets, selection=["lp_scores"], instance=instance, resources={"pipeline": resource}).success

@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets, subset_diffs
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.methods import METHODS, MethodInputError, scorers
 from nait_pipeline.lib.methods.base import make_params
 from nait_pipeline.lib.methods.run import run_selection
@@ -53,7 +54,7 @@ def scored_lake(tmp_path_factory):
     """Every scorer materialized on the synthetic lake."""
     store = tmp_path_factory.mktemp("synthetic_store")
     layout = synthetic_lake.build(store / "lake")
-    resource = PipelineResource(data_dir=str(store), store_dir=str(store))
+    resource = LakeResource(data_dir=str(store), store_dir=str(store))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CAPABILITIES_NAME, list(synthetic_lake.CAPABILITIES))
         for capability in synthetic_lake.CAPABILITIES:
@@ -139,7 +140,7 @@ def test_selection_without_scores_names_the_asset_to_materialize(tmp_path):
     layout = synthetic_lake.build(tmp_path / "lake")
     with pytest.raises(FileNotFoundError, match=r"materialize rds_scores\[math\]"):
         run_selection(layout, METHODS["rds_top_b"], make_params(METHODS["rds_top_b"].params, {}), ["math"],
-                      {"model_id": "tiny@0", "template_hash": "t0"})
+                      synthetic_lake.model_info())
 
 
 def test_unknown_parameters_are_refused_by_name():
@@ -149,7 +150,7 @@ def test_unknown_parameters_are_refused_by_name():
 
 def test_a_method_reading_a_feature_the_store_lacks_says_which(tmp_path):
     layout = synthetic_lake.build(tmp_path / "lake")
-    path = layout.pool_activations(layout.kept_shards()[0])
+    path = layout.pool_activations(PoolView.open(layout).shards[0])
     table = pq.read_table(path).drop_columns(["rds_embedding"])
     pq.write_table(table, path)
     from nait_pipeline.lib.methods.run import score_capability
@@ -220,7 +221,7 @@ def test_a_nan_in_the_pool_under_zscore_names_only_the_culprit(tmp_path):
 
     layout = synthetic_lake.build(tmp_path / "lake")
     directions = np.ones((3, 8), np.float32) / np.sqrt(8)
-    culprit = _poison(layout, layout.pool_activations(layout.kept_shards()[1]), 4, layer=2)
+    culprit = _poison(layout, layout.pool_activations(PoolView.open(layout).shards[1]), 4, layer=2)
     pool, _ = read_pool_store(layout, ("layer_mean",))
     with pytest.raises(ValueError, match=rf"1 example\(s\) \['{culprit}'\] in layer\(s\) \[2\]"):
         scorers()["nait"].score(pool, directions, NaitScoreParams(aggregation="zscore"))
@@ -379,4 +380,4 @@ def test_score_metadata_shows_the_top_rows_with_their_instructions(scored_lake):
     instruction = next(r["instruction"] for r in pool if r["example_id"] == best)
     first_row = top.splitlines()[2]
     assert first_row.startswith(f"| {best} |") and instruction.replace("\n", " ")[:40] in first_row
-    assert layout.instructions([best, "no-such-row"]) == [instruction, ""]
+    assert PoolView.open(layout).instructions([best, "no-such-row"]) == [instruction, ""]

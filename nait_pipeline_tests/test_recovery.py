@@ -20,13 +20,13 @@ SLOW_FEATURIZATION = textwrap.dedent("""
     import sys, time
     import dagster as dg
     from nait_pipeline.defs.assets import features
-    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.defs.resources import LakeResource
     real = features.fz.featurize
     def slow(*args, **kwargs):
         time.sleep(float(sys.argv[2]))
         return real(*args, **kwargs)
     features.fz.featurize = slow
-    resource = PipelineResource(data_dir=sys.argv[3], store_dir=sys.argv[4], model=sys.argv[5])
+    resource = LakeResource(data_dir=sys.argv[3], store_dir=sys.argv[4], model=sys.argv[5])
     result = dg.materialize([features.pool_activations], partition_key=sys.argv[1], instance=dg.DagsterInstance.get(),
                             resources={"pipeline": resource})
     print("success" if result.success else "failure")
@@ -45,11 +45,11 @@ def test_a_killed_featurization_is_recovered_and_the_next_one_runs(model_dir, tm
     args = [str(data), str(store), str(model_dir)]
     from nait_pipeline.defs.assets.model import base_model
     from nait_pipeline.defs.assets.pool import it_pool
-    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.defs.resources import LakeResource
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
-        resource = PipelineResource(data_dir=args[0], store_dir=args[1], model=args[2])
+        resource = LakeResource(data_dir=args[0], store_dir=args[1], model=args[2])
         assert dg.materialize([base_model, it_pool], instance=instance, resources={"pipeline": resource}).success
         shard = instance.get_dynamic_partitions("pool_shards")[0]
 

@@ -77,7 +77,7 @@ def test_lp_assets_from_a_pool_file_to_a_subset(model_dir, tmp_path):
     from nait_pipeline.defs.assets.model import base_model
     from nait_pipeline.defs.assets.pool import it_pool
     from nait_pipeline.defs.assets.selector import selector_clusters, selector_trajectories
-    from nait_pipeline.defs.resources import PipelineResource
+    from nait_pipeline.defs.resources import LakeResource
     from nait_pipeline.lib.io.layout import LakeLayout
 
     data = tmp_path / "data"
@@ -86,7 +86,7 @@ def test_lp_assets_from_a_pool_file_to_a_subset(model_dir, tmp_path):
         {"instruction": f"What is {i} times {i % 4 + 2}?" if i % 2 else f"Name a colour like number {i}.",
          "output": f"It is {i * (i % 4 + 2)}." if i % 2 else f"Colour {i} is a shade of blue."}) + "\n"
         for i in range(12)))
-    resource = PipelineResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
+    resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
     assets = [base_model, it_pool, selector_trajectories, selector_clusters, *score_assets, *subset_assets]
     config = {"ops": {"it_pool": {"config": {"settle_seconds": 0.0}},
                       "selector_trajectories": {"config": {"slice_rows": 10, "epochs": 2, "max_length": 64,

@@ -16,7 +16,7 @@ from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME, register_capabilities
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.feature_store import write_features
 from nait_pipeline_tests import synthetic_lake
 
@@ -29,7 +29,7 @@ def test_a_dropped_file_gets_a_target_set_and_activations(model_dir, tmp_path):
     (data / "targets").mkdir(parents=True)
     (data / "pools").mkdir()
     (data / "targets" / "legal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LEGAL))
-    resource = PipelineResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
+    resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
     assets = [base_model, target_sets, target_test_sets, target_activations, capability_directions]
     with dg.instance_for_test() as instance:
         assert register_capabilities(instance, data / "targets") == ["legal"]
@@ -57,7 +57,7 @@ def test_a_new_capability_is_selected_from_the_stored_pool_features_alone(tmp_pa
         raise AssertionError("a new capability must be scored without running the model over the pool")
 
     monkeypatch.setattr(features_module, "cached_model", no_model)
-    resource = PipelineResource(data_dir=str(store), store_dir=str(store))
+    resource = LakeResource(data_dir=str(store), store_dir=str(store))
     assets = [capability_directions, *score_assets, *subset_assets]
     capabilities = [*synthetic_lake.CAPABILITIES, "legal"]
     with dg.instance_for_test() as instance:

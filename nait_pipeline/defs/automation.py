@@ -16,7 +16,7 @@ import json
 import dagster as dg
 
 from nait_pipeline.defs.partitions import pool_shard_partitions, register_capabilities
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data.targets import TargetFileError, user_capabilities
 from nait_pipeline.lib.features.watch import (
     ingested_fingerprint,
@@ -25,8 +25,6 @@ from nait_pipeline.lib.features.watch import (
     unfeaturized_shards,
     unreadable_pool_files,
 )
-from nait_pipeline.lib.io.lake import read_metadata
-from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import Settings
 
 # The tag Dagster reads an observation's data version from (no public constant exports it).
@@ -39,7 +37,7 @@ target_job = dg.define_asset_job("build_target_sets",
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+def new_pool_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
     """Re-ingest the pool when the files in `$NAIT_DATA_DIR/pools` differ from those the lake's pool was
     ingested from (a file added, removed or rewritten) and have not changed for one interval (a file
     still being copied is not ingested)."""
@@ -53,7 +51,7 @@ def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResour
     seen = context.cursor.removeprefix("pending:") if context.cursor else None
     observed = [] if fingerprint == seen else [dg.AssetObservation(
         asset_key="pool_folder", tags={DATA_VERSION_TAG: fingerprint}, metadata={"fingerprint": fingerprint})]
-    if fingerprint == ingested_fingerprint(LakeLayout(settings.lake_dir)):
+    if fingerprint == ingested_fingerprint(pipeline.layout):
         return dg.SensorResult(skip_reason=dg.SkipReason("the lake's pool was ingested from these files"),
                                asset_events=observed, cursor=fingerprint)
     if fingerprint == context.cursor:
@@ -68,7 +66,7 @@ def new_pool_files(context: dg.SensorEvaluationContext, pipeline: PipelineResour
 
 
 @dg.sensor(job=target_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+def new_target_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
     """Register capabilities defined by files in `$NAIT_DATA_DIR/targets` and build the target sets of
     those that are new, or whose file was rewritten. A file that cannot be used is reported by name;
     the others keep working."""
@@ -82,7 +80,7 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineReso
         return dg.SkipReason(f"targets folder not usable: {exc}")
     for problem in problems:
         context.log.warning(f"not used: {problem}")
-    layout = LakeLayout(settings.lake_dir)
+    layout = pipeline.layout
     seen = json.loads(context.cursor) if context.cursor else {}
     current = target_file_fingerprints(targets_dir)
     requests = []
@@ -98,26 +96,27 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: PipelineReso
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(current))
 
 
-_SETTINGS = Settings.from_env()
+def unfeaturized_shards_sensor(running: bool) -> dg.SensorDefinition:
+    """The shard sensor, running or stopped by default: the settings file decides, read when Dagster
+    loads the definitions (see `automation` below), not when this module is imported."""
 
+    @dg.sensor(name="unfeaturized_pool_shards", job=featurize_job, minimum_interval_seconds=30,
+               default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED)
+    def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: LakeResource):
+        """Featurize the shards of the current pool that have no activations yet (or activations of other
+        texts), so only new rows run through the model. Stopped by default: on a whole pool this is hours
+        of CPU; at most `max_shards_per_tick` shards per evaluation. Run keys carry the pool version: each
+        shard is requested once per version."""
+        missing = unfeaturized_shards(pipeline.layout)[: pipeline.max_shards_per_tick]
+        if not missing:
+            return dg.SkipReason("every shard of the current pool is featurized")
+        pool_version = pipeline.pool().version
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"{pool_version}:{shard}", partition_key=shard) for shard in missing],
+            dynamic_partitions_requests=[pool_shard_partitions.build_add_request(missing)],
+        )
 
-@dg.sensor(job=featurize_job, minimum_interval_seconds=30,
-           default_status=dg.DefaultSensorStatus.RUNNING if _SETTINGS.featurize_new_shards
-           else dg.DefaultSensorStatus.STOPPED)
-def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    """Featurize the shards of the current pool that have no activations yet (or activations of other
-    texts), so only new rows run through the model. Stopped by default: on a whole pool this is hours
-    of CPU; at most `max_shards_per_tick` shards per evaluation. Run keys carry the pool version: each
-    shard is requested once per version."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
-    missing = unfeaturized_shards(layout)[: _SETTINGS.max_shards_per_tick]
-    if not missing:
-        return dg.SkipReason("every shard of the current pool is featurized")
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{pool_version}:{shard}", partition_key=shard) for shard in missing],
-        dynamic_partitions_requests=[pool_shard_partitions.build_add_request(missing)],
-    )
+    return unfeaturized_pool_shards
 
 
 # The rule lives on the assets (automation_condition); this sensor evaluates it. Stopped by default.
@@ -125,3 +124,10 @@ nightly_refresh = dg.AutomationConditionSensorDefinition(
     "nightly_refresh", target=dg.AssetSelection.assets("it_pool", "warehouse"),
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Re-ingests the pool at 02:00 (it_pool: on cron) and rebuilds the warehouse after it (eager).")
+
+
+@dg.definitions
+def automation() -> dg.Definitions:
+    """This module's sensors (a `@dg.definitions` function is all Dagster loads from a module)."""
+    return dg.Definitions(sensors=[new_pool_files, new_target_files, nightly_refresh,
+                                   unfeaturized_shards_sensor(Settings.from_env().featurize_new_shards)])

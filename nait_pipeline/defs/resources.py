@@ -1,19 +1,30 @@
-"""Resources: where the pipeline reads and writes, defaulting to the NAIT_* environment variables."""
+"""Resources: where the pipeline reads and writes, defaulting to the settings file and NAIT_* variables."""
 
 from pathlib import Path
 
 import dagster as dg
 
+from nait_pipeline.lib.features.reduction import StoreReduction, resolve
+from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.io.settings import Settings
+from nait_pipeline.lib.models.model_io import ModelInfo
 
 
-class PipelineResource(dg.ConfigurableResource):
-    """Locations and the model every asset shares (see README, "Configuration")."""
+class LakeResource(dg.ConfigurableResource):
+    """The lake every asset shares (see README, "Configuration"): its locations, the current pool
+    (`pool()`: version, kept ids, shards and their versions, sources, hashes) and the base model's record
+    (`model()`), each read through one object."""
 
     data_dir: str
     store_dir: str
     model: str | None = None
     pool_sample: int | None = None
+    max_shards_per_tick: int = 4
+    store_layers: str = "auto"
+    store_dim: int = -1
+    store_seed: int = 0
+    store_float_width: str = "auto"
 
     @property
     def settings(self) -> Settings:
@@ -22,22 +33,49 @@ class PipelineResource(dg.ConfigurableResource):
             store_dir=Path(self.store_dir),
             model=self.model,
             pool_sample=self.pool_sample,
+            max_shards_per_tick=self.max_shards_per_tick,
+            store_layers=self.store_layers,
+            store_dim=self.store_dim,
+            store_seed=self.store_seed,
+            store_float_width=self.store_float_width,
         )
 
+    @property
+    def layout(self) -> LakeLayout:
+        return LakeLayout(self.settings.lake_dir)
 
-def pipeline_resource_from_env() -> PipelineResource:
-    settings = Settings.from_env()
-    return PipelineResource(
+    def pool(self) -> PoolView:
+        """The current pool table (cached per file: a re-ingested pool is a new view)."""
+        return PoolView.open(self.layout)
+
+    def base_model(self) -> ModelInfo:
+        """The base model the lake is built with (`base_model`'s record)."""
+        return ModelInfo.read(self.layout)
+
+    def store_reduction(self, model: ModelInfo) -> StoreReduction:
+        """What the forward store keeps per row for this model (settings `[forward_store]`): one setting
+        for the pool and every target set, so they are always comparable."""
+        return resolve(self.store_layers, self.store_dim, self.store_seed, self.store_float_width,
+                       model.num_layers, model.hidden_size)
+
+
+def lake_resource_from_settings(settings: Settings) -> LakeResource:
+    return LakeResource(
         data_dir=str(settings.data_dir),
         store_dir=str(settings.store_dir),
         model=settings.model,
         pool_sample=settings.pool_sample,
+        max_shards_per_tick=settings.max_shards_per_tick,
+        store_layers=settings.store_layers,
+        store_dim=settings.store_dim,
+        store_seed=settings.store_seed,
+        store_float_width=settings.store_float_width,
     )
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
     return dg.Definitions(
-        resources={"pipeline": pipeline_resource_from_env()},
+        resources={"pipeline": lake_resource_from_settings(Settings.from_env())},
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
     )

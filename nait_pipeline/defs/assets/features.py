@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.features import forward
+from nait_pipeline.lib.features.reduction import StoreReduction
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
-from nait_pipeline.lib.models.model_io import read_model_record
+from nait_pipeline.lib.models.model_io import ModelInfo
 
 
 class FeaturizerConfig(dg.Config):
@@ -32,11 +33,11 @@ class FeaturizerConfig(dg.Config):
     hidden_states: str = fz.HF_OUTPUT
     """hf_output (HF output_hidden_states; last layer after the final norm) | prenorm_last."""
 
-    def spec(self, keep_last_token: bool) -> fz.FeaturizerSpec:
+    def spec(self, keep_last_token: bool, reduction: StoreReduction) -> fz.FeaturizerSpec:
         return fz.FeaturizerSpec(max_length=self.max_length,
                                  dtype=fz.resolve_dtype(self.dtype, fz.resolve_device(self.device)),
                                  batch_tokens=self.batch_tokens, keep_last_token=keep_last_token,
-                                 hidden_states=self.hidden_states)
+                                 hidden_states=self.hidden_states, reduction=reduction)
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,10 +50,11 @@ def cached_model(model_path: str, dtype: str, device: str):
     return model, ChatTemplate(model_io.load_tokenizer(Path(model_path)))
 
 
-def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], config: FeaturizerConfig,
-                   keep_last_token: bool, destination: Path, input_version: str) -> dg.MaterializeResult:
+def featurize_rows(context, model: ModelInfo, rows: list[dict], ids: list[str], config: FeaturizerConfig,
+                   keep_last_token: bool, destination: Path, input_version: str,
+                   reduction: StoreReduction) -> dg.MaterializeResult:
     """Featurize ``rows`` into ``destination`` unless an identical store is already there."""
-    spec = config.spec(keep_last_token)
+    spec = config.spec(keep_last_token, reduction)
     step = max(1, len(rows) // 10)
     meter = Progress(f"featurizing {destination.stem}", len(rows))
 
@@ -63,7 +65,7 @@ def featurize_rows(context, model: dict, rows: list[dict], ids: list[str], confi
             context.log.info(line)
 
     run = forward.featurize_into(destination, model, rows, ids, spec, input_version,
-                                 lambda: cached_model(model["path"], spec.dtype, fz.resolve_device(config.device)),
+                                 lambda: cached_model(model.path, spec.dtype, fz.resolve_device(config.device)),
                                  progress)
     if run.reused:
         context.log.info(f"{destination.name} is up to date (store version {run.version}); not recomputed")
@@ -80,6 +82,7 @@ def _result(table: pa.Table, path: Path, version: str, extra: dict) -> dg.Materi
             "store_version": version,
             "path": path_value(path),
             "bytes": path.stat().st_size,
+            "bytes_per_row": round(path.stat().st_size / max(1, len(table))),
             "preview": markdown_table(table),
             **{k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))},
         },
@@ -104,7 +107,7 @@ SHARDS_PER_RUN = 8
     pool="cpu_heavy",
 )
 def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
-                     pipeline: PipelineResource) -> dg.MaterializeResult:
+                     pipeline: LakeResource) -> dg.MaterializeResult:
     """Forward features of pool shards: per decoder layer the token mean of the residual stream
     and the first-token state, plus the RDS+ position-weighted last-layer mean and the response loss.
 
@@ -113,9 +116,10 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
     `SHARDS_PER_RUN` shards per run; Dagster then records one data version for the whole range (the hash
     of its shards' store versions), so a change in any shard of a range marks the range changed.
     """
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout, model = pipeline.layout, pipeline.base_model()
+    reduction = pipeline.store_reduction(model)
     shards = context.partition_keys
-    results = [_featurize_shard(context, layout, shard, config) for shard in shards]
+    results = [_featurize_shard(context, layout, model, shard, config, reduction) for shard in shards]
     if len(results) == 1:
         return results[0]
     per_shard = [{"shard": shard, "rows": r.metadata["row_count"], "reused": r.metadata["reused"],
@@ -130,10 +134,11 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
         data_version=dg.DataVersion(version))
 
 
-def _featurize_shard(context, layout: LakeLayout, shard: str, config: FeaturizerConfig) -> dg.MaterializeResult:
+def _featurize_shard(context, layout: LakeLayout, model: ModelInfo, shard: str, config: FeaturizerConfig,
+                     reduction: StoreReduction) -> dg.MaterializeResult:
     rows, ids, input_version = forward.shard_rows(layout, shard)
-    return featurize_rows(context, read_model_record(layout), rows, ids, config, False,
-                          layout.pool_activations(shard), input_version)
+    return featurize_rows(context, model, rows, ids, config, False, layout.pool_activations(shard), input_version,
+                          reduction)
 
 
 @dg.asset(
@@ -145,11 +150,12 @@ def _featurize_shard(context, layout: LakeLayout, shard: str, config: Featurizer
     pool="cpu_heavy",
 )
 def target_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
-                       pipeline: PipelineResource) -> dg.MaterializeResult:
+                       pipeline: LakeResource) -> dg.MaterializeResult:
     """Forward features of one capability's in-domain set, rendered in the same IT template
     (prompt as instruction, reference answer as output), with last-token states for the R1 drift."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     capability = context.partition_key
     rows, ids, input_version = forward.target_rows(pq.read_table(layout.target_selection(capability)).to_pylist())
-    return featurize_rows(context, read_model_record(layout), rows, ids, config, True,
-                          layout.target_activations(capability), input_version)
+    model = pipeline.base_model()
+    return featurize_rows(context, model, rows, ids, config, True, layout.target_activations(capability),
+                          input_version, pipeline.store_reduction(model))

@@ -15,7 +15,7 @@ from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.plots import bar_plot
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
 from nait_pipeline.lib.features.forward import shard_rows, target_rows
@@ -26,7 +26,6 @@ from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.gradients import g2is_math, less_math
 from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
-from nait_pipeline.lib.models.model_io import read_model_record
 
 WarmupAdapterConfig = config_class("WarmupAdapterConfig", gr.WarmupConfig)
 
@@ -51,27 +50,26 @@ def _console_progress(label: str, context=None):
     pool="cpu_heavy",
 )
 def warmup_adapter(context: dg.AssetExecutionContext, config: WarmupAdapterConfig,
-                   pipeline: PipelineResource) -> dg.MaterializeResult:
+                   pipeline: LakeResource) -> dg.MaterializeResult:
     """LESS's warmup: LoRA training on a seeded share of the pool (default 5 %), one checkpoint per epoch
     with the adapter, Adam's moments and the epoch's mean learning rate (the checkpoint weights of the
     influence sum). Resumes from the newest finished epoch; a run with the same rows and config is reused."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     params = to_params(gr.WarmupConfig, config)
-    pool = pq.read_table(layout.pool_examples, filters=[("status", "=", "kept")],
-                         columns=["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
+    pool = pipeline.pool().kept(["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
     all_ids = pool.column("example_id").to_pylist()
     rows = pool.take(warmup_rows(all_ids, params)).to_pylist()
-    model = read_model_record(layout)
-    identity = {"gradient_version": gr.GRADIENT_VERSION, "model_id": model["model_id"],
-                "template_hash": model["template_hash"], "config": params.as_dict(),
+    model = pipeline.base_model()
+    identity = {"gradient_version": gr.GRADIENT_VERSION, "model_id": model.model_id,
+                "template_hash": model.template_hash, "config": params.as_dict(),
                 "rows": sha256_lines(f"{r['example_id']}\t{r['content_hash']}" for r in rows)[:16]}
     adapter_version = sha256_json(identity)[:16]
     started = time.perf_counter()
-    checkpoints = gr.warmup(Path(model["path"]), rows, params, layout.warmup_run, identity,
+    checkpoints = gr.warmup(Path(model.path), rows, params, layout.warmup_run, identity,
                             progress=_console_progress("warmup steps", context), device=resolve_device("auto"))
     weights = gr.checkpoint_weights(checkpoints)
-    write_json({"adapter_version": adapter_version, "model_id": model["model_id"], "model_path": model["path"],
-                "template_hash": model["template_hash"], "config": params.as_dict(), "warmup_rows": len(rows),
+    write_json({"adapter_version": adapter_version, "model_id": model.model_id, "model_path": model.path,
+                "template_hash": model.template_hash, "config": params.as_dict(), "warmup_rows": len(rows),
                 "checkpoints": [{"epoch": c.epoch, "mean_lr": c.mean_lr} for c in checkpoints],
                 "weights": weights}, layout.warmup_record)
     return dg.MaterializeResult(
@@ -125,11 +123,11 @@ def _result(per_checkpoint: list[dict], paths: list, extra: dict) -> dg.Material
     pool="cpu_heavy",
 )
 def pool_gradients(context: dg.AssetExecutionContext, config: GradientFeaturizerConfig,
-                   pipeline: PipelineResource) -> dg.MaterializeResult:
+                   pipeline: LakeResource) -> dg.MaterializeResult:
     """Per-example LoRA gradients of a pool shard's rows at every warmup checkpoint, Adam-preconditioned with
     the checkpoint's moments, cast to float16, projected (seeded Rademacher) and L2-normalised. One file per
     shard and checkpoint; a file that matches (rows, adapter, projection) is kept, so a killed run resumes."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     results = []
     for shard in context.partition_keys:
         rows, ids, version = shard_rows(layout, shard)
@@ -156,10 +154,10 @@ class TargetGradientConfig(GradientFeaturizerConfig):
     pool="cpu_heavy",
 )
 def target_gradients(context: dg.AssetExecutionContext, config: TargetGradientConfig,
-                     pipeline: PipelineResource) -> dg.MaterializeResult:
+                     pipeline: LakeResource) -> dg.MaterializeResult:
     """Plain (SGD) LoRA gradients of a capability's target rows (a few per task) at every warmup checkpoint,
     projected like the pool's and normalised. A target row without a response token is an error naming it."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     capability = context.partition_key
     everything = pq.read_table(layout.target_selection(capability)).to_pylist()
     targets = [everything[i] for i in gr.few_shot_rows([r["task"] for r in everything],
@@ -191,10 +189,10 @@ class GradientGraphConfig(dg.Config):
     pool="cpu_heavy",
 )
 def gradient_graph(context: dg.AssetExecutionContext, config: GradientGraphConfig,
-                   pipeline: PipelineResource) -> dg.MaterializeResult:
+                   pipeline: LakeResource) -> dg.MaterializeResult:
     """G2IS's similarity graph: each pool row's k most similar rows by the cosine of their combined
     (learning-rate-weighted, all checkpoints) gradient features, most similar first, self excluded."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     pool, _ = read_gradient_pool(layout)
     features = less_math.combined_features(pool.checkpoints, pool.weights)
     started = time.perf_counter()

@@ -10,7 +10,7 @@ import pyarrow as pa
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import SUBSET_VERSION_ASSET, selectable_capabilities, subset_partitions
 from nait_pipeline.defs.plots import embedded_png
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.evaluation import intervals, items, runs
 from nait_pipeline.lib.evaluation.benchmarks import EvalConfig
 from nait_pipeline.lib.evaluation.loop import evaluate_run, run_comparison
@@ -18,10 +18,8 @@ from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.io.contract import FINETUNE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.audit import subset_rows
-from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.models.train import TrainConfig, fine_tune
 
 
@@ -51,7 +49,7 @@ class EvaluationConfig(dg.Config):
     """auto (vLLM when a GPU and the gpu extra are present, else transformers) | vllm | transformers."""
 
 
-def finetuned_dir(pipeline: PipelineResource, run_key: str) -> Path:
+def finetuned_dir(pipeline: LakeResource, run_key: str) -> Path:
     return pipeline.settings.models_dir / "finetuned" / runs.model_folder(run_key)
 
 
@@ -62,12 +60,12 @@ def finetuned_dir(pipeline: PipelineResource, run_key: str) -> Path:
     code_version="1",
     partitions_def=subset_partitions,
 )
-def subset_version(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def subset_version(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """One stored subset version, the input of its fine-tunes: recorded by the selection that wrote it (and
     by the protocol for its replicates), so materializing it by hand only re-checks the stored file. Its data
     version is the subset version, a content hash: re-selecting another method leaves this model's inputs as
     they were. A replicate `<version>@order<k>` is the same subset; `base` is no subset (the zero point)."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     version, _ = runs.parse_run_key(context.partition_key)
     if version is None:
         return dg.MaterializeResult(metadata={"subset_version": "none (the base model)"},
@@ -88,17 +86,17 @@ def subset_version(context: dg.AssetExecutionContext, pipeline: PipelineResource
     pool="cpu_heavy",
 )
 def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
-                    pipeline: PipelineResource) -> dg.MaterializeResult:
+                    pipeline: LakeResource) -> dg.MaterializeResult:
     """The base model fine-tuned on one subset version, in the same chat/IT template used for
     selection, loss on response tokens only (LoRA merged into the weights, or full fine-tuning).
     Written to a temporary folder and renamed into place only when training succeeded. A partition
     `<version>@order<k>` trains on the same subset with the seed + k (a training-order replicate)."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     run_key = context.partition_key
     subset_version, _ = runs.parse_run_key(run_key)
     if subset_version is None:
         raise ValueError("the base model is evaluated as it is, not fine-tuned: materialize evaluation[base]")
-    model = read_model_record(layout)
+    model = pipeline.base_model()
     rows = subset_rows(layout, subset_version).to_pylist()
     train = dataclasses.replace(config.train_config(), seed=runs.run_seed(config.seed, run_key))
     destination = finetuned_dir(pipeline, run_key)
@@ -112,10 +110,10 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
         if done % every == 0 or done == total:
             context.log.info(line)
 
-    result = fine_tune(Path(model["path"]), rows, train, destination, progress, device=fz.resolve_device("auto"))
+    result = fine_tune(Path(model.path), rows, train, destination, progress, device=fz.resolve_device("auto"))
     params = train.as_dict()
     write_parquet(pa.Table.from_pylist([dict(
-        subset_version=run_key, base_model_id=model["model_id"], model_path=str(destination),
+        subset_version=run_key, base_model_id=model.model_id, model_path=str(destination),
         train_params_json=json.dumps(params, sort_keys=True), examples=len(rows), steps=result.steps,
         tokens=result.tokens, final_loss=result.losses[-1], seconds=result.seconds)], schema=FINETUNE_SCHEMA),
         layout.finetune_run(run_key))
@@ -125,7 +123,7 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
                   "seconds": round(result.seconds, 1), "path": path_value(destination),
                   "train_params": dg.MetadataValue.json(params)},
         data_version=dg.DataVersion(sha256_json({"subset": run_key, "params": params,
-                                                 "base": model["model_id"]})[:16]),
+                                                 "base": model.model_id})[:16]),
     )
 
 
@@ -138,14 +136,14 @@ def finetuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
     pool="cpu_heavy",
 )
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
-               pipeline: PipelineResource) -> dg.MaterializeResult:
+               pipeline: LakeResource) -> dg.MaterializeResult:
     """A fine-tuned model (a run key: subset version or replicate; `base`: the model before fine-tuning,
     the zero point) on every capability's held-out test split:
     answer NLL everywhere, MMLU accuracy, GSM8K and BBH exact match, MBPP/HumanEval pass@1 (code
     executed in a sandbox). Rows land in the `evaluations` view."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     run_key = context.partition_key  # a subset version, a replicate, or `base`
-    model_dir = Path(read_model_record(layout)["path"]) if run_key == runs.BASE else finetuned_dir(pipeline, run_key)
+    model_dir = Path(pipeline.base_model()["path"]) if run_key == runs.BASE else finetuned_dir(pipeline, run_key)
     eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
                              code_timeout_s=config.code_timeout_s, items_per_capability=config.items_per_capability)
     capabilities = selectable_capabilities(context.instance)
@@ -195,14 +193,14 @@ class ComparisonConfig(dg.Config):
     deps=[dg.AssetDep("evaluation", partition_mapping=dg.AllPartitionMapping())],
 )
 def comparison(context: dg.AssetExecutionContext, config: ComparisonConfig,
-               pipeline: PipelineResource) -> dg.MaterializeResult:
+               pipeline: LakeResource) -> dg.MaterializeResult:
     """Every method against random (mean ± std over seeds) and the full pool, per capability and metric,
     with each method's selection cost (wall time, tokens through the model) and training cost beside
     its quality. Covers, on the current pool version, the subsets each method's last selection wrote
     at the configured budget (the `current_subsets` table), the configured seeds of seeded methods and
     the full pool; rows land in the `comparisons` view, with a markdown report and a plot beside the
     Parquet file."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     result = run_comparison(layout, config.name, config.budget_ratio, config.random_seeds, config.methods,
                             config.capabilities, config.random_reference)
     if result.not_evaluated:

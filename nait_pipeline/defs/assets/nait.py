@@ -8,13 +8,12 @@ import pyarrow as pa
 from nait_pipeline.defs.metadata import path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.nait import nait_math as nait
-from nait_pipeline.lib.methods.nait.nait_c_math import massive_dims
+from nait_pipeline.lib.features.reduction import massive_dims
 from nait_pipeline.lib.methods.nait.nait_method import CODE_VERSION, target_drifts
 
 
@@ -33,19 +32,20 @@ class DirectionConfig(dg.Config):
     deps=["target_activations"],
 )
 def capability_directions(context: dg.AssetExecutionContext, config: DirectionConfig,
-                          pipeline: PipelineResource) -> dg.MaterializeResult:
+                          pipeline: LakeResource) -> dg.MaterializeResult:
     """Per decoder layer, the first principal component of the in-domain activation drift of one
     capability, sign-fixed to point along the mean drift: NAIT's reusable capability feature."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     capability = context.partition_key
     drifts, store_meta = target_drifts(layout, capability, config.drift)
     fitted = nait.fit_directions(drifts, config.min_rows, capability)
     n_layers = fitted.vectors.shape[0]
+    layers = store_meta.get("layers") or list(range(1, n_layers + 1))  # a compact store keeps some layers
     first_token = read_features([layout.target_activations(capability)], vectors=("first_token",))
     alignment = nait.sink_alignment(fitted.vectors, first_token.vectors["first_token"])
     table = pa.table({
         "capability": [capability] * n_layers,
-        "layer": list(range(1, n_layers + 1)),
+        "layer": layers,
         "direction": [row.astype(np.float32) for row in fitted.vectors],
         "explained_variance_ratio": fitted.explained_variance_ratio,
         "sign_flipped": fitted.sign_flipped,
@@ -55,8 +55,9 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
     path = write_parquet(table, layout.directions(capability), {
         "directions_version": version, "drift": config.drift, "n_rows": fitted.n_rows,
         "model_id": store_meta["model_id"], "template_hash": store_meta["template_hash"],
-        "target_store_version": store_meta["store_version"]})
-    plot = bar_plot(fitted.explained_variance_ratio, range(1, n_layers + 1),
+        "target_store_version": store_meta["store_version"],
+        **({"reduction": store_meta["reduction"]} if store_meta.get("reduction") else {})})
+    plot = bar_plot(fitted.explained_variance_ratio, layers,
                     f"{capability}: PC1 explained variance per layer ({config.drift})", "ratio",
                     path.with_suffix(".png"))
     return dg.MaterializeResult(
@@ -68,7 +69,7 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
             "sign_flipped_layers": int(fitted.sign_flipped.sum()),
             "explained_variance_plot": plot,
             "mean_sink_alignment": float(alignment.mean()),
-            "sink_alignment_plot": bar_plot(alignment, range(1, n_layers + 1),
+            "sink_alignment_plot": bar_plot(alignment, layers,
                                             f"{capability}: |cos(direction, first-token state)| per layer", "|cos|",
                                             path.with_name(f"{capability}_sink_alignment.png")),
             "path": path_value(path),
@@ -83,7 +84,7 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
     code_version="1",
     deps=["it_pool", "target_sets", "base_model"],
 )
-def template_prefix(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def template_prefix(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """The template prefix every rendered pool and in-domain prompt starts with (measured: the longest
     shared token prefix), and one forward of it: per layer the sum of its states and its first state.
     NAIT-C removes that sum from the stored token means exactly and masks the first token's massive
@@ -92,11 +93,10 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: PipelineResourc
 
     from nait_pipeline.defs.assets.features import cached_model
     from nait_pipeline.lib.features import prefix as pf
-    from nait_pipeline.lib.models.model_io import read_model_record
 
-    layout = LakeLayout(pipeline.settings.lake_dir)
-    record = read_model_record(layout)
-    model, template = cached_model(record["path"], "float32", "cpu")
+    layout = pipeline.layout
+    record = pipeline.base_model()
+    model, template = cached_model(record.path, "float32", "cpu")
     table, meta, first = pf.prefix_table(layout, model, template, record)
     write_parquet(table, layout.template_prefix, meta)
     length, text, version, rows_checked = meta["prefix_tokens"], meta["prefix_text"], meta["prefix_version"], \

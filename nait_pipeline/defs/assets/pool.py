@@ -6,11 +6,10 @@ import pyarrow.compute as pc
 
 from nait_pipeline.defs.metadata import markdown_table, path_value, table_schema
 from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data import ingest
 from nait_pipeline.lib.features.watch import pool_folder_fingerprint
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
 
 pool_folder = dg.AssetSpec(
     "pool_folder",
@@ -45,7 +44,7 @@ class PoolConfig(dg.Config):
                           description="every file in the pools folder is of a type ingestion reads"),
     ],
 )
-def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: LakeResource) -> dg.MaterializeResult:
     """Every pool file under `$NAIT_DATA_DIR/pools` (Parquet, JSONL or JSON with instruction/input/output)
     in one normalized table with stable ids, source and content hash.
 
@@ -63,7 +62,7 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Pip
     context.log.info(f"ingesting {len(files)} pool file(s): {[f.name for f in files]}")
     result = ingest.ingest_pools(files, max_chars=config.max_chars, sample=settings.pool_sample,
                                  shard_size=config.shard_size, settle_s=config.settle_seconds)
-    layout = LakeLayout(settings.lake_dir)
+    layout = pipeline.layout
     file_changes = ingest.file_changes(layout.pool_files, result.file_hashes)
     if file_changes["removed"] or file_changes["rewritten"]:
         context.log.warning(f"pool files removed {file_changes['removed']} or rewritten {file_changes['rewritten']} "

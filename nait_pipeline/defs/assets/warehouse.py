@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from nait_pipeline.defs.resources import PipelineResource
+from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.contract import ensure_contract_tables
 
@@ -16,7 +16,7 @@ from nait_pipeline.lib.io.contract import ensure_contract_tables
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[dg.AssetCheckSpec("queries_run_read_only", asset="warehouse", blocking=True)],
 )
-def warehouse(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def warehouse(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
     """`warehouse.duckdb`: the SQL contract (pool_examples, pool_quarantine, target_examples, scores,
     subsets, subset_lineage, ...) as views over the lake. Rebuilt in a temporary file and renamed
     into place, so analysts' read-only connections never block it. Its code version is the hash of `sql/`."""

@@ -21,8 +21,9 @@ from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capabil
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
 from nait_pipeline.lib.io.contract import EVALUATION_ITEMS_SCHEMA, EVALUATIONS_SCHEMA
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 
 
 @dataclass
@@ -99,7 +100,7 @@ def run_comparison(layout: LakeLayout, name: str, budget_ratio: float, random_se
     ``budget_ratio`` (every evaluated run of them), and write the table, intervals, report and plots."""
     from nait_pipeline.lib.methods import METHODS
 
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    pool_version = PoolView.open(layout).version
     unknown = sorted(set(methods or []) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")

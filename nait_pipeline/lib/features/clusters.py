@@ -101,19 +101,18 @@ def cluster_selector_slice(layout, rows_per_cluster: int, progress: Callable[[in
 
     from nait_pipeline.lib.io.hashing import sha256_json
     from nait_pipeline.lib.io.lake import read_metadata
+    from nait_pipeline.lib.io.pool_view import PoolView
 
     if not layout.selector_trajectories.exists():
         raise FileNotFoundError(f"{layout.selector_trajectories} is missing: materialize selector_trajectories first")
     trajectories_meta = read_metadata(layout.selector_trajectories)
     ids = pq.read_table(layout.selector_trajectories, columns=["example_id"]).column("example_id").to_pylist()
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
-                         filters=[("status", "=", "kept")])
-    by_id = {r["example_id"]: r for r in pool.to_pylist()}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ValueError(f"{len(missing)} selector rows are not in the pool any more, e.g. {missing[:5]}: "
-                         "re-materialize selector_trajectories")
-    texts = [clustering_text(by_id[i]["instruction"], by_id[i]["input"], by_id[i]["output"]) for i in ids]
+    try:
+        rows = PoolView.open(layout).rows(ids)
+    except KeyError as exc:
+        raise ValueError(f"selector rows are not in the pool any more ({exc.args[0]}): "
+                         "re-materialize selector_trajectories") from None
+    texts = [clustering_text(r["instruction"], r["input"], r["output"]) for r in rows]
     started = time.perf_counter()
     embeddings = embed(texts, progress=progress)
     n_clusters = cluster_count(len(ids), rows_per_cluster)

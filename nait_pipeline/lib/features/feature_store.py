@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.featurize import Features
+from nait_pipeline.lib.features.reduction import check_same_reduction
 from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 
@@ -40,10 +41,15 @@ def _vector_array(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
 
 
-def _binary_vectors(values: np.ndarray) -> tuple[pa.Array, str]:
-    """One fixed-size binary value per row: float16 when every value fits, else float32."""
+def _binary_vectors(values: np.ndarray, float_width: str = "auto", name: str = "") -> tuple[pa.Array, str]:
+    """One fixed-size binary value per row: float16 when every value fits (``auto``), else float32; or
+    the width a store setting forces (float16 refused, naming the column, where a value does not fit)."""
     flat = values.reshape(len(values), -1)
-    dtype = np.float16 if np.abs(flat).max(initial=0.0) < FLOAT16_SAFE else np.float32
+    fits = np.abs(flat).max(initial=0.0) < FLOAT16_SAFE
+    if float_width == "float16" and not fits:
+        raise ValueError(f"{name}: values up to {np.abs(flat).max():.4g} do not fit float16 (max 65,504): "
+                         "store this model at float_width 'auto' or 'float32'")
+    dtype = np.float32 if float_width == "float32" or not fits else np.float16
     raw = np.ascontiguousarray(flat.astype(dtype))
     width = raw.shape[1] * raw.itemsize
     array = pa.Array.from_buffers(pa.binary(width), len(raw), [None, pa.py_buffer(raw.tobytes())])
@@ -81,14 +87,17 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
         "rds_embedding": _vector_array(features.rds_embedding),
     }
     dtypes = {}
+    float_width = (features.reduction or {}).get("float_width", "auto")
     for name in BINARY_VECTORS:
         values = getattr(features, name)
         if values is not None:
-            columns[name], dtypes[name] = _binary_vectors(values)
+            columns[name], dtypes[name] = _binary_vectors(values, float_width, name)
     shape = {"num_layers": features.layer_mean.shape[1], "hidden_size": features.layer_mean.shape[2]}
     compression = {name: ("none" if name in dtypes else "zstd") for name in columns}
-    return write_parquet(pa.table(columns), path, {**metadata, **shape, "vector_dtypes": dtypes,
-                                                   "layers": list(range(1, shape["num_layers"] + 1))},
+    layers = features.layers or list(range(1, shape["num_layers"] + 1))
+    reduction = {"reduction": features.reduction} if features.reduction else {}
+    return write_parquet(pa.table(columns), path, {**metadata, **shape, "vector_dtypes": dtypes, "layers": layers,
+                                                   **reduction},
                          use_dictionary=["example_id"], compression=compression)
 
 
@@ -107,6 +116,7 @@ def _check_same_store(paths: Sequence[Path]) -> dict:
     key = ("model_id", "template_hash", "featurizer")
     for path in paths[1:]:
         other = read_metadata(path)
+        check_same_reduction(metadata.get("reduction"), other.get("reduction"), paths[0].name, path.name)
         if any(other.get(k) != metadata.get(k) for k in key):
             raise ValueError(f"{path} was made with another model, template or featurizer than {paths[0]}")
     return metadata
@@ -200,24 +210,3 @@ def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> st
     return sha256_lines(f"{i}\t{h}" for i, h in zip(ids, content_hashes))[:16]
 
 
-def pool_shard_versions(pool_examples: Path) -> dict[str, str]:
-    """The input version of every shard of the current pool table (kept rows, in table order)."""
-    table = pq.read_table(pool_examples, columns=["example_id", "content_hash", "shard"],
-                          filters=[("status", "=", "kept")])
-    rows: dict[str, tuple[list[str], list[str]]] = {}
-    for example_id, content, shard in zip(*(table.column(c).to_pylist() for c in ("example_id", "content_hash", "shard"))):
-        ids, hashes = rows.setdefault(shard, ([], []))
-        ids.append(example_id)
-        hashes.append(content)
-    return {shard: shard_input_version(ids, hashes) for shard, (ids, hashes) in sorted(rows.items())}
-
-
-def stale_shards(pool_examples: Path, store_path) -> list[str]:
-    """Shards with no store file, or whose store was computed from other rows or texts than the pool
-    holds now (a pool file rewritten after featurization): they must be featurized again."""
-    stale = []
-    for shard, version in pool_shard_versions(pool_examples).items():
-        path = store_path(shard)
-        if not path.exists() or read_metadata(path).get("input_version") != version:
-            stale.append(shard)
-    return stale

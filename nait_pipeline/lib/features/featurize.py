@@ -4,6 +4,8 @@ For every decoder layer: the token mean of the residual stream (padding masked, 
 accumulation) and the first-token state (plus the last-token state when asked, for NAIT's R1
 drift). From the same pass: the RDS+ position-weighted mean of the last layer and the mean
 response-token loss (LP's P0, the perplexity baseline), so no later method needs a second pass.
+A store setting (:mod:`reduction`) can keep fewer layers, a projected width and drop the pool rows'
+first-token states; it is applied batch by batch, so no full-width array of the whole input is held.
 
 Speed comes from tokenizing once, sorting by length so batches carry little padding, bounding
 each batch by a token budget, running the decoder without the LM head, and applying the LM head
@@ -15,10 +17,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from nait_pipeline.lib.features.reduction import FIRST_STATE_RATIO, Reducer, StoreReduction, massive_dims
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
 
 FEATURIZER_VERSION = "1"  # bump when the features computed below change
@@ -32,11 +35,15 @@ class FeaturizerSpec:
     dtype: str = "auto"  # resolved by resolve_dtype before use
     batch_tokens: int = 2048  # padded tokens per forward batch (2k measured fastest on 2 CPU cores)
     max_batch_size: int = 64
-    keep_last_token: bool = False
+    keep_last_token: bool = False  # target sets: also the last-token and first-token states (NAIT's drifts)
     hidden_states: str = HF_OUTPUT
+    reduction: StoreReduction = StoreReduction()
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "featurizer_version": FEATURIZER_VERSION}
+        # A full-width store records no reduction: its identity is what it was before reductions existed.
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reduction"}
+        reduction = self.reduction.identity()
+        return {**values, **({"reduction": reduction} if reduction else {}), "featurizer_version": FEATURIZER_VERSION}
 
     def identity(self) -> dict:
         """What makes two stores comparable (batching does not change the features)."""
@@ -47,8 +54,8 @@ class FeaturizerSpec:
 class Features:
     """Per-example features, aligned with the input order."""
 
-    layer_mean: np.ndarray  # [N, L, d] float32
-    first_token: np.ndarray  # [N, L, d] float32
+    layer_mean: np.ndarray  # [N, L, d] float32 (L kept layers, d the stored width)
+    first_token: np.ndarray | None  # [N, L, d] float32; None in a reduced pool store (the same for every row)
     last_token: np.ndarray | None  # [N, L, d] float32, when requested
     rds_embedding: np.ndarray  # [N, d] float32, position-weighted mean of the last layer
     response_loss: np.ndarray  # [N] float64, NaN where truncation left no response token
@@ -57,6 +64,8 @@ class Features:
     full_length: np.ndarray  # [N] int32, tokens before truncation
     truncated: np.ndarray  # [N] bool
     stats: dict = field(default_factory=dict)
+    layers: list[int] | None = None  # 1-based model layers of axis 1 (None: every layer)
+    reduction: dict | None = None  # the reduction applied, as the store records it (None: full width)
 
 
 class NonFiniteFeatureError(ValueError):
@@ -98,16 +107,21 @@ def featurize(
     n = len(tokens)
     config = model.config
     n_layers, width = config.num_hidden_layers, config.hidden_size
+    masked = first_token_massive_dims(model, tokens[0].input_ids[0]) if n and spec.reduction.dim else None
+    reducer = Reducer(spec.reduction, n_layers, width, masked)
+    kept, stored = len(reducer.layers), spec.reduction.stored_width(width)
+    keep_first = spec.reduction.is_full or spec.keep_last_token
     out = Features(
-        layer_mean=np.zeros((n, n_layers, width), np.float32),
-        first_token=np.zeros((n, n_layers, width), np.float32),
-        last_token=np.zeros((n, n_layers, width), np.float32) if spec.keep_last_token else None,
-        rds_embedding=np.zeros((n, width), np.float32),
+        layer_mean=np.zeros((n, kept, stored), np.float32),
+        first_token=np.zeros((n, kept, stored), np.float32) if keep_first else None,
+        last_token=np.zeros((n, kept, stored), np.float32) if spec.keep_last_token else None,
+        rds_embedding=np.zeros((n, stored), np.float32),
         response_loss=np.full(n, np.nan, np.float64),
         n_tokens=np.array([len(t.input_ids) for t in tokens], np.int32),
         n_response_tokens=np.array([len(t.input_ids) - t.response_start for t in tokens], np.int32),
         full_length=np.array([t.full_length for t in tokens], np.int32),
         truncated=np.array([t.truncated for t in tokens], bool),
+        layers=reducer.layers, reduction=reducer.metadata(),
     )
     if n == 0:
         return out
@@ -131,7 +145,7 @@ def featurize(
     try:
         with torch.inference_mode():
             for batch in plan_batches(out.n_tokens.tolist(), spec.batch_tokens, spec.max_batch_size):
-                _run_batch(model, tokens, batch, out, pad_id, device, captured)
+                _run_batch(model, tokens, batch, out, pad_id, device, captured, reducer)
                 done += len(batch)
                 tokens_done += int(out.n_tokens[batch].sum())
                 if progress is not None:
@@ -146,7 +160,20 @@ def featurize(
     return out
 
 
-def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, captured: dict) -> None:
+def first_token_massive_dims(model, token_id: int) -> np.ndarray:
+    """[L, d] massive dimensions of the state of ``token_id`` at position 0, from a one-token forward: under
+    causal attention the first state of every row starting with that token, whatever follows."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        result = model.model(input_ids=torch.tensor([[token_id]], device=device), output_hidden_states=True,
+                             use_cache=False)
+    first = torch.stack([h[0, 0].float() for h in result.hidden_states[1:]]).cpu().numpy()
+    return massive_dims(first, ratio=FIRST_STATE_RATIO)
+
+
+def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, captured: dict, reducer: Reducer) -> None:
     import torch
 
     lengths = [len(tokens[i].input_ids) for i in batch]
@@ -173,15 +200,16 @@ def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, capture
         firsts.append(states[:, 0])
         lasts.append(states[rows, last_pos])
     index = np.asarray(batch)
-    out.layer_mean[index] = torch.stack(means, 1).cpu().numpy()
-    out.first_token[index] = torch.stack(firsts, 1).cpu().numpy()
+    out.layer_mean[index] = reducer.vectors(torch.stack(means, 1)).cpu().numpy()
+    if out.first_token is not None:
+        out.first_token[index] = reducer.vectors(torch.stack(firsts, 1)).cpu().numpy()
     if out.last_token is not None:
-        out.last_token[index] = torch.stack(lasts, 1).cpu().numpy()
+        out.last_token[index] = reducer.vectors(torch.stack(lasts, 1)).cpu().numpy()
 
     # RDS+: weights k / sum_j j over the K real tokens (SGPT position weighting) on the last layer.
     positions = torch.arange(1, width + 1, device=device, dtype=torch.float32).unsqueeze(0) * mask
     weights = positions / positions.sum(1, keepdim=True)
-    out.rds_embedding[index] = (hidden[-1].float() * weights.unsqueeze(-1)).sum(1).cpu().numpy()
+    out.rds_embedding[index] = reducer.embedding((hidden[-1].float() * weights.unsqueeze(-1)).sum(1)).cpu().numpy()
 
     for row, loss in enumerate(response_losses(model, final_normed, input_ids, [tokens[i] for i in batch])):
         out.response_loss[batch[row]] = loss

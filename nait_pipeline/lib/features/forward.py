@@ -17,12 +17,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import PoolStore, shard_input_version, stale_shards, write_features
+from nait_pipeline.lib.features.feature_store import PoolStore, shard_input_version, write_features
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
+from nait_pipeline.lib.models.model_io import ModelInfo
 
 POOL_ASSET = FeatureAsset("pool_activations", SHARD)
 TARGET_ASSET = FeatureAsset("target_activations", CAPABILITY)
@@ -40,12 +42,9 @@ def require_store_columns(path, needed: Sequence[str], what: str) -> None:
 def read_pool_store(layout: LakeLayout, vectors: Sequence[str], scalars: Sequence[str] = (),
                     needed_by: str = "this method") -> tuple[PoolStore, str]:
     """The stored forward features of every shard of the current pool, and the pool version."""
-    if not layout.pool_examples.exists():
-        raise FileNotFoundError(f"{layout.pool_examples} is missing: materialize it_pool first")
-    shards = layout.kept_shards()
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    paths = [layout.pool_activations(s) for s in shards]
-    unusable = stale_shards(layout.pool_examples, layout.pool_activations)  # missing, or of other texts
+    pool = PoolView.open(layout)
+    paths = [layout.pool_activations(s) for s in pool.shards]
+    unusable = pool.stale_shards(layout.pool_activations)  # missing, or of other texts
     missing = [s for s in unusable if not layout.pool_activations(s).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} pool shard(s) not featurized yet, e.g. {missing[:5]}: "
@@ -56,21 +55,21 @@ def read_pool_store(layout: LakeLayout, vectors: Sequence[str], scalars: Sequenc
                                f"{POOL_ASSET.name} for them")
     for path in paths:
         require_store_columns(path, [*vectors, *scalars], needed_by)
-    return PoolStore(paths, scalars=scalars), pool_version
+    return PoolStore(paths, scalars=scalars), pool.version
 
 
-def store_identity(model: dict, spec: FeaturizerSpec, input_version: str) -> dict:
-    return {"model_id": model["model_id"], "template_hash": model["template_hash"], "featurizer": spec.identity(),
+def store_identity(model: ModelInfo, spec: FeaturizerSpec, input_version: str) -> dict:
+    return {"model_id": model.model_id, "template_hash": model.template_hash, "featurizer": spec.identity(),
             "input_version": input_version}
 
 
 def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
     """A pool shard's kept rows, their ids and the input version every store of the shard records."""
-    pool = pq.read_table(layout.pool_examples, filters=[("shard", "=", shard), ("status", "=", "kept")],
-                         columns=["example_id", "instruction", "input", "output", "content_hash"])
-    if len(pool) == 0:
-        raise ValueError(f"shard {shard!r} has no rows in {layout.pool_examples}: re-materialize it_pool")
-    rows = pool.to_pylist()
+    view = PoolView.open(layout)
+    rows = view.kept(["example_id", "instruction", "input", "output", "content_hash"], shard=shard).to_pylist()
+    if not rows:
+        raise ValueError(f"shard {shard!r} has no rows in {view.path} (pool version {view.version}): "
+                         "re-materialize it_pool")
     ids = [r["example_id"] for r in rows]
     return rows, ids, shard_input_version(ids, [r["content_hash"] for r in rows])
 
@@ -94,7 +93,7 @@ class StoreRun:
     stats: dict = field(default_factory=dict)
 
 
-def featurize_into(destination: Path, model: dict, rows: Sequence[dict], ids: Sequence[str], spec: FeaturizerSpec,
+def featurize_into(destination: Path, model: ModelInfo, rows: Sequence[dict], ids: Sequence[str], spec: FeaturizerSpec,
                    input_version: str, load_model: Callable[[], tuple[object, object]],
                    progress: Callable[[int, int, int], None] | None = None) -> StoreRun:
     """Featurize ``rows`` into ``destination`` unless a store of the same identity is already there
@@ -113,7 +112,7 @@ def featurize_into(destination: Path, model: dict, rows: Sequence[dict], ids: Se
 
 
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):
-    return ([layout.pool_activations(s) for s in layout.kept_shards()],
+    return ([layout.pool_activations(s) for s in PoolView.open(layout).shards],
             [layout.target_activations(c) for c in capabilities])
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import stale_shards
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.gradients import read_gradient_stores
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
@@ -21,6 +20,7 @@ from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProj
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 
 WARMUP_ASSET = FeatureAsset("warmup_adapter")
 POOL_ASSET = FeatureAsset("pool_gradients", SHARD)
@@ -47,12 +47,12 @@ def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars:
     """Every kept shard's pool gradients at every warmup checkpoint, checked to be of the current pool
     rows and of the current warmup adapter (the store has one vector per row: ``vectors`` is unused)."""
     warmup = read_warmup(layout)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
-    shards = layout.kept_shards()
+    pool = PoolView.open(layout)
+    shards = pool.shards
     per_checkpoint, versions = [], []
     for checkpoint in warmup["checkpoints"]:
         epoch = checkpoint["epoch"]
-        stale = stale_shards(layout.pool_examples, lambda shard, e=epoch: layout.pool_gradients(shard, e))
+        stale = pool.stale_shards(lambda shard, e=epoch: layout.pool_gradients(shard, e))
         if stale:
             raise MethodInputError(f"{POOL_ASSET.name} is missing or out of date for shard(s) {stale[:5]} at "
                                    f"checkpoint {epoch}: materialize {POOL_ASSET.name} for them")
@@ -78,7 +78,7 @@ def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars:
         metadata={"model_id": first.metadata["model_id"], "template_hash": first.metadata["template_hash"],
                   "projection": first.metadata["projection"], "adapter_version": warmup["adapter_version"],
                   "features_version": sha256_json(versions)[:16]},
-    ), pool_version
+    ), pool.version
 
 
 @dataclass
@@ -159,7 +159,7 @@ def featurize_checkpoints(layout: LakeLayout, rows: Sequence[dict], ids: Sequenc
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):
     """Every shard and target set at every checkpoint (the warmup itself records no stats)."""
     epochs = [c["epoch"] for c in read_warmup(layout)["checkpoints"]]
-    return ([layout.pool_gradients(s, e) for s in layout.kept_shards() for e in epochs],
+    return ([layout.pool_gradients(s, e) for s in PoolView.open(layout).shards for e in epochs],
             [layout.target_gradients(c, e) for c in capabilities for e in epochs])
 
 

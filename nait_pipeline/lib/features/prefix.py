@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.models.template import ChatTemplate
 
 
@@ -49,26 +50,26 @@ def prefix_states(model, tokens: Sequence[int], hidden_states: str = "hf_output"
     return states.sum(1).double().cpu().numpy(), states[:, 0].double().cpu().numpy()
 
 
-def prefix_table(layout, model, template: ChatTemplate, record: dict, max_length: int = 512):
+def prefix_table(layout, model, template: ChatTemplate, record: ModelInfo, max_length: int = 512):
     """Measure the prefix every rendered pool and in-domain prompt of the lake starts with, run it through
     ``model`` once, and return (the per-layer table to store, its metadata, the first states)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.hashing import sha256_json
+    from nait_pipeline.lib.io.pool_view import PoolView
 
-    pool = pq.read_table(layout.pool_examples, columns=["instruction", "input"], filters=[("status", "=", "kept")])
-    rows = pool.to_pylist()
+    rows = PoolView.open(layout).kept(["instruction", "input"]).to_pylist()
     for path in sorted(layout.target_selection("_").parent.glob("*.parquet")):
         rows += [{"instruction": r["prompt"], "input": ""} for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
     tokens = prompt_tokens(template, rows, max_length=max_length)
     length = common_prefix_length(tokens)
     sums, first = prefix_states(model, tokens[0][:length] if tokens else [])
     text = template.tokenizer.decode(tokens[0][:length]) if length else ""
-    version = sha256_json({"model": record["model_id"], "template": record["template_hash"],
+    version = sha256_json({"model": record.model_id, "template": record.template_hash,
                            "tokens": tokens[0][:length] if tokens else []})[:16]
     table = pa.table({"layer": np.arange(1, len(sums) + 1), "prefix_sum": list(sums.astype(np.float32)),
                       "first_state": list(first.astype(np.float32))})
-    meta = {"prefix_tokens": length, "prefix_text": text, "prefix_version": version, "model_id": record["model_id"],
-            "template_hash": record["template_hash"], "rows_checked": len(rows)}
+    meta = {"prefix_tokens": length, "prefix_text": text, "prefix_version": version, "model_id": record.model_id,
+            "template_hash": record.template_hash, "rows_checked": len(rows)}
     return table, meta, first

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from nait_pipeline.lib.features.kinds import FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 
 TRAJECTORIES_ASSET = FeatureAsset("selector_trajectories")
 CLUSTERS_ASSET = FeatureAsset("selector_clusters")
@@ -35,7 +36,7 @@ def read_trajectory_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalar
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize {asset.name} first")
     meta = read_metadata(layout.selector_trajectories)
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    pool_version = PoolView.open(layout).version
     if meta["pool_version"] != pool_version:
         raise MethodInputError(f"{TRAJECTORIES_ASSET.name} was computed on pool version {meta['pool_version']}, the "
                                f"pool is now {pool_version}: re-materialize {TRAJECTORIES_ASSET.name} and "

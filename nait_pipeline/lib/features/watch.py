@@ -56,8 +56,8 @@ def target_file_fingerprints(targets_dir: Path) -> dict[str, str]:
 def unfeaturized_shards(layout: LakeLayout) -> list[str]:
     """Shards of the current pool table with no activations yet, or with activations computed from
     other rows or texts (a pool file rewritten after featurization)."""
-    from nait_pipeline.lib.features.feature_store import stale_shards
+    from nait_pipeline.lib.io.pool_view import PoolView
 
     if not layout.pool_examples.exists():
         return []
-    return stale_shards(layout.pool_examples, layout.pool_activations)
+    return PoolView.open(layout).stale_shards(layout.pool_activations)

@@ -107,25 +107,6 @@ class LakeLayout:
     def subset(self, subset_version: str) -> Path:
         return self.root / "subsets" / f"{subset_version}.parquet"
 
-    def kept_shards(self) -> list[str]:
-        """The shards of the current pool table (kept rows only), sorted."""
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(self.pool_examples, columns=["shard"], filters=[("status", "=", "kept")])
-        return sorted(set(table.column("shard").to_pylist()))
-
-    def instructions(self, example_ids: list[str]) -> list[str]:
-        """The pool instruction of each id, in the given order ("" for an id not in the pool table), read
-        with a filter so a large pool is not loaded for a preview."""
-        import pyarrow.parquet as pq
-
-        if not example_ids:
-            return []
-        table = pq.read_table(self.pool_examples, columns=["example_id", "instruction"],
-                              filters=[("example_id", "in", list(example_ids))])
-        found = dict(zip(table.column("example_id").to_pylist(), table.column("instruction").to_pylist()))
-        return [found.get(example_id) or "" for example_id in example_ids]
-
     @property
     def lineage_dir(self) -> Path:
         return self.root / "subset_lineage"

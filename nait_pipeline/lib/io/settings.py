@@ -16,8 +16,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
-KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation"}
+KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
+FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
 
 
 def settings_path() -> Path:
@@ -33,9 +34,11 @@ def read_settings_file(path: Path | None = None) -> dict:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML ({exc})") from exc
-    unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS)
+    unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS) + \
+        sorted(set(values.get("forward_store", {})) - FORWARD_STORE_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(KNOWN_KEYS | AUTOMATION_KEYS)}")
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: "
+                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS)}")
     return values
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 
@@ -69,6 +72,11 @@ class Settings:
     pool_sample: int | None
     featurize_new_shards: bool = False  # the unfeaturized_pool_shards sensor starts running
     max_shards_per_tick: int = 4  # ... and requests at most this many shards per evaluation
+    # What the forward store keeps per row (lib/features/reduction.py): "auto" and -1 pick by model width.
+    store_layers: str = "auto"
+    store_dim: int = -1
+    store_seed: int = 0
+    store_float_width: str = "auto"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -82,6 +90,7 @@ class Settings:
             return (value if value.is_absolute() else PROJECT_ROOT / value).resolve()
 
         automation = file.get("automation", {})
+        forward_store = file.get("forward_store", {})
         return cls(
             data_dir=path("NAIT_DATA_DIR", "data_dir", PROJECT_ROOT / "data"),
             store_dir=path("NAIT_STORE_DIR", "store_dir", PROJECT_ROOT / "data" / "store"),
@@ -89,6 +98,10 @@ class Settings:
             pool_sample=_optional_positive_int("NAIT_POOL_SAMPLE", file.get("pool_sample")),
             featurize_new_shards=bool(automation.get("featurize_new_shards", False)),
             max_shards_per_tick=int(automation.get("max_shards_per_tick", 4)),
+            store_layers=str(forward_store.get("layers", "auto")),
+            store_dim=int(forward_store.get("dim", -1)),
+            store_seed=int(forward_store.get("seed", 0)),
+            store_float_width=str(forward_store.get("float_width", "auto")),
         )
 
     @property

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.base import pool_groups
 from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.models.template import user_message
@@ -110,8 +111,7 @@ def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, templ
     versions = params.get("score_versions") or {}
     notes: dict = {}
     if scorer is None:
-        kept = pq.read_table(layout.pool_examples, columns=["example_id"], filters=[("status", "=", "kept")])
-        pool_ids = sorted(kept.column("example_id").to_pylist())
+        pool_ids = PoolView.open(layout).ids
         dump.json("pool_ids.json", pool_ids, "kept pool ids, sorted: the list the seeded draw ranks")
         dump.json("pool_sources.json", pool_groups(layout, pool_ids), "pool source of each id (balanced random)")
     else:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.kinds import FeatureKind, MethodInputError
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 
 ALL = "all"  # the capability label of a subset selected for every capability at once
 
@@ -178,12 +178,10 @@ def make_params(cls: type, values: Mapping | None) -> object:
 
 def pool_groups(layout: LakeLayout, ids: Sequence[str], column: str = "source") -> list[str]:
     """A pool column (the source, by default) aligned with ``ids``."""
-    table = pq.read_table(layout.pool_examples, columns=["example_id", column], filters=[("status", "=", "kept")])
-    by_id = dict(zip(table.column("example_id").to_pylist(), table.column(column).to_pylist()))
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise MethodInputError(f"{len(missing)} scored example(s) are not in the pool table, e.g. {missing[:5]}")
-    return [by_id[i] for i in ids]
+    try:
+        return PoolView.open(layout).aligned(ids, column)
+    except KeyError as exc:
+        raise MethodInputError(f"scored example(s) are not in the pool table: {exc.args[0]}") from None
 
 
 def lineage_json(params: dict) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.features.reduction import check_same_reduction
 from nait_pipeline.lib.io.contract import (
     CURRENT_SUBSETS_SCHEMA,
     SUBSET_DIAGNOSTICS_SCHEMA,
@@ -22,6 +23,7 @@ from nait_pipeline.lib.io.contract import (
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.base import (
     ALL,
     Method,
@@ -33,6 +35,7 @@ from nait_pipeline.lib.methods.base import (
 )
 from nait_pipeline.lib.selection.diagnostics import diagnose
 from nait_pipeline.lib.selection.policies import budget, require_finite
+from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.selection.subsets import write_subset
 
 
@@ -59,6 +62,9 @@ def score_capability(layout: LakeLayout, scorer: Scorer, capability: str, params
         raise MethodInputError(
             f"the pool's {scorer.kind.name} features come from {pool.metadata['model_id']} but the {capability} "
             f"target model from {target_meta.get('model_id')}: re-materialize one of them with the same model")
+    if target_meta:
+        check_same_reduction(pool.metadata.get("reduction"), target_meta.get("reduction"),
+                             f"the pool's {scorer.kind.name} store", f"the {capability} target store")
     read_seconds = time.perf_counter() - started
     scored = scorer.score(pool, target, params)
     unscored = scored.unscored if scored.unscored is not None else np.zeros(len(pool.ids), bool)
@@ -108,11 +114,11 @@ def _load_matrix(layout: LakeLayout, scorer: Scorer, versions: dict[str, str]):
 def selection_input(layout: LakeLayout, method: Method, capabilities: list[str]) -> SelectionInput:
     """Scores of every capability the method selects for (or the pool ids, for random methods),
     checked to be on the current pool version."""
-    pool_version = read_metadata(layout.pool_examples)["pool_version"]
+    pool = PoolView.open(layout)
+    pool_version = pool.version
     scorer = method.scorer
     if scorer is None:
-        kept = pq.read_table(layout.pool_examples, columns=["example_id", "output"],
-                             filters=[("status", "=", "kept")]).sort_by("example_id")
+        kept = pool.kept(["example_id", "output"]).sort_by("example_id")
         ids = kept.column("example_id").to_pylist()
         return SelectionInput(layout=layout, ids=ids, pool_version=pool_version, scores={}, score_versions={},
                               score_params={}, unscored=np.zeros(len(ids), bool),
@@ -150,16 +156,13 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
                           matrix_loader=_load_matrix(layout, scorer, versions), policy_reads=method.policy_reads)
 
 
-def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: dict) -> list[dict]:
+def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: ModelInfo) -> list[dict]:
     """Select with ``method`` and write each subset with its lineage, then the method's current-subset
     table. Returns one record per subset written (version, capability, slot, size, ids)."""
     inp = selection_input(layout, method, capabilities)
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "content_hash", "output"],
-                         filters=[("status", "=", "kept")])
-    pool_ids = pool.column("example_id").to_pylist()
-    hashes = dict(zip(pool_ids, pool.column("content_hash").to_pylist()))
-    output_length = dict(zip(pool_ids, (len(text) for text in pool.column("output").to_pylist())))
-    lengths = np.array([output_length[i] for i in inp.ids], np.float64)
+    pool = PoolView.open(layout)
+    hashes = pool.content_hashes
+    lengths = np.array([len(text) for text in pool.aligned(inp.ids, "output")], np.float64)
     sources = inp.groups["source"]  # aligned with inp.ids by selection_input
     written = []
     for chosen in method.select(inp, params):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from nait_pipeline.lib.io.hashing import sha256_file, sha256_json
@@ -23,6 +23,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """The base model a lake is built with, as ``base_model`` records it: what every store's identity
+    and every subset's lineage name."""
+
     model_id: str
     path: str
     architecture: str
@@ -34,6 +37,18 @@ class ModelInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def read(cls, layout) -> ModelInfo:
+        """``base_model``'s record in the lake."""
+        if not layout.model_record.exists():
+            raise FileNotFoundError(f"{layout.model_record} is missing: materialize base_model first")
+        values = json.loads(layout.model_record.read_text())
+        known = {f.name for f in fields(cls)}
+        missing = sorted(known - set(values))
+        if missing:
+            raise ValueError(f"{layout.model_record} lacks {missing}: re-materialize base_model")
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def embedded_gguf_path() -> Path:
@@ -121,9 +136,3 @@ def load_tokenizer(model_dir: Path):
 
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
-
-def read_model_record(layout) -> dict:
-    """The base model the lake was built with (``base_model``'s record: id, path, layers, template hash)."""
-    if not layout.model_record.exists():
-        raise FileNotFoundError(f"{layout.model_record} is missing: materialize base_model first")
-    return json.loads(layout.model_record.read_text())

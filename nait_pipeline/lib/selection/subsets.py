@@ -13,11 +13,12 @@ from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.provenance import code_commit
+from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.selection import policies as selection
 
 
 def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[str], scores: np.ndarray | None,
-                 chosen: list[int], budget_ratio: float, params: dict, pool_version: str, model: dict,
+                 chosen: list[int], budget_ratio: float, params: dict, pool_version: str, model: ModelInfo,
                  content_hashes: dict[str, str] | None = None) -> dict:
     """Write a subset and its lineage under a version derived from everything that determined it.
 
@@ -29,7 +30,7 @@ def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[
     digest = selection.selected_ids_sha256(selected)
     version = f"{method}-{capability}-" + sha256_json({
         "method": method, "capability": capability, "params": params, "pool_version": pool_version,
-        "model_id": model["model_id"], "template_hash": model["template_hash"], "selected": digest})[:12]
+        "model_id": model.model_id, "template_hash": model.template_hash, "selected": digest})[:12]
     if not layout.subset(version).exists():
         write_parquet(pa.Table.from_pylist([
             dict(subset_version=version, method=method, capability=capability, budget_ratio=budget_ratio,
@@ -38,8 +39,8 @@ def write_subset(layout: LakeLayout, *, method: str, capability: str, ids: list[
             for rank, i in enumerate(chosen, start=1)], schema=SUBSETS_SCHEMA), layout.subset(version))
     if not layout.lineage(version).exists():
         write_parquet(pa.Table.from_pylist([dict(
-            subset_version=version, pool_version=pool_version, model_id=model["model_id"],
-            template_hash=model["template_hash"], method=method, capability=capability,
+            subset_version=version, pool_version=pool_version, model_id=model.model_id,
+            template_hash=model.template_hash, method=method, capability=capability,
             params_json=json.dumps(params, sort_keys=True), n_pool=len(ids), n_selected=len(selected),
             selected_ids_sha256=digest, created_at=datetime.now(timezone.utc), code_commit=code_commit())],
             schema=LINEAGE_SCHEMA),

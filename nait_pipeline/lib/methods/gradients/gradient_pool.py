@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.gradient_store import (
     GRADIENTS,
@@ -27,6 +26,7 @@ from nait_pipeline.lib.features.gradient_store import (
 from nait_pipeline.lib.features.gradients import WarmupConfig
 from nait_pipeline.lib.features.projection import check_same_projection
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.gradients import less_math
 from nait_pipeline.lib.methods.base import MethodInputError, Scored, Scorer
 from nait_pipeline.lib.methods.dump import Dump, torch_file
@@ -75,11 +75,8 @@ def dump_gradient_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilit
     pool, _ = read_gradient_pool(layout)
     epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
     dump.json("pool_ids.json", pool.ids, "pool example ids; row i of every pool array and of train.jsonl")
-    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
-                          filters=[("status", "=", "kept")])
-    by_id = {r["example_id"]: r for r in texts.to_pylist()}
-    dump.jsonl("train.jsonl", [{"id": i, **{k: by_id[i][k] for k in ("instruction", "input", "output")}}
-                               for i in pool.ids], "the pool rows, pool_ids.json order")
+    dump.jsonl("train.jsonl", [{"id": r.pop("example_id"), **r} for r in PoolView.open(layout).rows(pool.ids)],
+               "the pool rows, pool_ids.json order")
     dump.array("pool_zero_gradient.npy", pool.zero_gradient, "[N] bool: rows without a response token (never picked)")
     for epoch, vectors in zip(epochs, pool.checkpoints):
         torch_file(dump, f"less/ckpt{epoch}/pool.pt", vectors, f"pool Adam gradient features at checkpoint {epoch}")

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.selector_store import SELECTOR, TrajectoryPool, read_trajectory_pool
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.lp import lp_math
 from nait_pipeline.lib.methods.dump import Dump
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, Scored, Scorer, SelectionInput
@@ -124,15 +124,13 @@ def dump_lp_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilities: l
     perplexity after epoch e; epoch0 before training). The official script reads epoch0..epoch3 and
     ranks by LP(1) with P3 as the last epoch: with E = 3 epochs the files map one to one."""
     pool, _ = read_trajectory_pool(layout)
-    texts = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output"],
-                          filters=[("status", "=", "kept")])
-    by_id = {r["example_id"]: r for r in texts.to_pylist()}
     dump.json("pool_ids.json", pool.ids, "the selector's slice, sorted by id; row i of every array and of dataset.json")
     dump.array("pool_perplexities.npy", pool.perplexities, "[N, E+1] response perplexity before training, then "
                "after each epoch (0 where no_response)")
     dump.array("pool_no_response.npy", pool.no_response, "[N] bool: no response token survived truncation")
     dump.array("pool_clusters.npy", pool.clusters, "[N] KMeans cluster of each row")
-    dump.json("dataset.json", [{k: by_id[i][k] for k in ("instruction", "input", "output")} for i in pool.ids],
+    dump.json("dataset.json", [{k: r[k] for k in ("instruction", "input", "output")}
+                               for r in PoolView.open(layout).rows(pool.ids)],
               "official subset.py --dataset: the slice's rows, pool_ids.json order")
     dump.pickle("clustering.pkl", [{"cluster_num": int(c)} for c in pool.clusters],
                 "official subset.py --clustering: row i -> {'cluster_num': c}")

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nait_pipeline.lib.features.reduction import massive_dims  # noqa: F401  (step 2: the rule compact stores share)
+
 DIRECTIONS = ("contrastive", "lda", "pca")
-MASSIVE_ABS = 100.0
-MASSIVE_RATIO = 1000.0
 LENGTH_CORR_MAX = 0.5
 
 
@@ -62,16 +62,6 @@ def clean_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStat
         raise NaitCInputError(f"rows with no token after the {prefix.length}-token template prefix: {named}")
     m = np.asarray(layer_mean, np.float64)
     return ((k[:, None, None] * m - prefix.sums[None].astype(np.float64)) / content[:, None, None]).astype(np.float32)
-
-
-def massive_dims(first: np.ndarray, typical: np.ndarray | None = None, abs_min: float = MASSIVE_ABS,
-                 ratio: float = MASSIVE_RATIO) -> np.ndarray:
-    """[L, d] bool: dimensions whose first-token state is a massive activation: above ``abs_min`` and
-    ``ratio`` x the layer's typical magnitude (``typical`` [L]: the median magnitude of the pool's
-    content features; default the median of the first state itself, which the sink inflates)."""
-    magnitude = np.abs(first)
-    scale = np.median(magnitude, axis=-1) if typical is None else np.asarray(typical)
-    return (magnitude > abs_min) & (magnitude > ratio * scale[:, None])
 
 
 class PoolMoments:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
+from nait_pipeline.lib.features.reduction import Reducer
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -76,11 +77,23 @@ def _load_target(layout: LakeLayout, capability: str, params: NaitCScoreParams):
     if prefix_meta["model_id"] != stored.metadata["model_id"]:
         raise nc.NaitCInputError(f"template_prefix is of {prefix_meta['model_id']}, the {capability} in-domain "
                                  f"features of {stored.metadata['model_id']}: re-materialize template_prefix")
+    prefix = reduced_prefix(prefix, stored.metadata.get("reduction"))
     version = sha256_json({"targets": stored.metadata.get("store_version"), "prefix": prefix_meta["prefix_version"],
                            "code": CODE_VERSION})[:16]
     target = {"ids": stored.ids, "layer_mean": stored.vectors["layer_mean"], "n_tokens": stored.scalars["n_tokens"],
               "prefix": prefix}
-    return target, {"version": version, "model_id": stored.metadata["model_id"]}
+    return target, {"version": version, "model_id": stored.metadata["model_id"],
+                    "reduction": stored.metadata.get("reduction")}
+
+
+def reduced_prefix(prefix: nc.PrefixStates, reduction: dict | None) -> nc.PrefixStates:
+    """The prefix states in the space a compact store keeps (the same layers, mask and projection): removing
+    the prefix from a projected token mean is then as exact as at full width."""
+    if not reduction:
+        return prefix
+    reducer = Reducer.from_metadata(reduction, num_layers=prefix.sums.shape[0])
+    return nc.PrefixStates(length=prefix.length, sums=reducer.vectors(prefix.sums[None])[0],
+                           first=reducer.vectors(prefix.first[None])[0])
 
 
 def _clean(block: np.ndarray, n_tokens: np.ndarray, prefix: nc.PrefixStates, clean: bool, ids=()) -> np.ndarray:

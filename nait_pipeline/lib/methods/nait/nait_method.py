@@ -15,6 +15,7 @@ from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.features.forward import FORWARD, read_pool_store
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.nait import nait_math as nait
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
 from nait_pipeline.lib.methods.dump import Dump
@@ -153,8 +154,8 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
                              "dump a subset made from the current scores (re-materialize nait_subsets)")
     score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
     pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
-    shards = layout.kept_shards()
-    store = read_features([layout.pool_activations(s) for s in shards], scalars=("n_tokens", "truncated"))
+    pool = PoolView.open(layout)
+    store = read_features([layout.pool_activations(s) for s in pool.shards], scalars=("n_tokens", "truncated"))
     if store.ids != pool_ids:
         raise ValueError("pool activations no longer match the stored scores: re-materialize nait_scores")
     dump.json("pool_ids.json", pool_ids, "pool example ids; row i of every pool array is this id")
@@ -188,11 +189,9 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
     subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
     dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
     dump.array("selected_scores.npy", subset.column("score").to_numpy(), "the score each selected id was ranked by")
-    pool = pq.read_table(layout.pool_examples, filters=[("status", "=", "kept")]).to_pylist()
-    by_id = {r["example_id"]: r for r in pool}
     texts = []
-    for example_id, n_tokens, truncated in zip(pool_ids, store.scalars["n_tokens"], store.scalars["truncated"]):
-        row = by_id[example_id]
+    for row, n_tokens, truncated in zip(pool.rows(pool_ids), store.scalars["n_tokens"], store.scalars["truncated"]):
+        example_id = row["example_id"]
         prompt_text, response_text = template.render(row["instruction"], row["input"], row["output"])
         texts.append({"example_id": example_id, "prompt_text": prompt_text, "response_text": response_text,
                       "n_tokens": int(n_tokens), "truncated": bool(truncated)})
@@ -202,7 +201,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
         "subset_version": subset_version,
         "lineage": {k: str(v) for k, v in lineage.items()},
         "params": params,
-        "store": {k: read_metadata(layout.pool_activations(shards[0])).get(k)
+        "store": {k: read_metadata(layout.pool_activations(pool.shards[0])).get(k)
                   for k in ("model_id", "template_hash", "featurizer", "layers")},
         "recipe": (
             "score_c = sum over layers l of pool_layer_mean[:, l] @ directions_c[l] (aggregation 'sum'); "
