@@ -35,7 +35,8 @@ def build(root: Path, rows: int, layout_name: str) -> None:
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.data.ingest import POOL_SCHEMA
-    from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
+    from nait_pipeline.lib.features.feature_store import write_features
+    from nait_pipeline.lib.io.pool_view import shard_input_version
     from nait_pipeline.lib.features.featurize import Features
     from nait_pipeline.lib.io.lake import write_json, write_parquet
     from nait_pipeline.lib.io.layout import LakeLayout

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from nait_pipeline.lib.data.ingest import POOL_SCHEMA
-from nait_pipeline.lib.features.feature_store import shard_input_version, write_features
+from nait_pipeline.lib.features.feature_store import write_features
+from nait_pipeline.lib.io.pool_view import shard_input_version
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.io.contract import QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines

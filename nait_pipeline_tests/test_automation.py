@@ -11,7 +11,7 @@ import pytest
 from nait_pipeline.defs.automation import new_pool_files, unfeaturized_shards_sensor
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data.ingest import POOL_SCHEMA
-from nait_pipeline.lib.features.feature_store import shard_input_version
+from nait_pipeline.lib.io.pool_view import shard_input_version
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 

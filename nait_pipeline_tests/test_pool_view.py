@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from nait_pipeline.lib.features.feature_store import shard_input_version
+from nait_pipeline.lib.io.pool_view import shard_input_version
 from nait_pipeline.lib.io.contract import POOL_SCHEMA
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout

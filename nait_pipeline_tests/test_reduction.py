@@ -191,3 +191,23 @@ def test_forward_scorers_run_on_a_compact_store_and_refuse_a_mixed_one(tmp_path)
     _compact_lake(mixed, reduction, targets=False)
     with pytest.raises(ReductionMismatchError, match="math target store with full width"):
         score_capability(mixed, scorers()["rds"], "math", scorers()["rds"].params())
+
+
+def test_the_store_setting_comes_from_the_settings_file(tmp_path, monkeypatch):
+    """One setting for the pool and every target set: the settings file, resolved per model width."""
+    from nait_pipeline.defs.resources import lake_resource_from_settings
+    from nait_pipeline.lib.io.settings import Settings
+    from nait_pipeline_tests import synthetic_lake
+
+    settings_file = tmp_path / "nait_settings.toml"
+    monkeypatch.setenv("NAIT_SETTINGS", str(settings_file))
+    settings_file.write_text("")
+    narrow, wide = synthetic_lake.model_info(30, 576), synthetic_lake.model_info(32, 4096)
+    assert lake_resource_from_settings(Settings.from_env()).store_reduction(narrow).is_full
+    assert lake_resource_from_settings(Settings.from_env()).store_reduction(wide).dim == 256
+    settings_file.write_text('[forward_store]\nlayers = "last:2"\ndim = 64\nseed = 3\nfloat_width = "float32"\n')
+    chosen = lake_resource_from_settings(Settings.from_env()).store_reduction(narrow)
+    assert chosen == StoreReduction(layers=(29, 30), dim=64, seed=3, float_width="float32")
+    settings_file.write_text("[forward_store]\nwidth = 64\n")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['width'\]"):
+        Settings.from_env()

@@ -13,7 +13,7 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features import featurize as fz
-from nait_pipeline.lib.features import forward
+from nait_pipeline.lib.features import capacity, forward
 from nait_pipeline.lib.features.reduction import StoreReduction
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -119,9 +119,10 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
     layout, model = pipeline.layout, pipeline.base_model()
     reduction = pipeline.store_reduction(model)
     shards = context.partition_keys
+    estimate = _capacity(pipeline, model, reduction, shards, config)
     results = [_featurize_shard(context, layout, model, shard, config, reduction) for shard in shards]
     if len(results) == 1:
-        return results[0]
+        return dg.MaterializeResult(metadata={**results[0].metadata, **estimate}, data_version=results[0].data_version)
     per_shard = [{"shard": shard, "rows": r.metadata["row_count"], "reused": r.metadata["reused"],
                   "store_version": r.metadata["store_version"]} for shard, r in zip(shards, results)]
     version = sha256_json([row["store_version"] for row in per_shard])[:16]
@@ -130,8 +131,25 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
                   "recomputed_shards": sum(not row["reused"] for row in per_shard),
                   "tokens": sum(r.metadata["tokens"] for r in results),
                   "per_shard": markdown_table(pa.Table.from_pylist(per_shard), rows=len(per_shard)),
-                  "range_version": version},
+                  "range_version": version, **estimate},
         data_version=dg.DataVersion(version))
+
+
+def _capacity(pipeline: LakeResource, model: ModelInfo, reduction: StoreReduction, shards: list[str],
+              config: FeaturizerConfig) -> dict:
+    """Refuse, before loading the model, a run whose new shard files would not fit the disk or whose
+    largest shard would not fit the memory; the estimate goes into the metadata."""
+    layout, sizes = pipeline.layout, pipeline.pool().shard_sizes
+    new_rows = sum(sizes.get(shard, 0) for shard in shards if not layout.pool_activations(shard).exists())
+    per_row = capacity.forward_bytes_per_row(model.num_layers, model.hidden_size, reduction)
+    dtype = fz.resolve_dtype(config.dtype, fz.resolve_device(config.device))
+    memory = capacity.featurize_memory_bytes(max((sizes.get(s, 0) for s in shards), default=0), model.num_layers,
+                                             model.hidden_size, reduction, config.batch_tokens,
+                                             capacity.loaded_weight_bytes(Path(model.path), dtype))
+    estimate = capacity.require_capacity(f"featurizing {len(shards)} shard(s) ({new_rows:,} new rows at "
+                                         f"~{per_row:,} bytes each)", new_rows * per_row, layout.root, memory)
+    return {**estimate, "estimated_bytes_per_row": per_row,
+            "store_setting": reduction.describe(model.num_layers)}
 
 
 def _featurize_shard(context, layout: LakeLayout, model: ModelInfo, shard: str, config: FeaturizerConfig,

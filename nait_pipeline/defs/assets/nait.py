@@ -3,18 +3,15 @@ subsets come from the method registry (`nait_scores`, `nait_subsets` in ``method
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 from nait_pipeline.defs.metadata import path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import LakeResource
-from nait_pipeline.lib.features.feature_store import read_features
-from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import write_parquet
-from nait_pipeline.lib.methods.nait import nait_math as nait
 from nait_pipeline.lib.features.reduction import massive_dims
-from nait_pipeline.lib.methods.nait.nait_method import CODE_VERSION, target_drifts
+from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.methods.nait.nait_method import CODE_VERSION, write_directions
 
 
 class DirectionConfig(dg.Config):
@@ -35,35 +32,16 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
                           pipeline: LakeResource) -> dg.MaterializeResult:
     """Per decoder layer, the first principal component of the in-domain activation drift of one
     capability, sign-fixed to point along the mean drift: NAIT's reusable capability feature."""
-    layout = pipeline.layout
     capability = context.partition_key
-    drifts, store_meta = target_drifts(layout, capability, config.drift)
-    fitted = nait.fit_directions(drifts, config.min_rows, capability)
-    n_layers = fitted.vectors.shape[0]
-    layers = store_meta.get("layers") or list(range(1, n_layers + 1))  # a compact store keeps some layers
-    first_token = read_features([layout.target_activations(capability)], vectors=("first_token",))
-    alignment = nait.sink_alignment(fitted.vectors, first_token.vectors["first_token"])
-    table = pa.table({
-        "capability": [capability] * n_layers,
-        "layer": layers,
-        "direction": [row.astype(np.float32) for row in fitted.vectors],
-        "explained_variance_ratio": fitted.explained_variance_ratio,
-        "sign_flipped": fitted.sign_flipped,
-        "sink_alignment": alignment,
-    })
-    version = sha256_json({"store": store_meta["store_version"], "drift": config.drift, "code": CODE_VERSION})[:16]
-    path = write_parquet(table, layout.directions(capability), {
-        "directions_version": version, "drift": config.drift, "n_rows": fitted.n_rows,
-        "model_id": store_meta["model_id"], "template_hash": store_meta["template_hash"],
-        "target_store_version": store_meta["store_version"],
-        **({"reduction": store_meta["reduction"]} if store_meta.get("reduction") else {})})
+    path, fitted, alignment, version = write_directions(pipeline.layout, capability, config.drift, config.min_rows)
+    layers = pq.read_table(path, columns=["layer"]).column("layer").to_pylist()
     plot = bar_plot(fitted.explained_variance_ratio, layers,
                     f"{capability}: PC1 explained variance per layer ({config.drift})", "ratio",
                     path.with_suffix(".png"))
     return dg.MaterializeResult(
         metadata={
             "n_rows": fitted.n_rows,
-            "layers": n_layers,
+            "layers": len(layers),
             "drift": config.drift,
             "mean_explained_variance": float(fitted.explained_variance_ratio.mean()),
             "sign_flipped_layers": int(fitted.sign_flipped.sum()),

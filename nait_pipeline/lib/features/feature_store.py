@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.features.reduction import check_same_reduction
-from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_parquet
 
 FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
@@ -205,8 +204,5 @@ def migrate_store_file(path: Path) -> bool:
     return True
 
 
-def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> str:
-    """What a pool shard's features were computed from: its ids and their texts' hashes, in order."""
-    return sha256_lines(f"{i}\t{h}" for i, h in zip(ids, content_hashes))[:16]
 
 

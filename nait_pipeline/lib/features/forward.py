@@ -17,13 +17,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import PoolStore, shard_input_version, write_features
+from nait_pipeline.lib.features.feature_store import PoolStore, write_features
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.io.pool_view import PoolView
+from nait_pipeline.lib.io.pool_view import PoolView, shard_input_version
 from nait_pipeline.lib.models.model_io import ModelInfo
 
 POOL_ASSET = FeatureAsset("pool_activations", SHARD)

@@ -84,6 +84,13 @@ class StoreReduction:
             raise ValueError(f"layer {self.layers[-1]} asked for, the model has {num_layers}")
         return list(self.layers)
 
+    def describe(self, num_layers: int) -> str:
+        if self.is_full:
+            return "full width"
+        layers = self.kept_layers(num_layers)
+        return (f"{len(layers)} of {num_layers} layers {layers}, width {self.dim or 'full'} (seed {self.seed}), "
+                f"{self.float_width}")
+
     def stored_width(self, width: int) -> int:
         return self.dim or width
 

@@ -10,12 +10,14 @@ a re-ingested pool (an atomic rename: a new inode) is never served from a stale 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata
 
 KEPT = ("status", "=", "kept")
@@ -64,14 +66,17 @@ class PoolView:
         return sorted(set(self.index.column("shard").to_pylist()))
 
     @functools.cached_property
+    def shard_sizes(self) -> dict[str, int]:
+        """Kept rows per shard."""
+        return dict(sorted(Counter(self.index.column("shard").to_pylist()).items()))
+
+    @functools.cached_property
     def content_hashes(self) -> dict[str, str]:
         return dict(zip(self.index.column("example_id").to_pylist(), self.index.column("content_hash").to_pylist()))
 
     @functools.cached_property
     def shard_versions(self) -> dict[str, str]:
         """What each shard's features are computed from: its ids and their texts' hashes, in table order."""
-        from nait_pipeline.lib.features.feature_store import shard_input_version
-
         per_shard: dict[str, tuple[list[str], list[str]]] = {}
         columns = (self.index.column(c).to_pylist() for c in ("example_id", "content_hash", "shard"))
         for example_id, content, shard in zip(*columns):
@@ -118,6 +123,11 @@ class PoolView:
             raise KeyError(f"{len(missing)} id(s) are not kept rows of pool version {self.version}, e.g. "
                            f"{missing[:5]}")
         return [by_id[i] for i in ids]
+
+
+def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> str:
+    """What a pool shard's features were computed from: its ids and their texts' hashes, in order."""
+    return sha256_lines(f"{i}\t{h}" for i, h in zip(ids, content_hashes))[:16]
 
 
 @functools.lru_cache(maxsize=4)

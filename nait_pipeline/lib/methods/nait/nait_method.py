@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.features.forward import FORWARD, read_pool_store
-from nait_pipeline.lib.io.lake import read_metadata, write_json
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.lake import read_metadata, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.nait import nait_math as nait
@@ -65,6 +67,33 @@ def target_drifts(layout: LakeLayout, capability: str, drift: str) -> tuple[np.n
     drifts = nait.drift(stored.vectors["layer_mean"], stored.vectors["first_token"],
                         stored.vectors.get("last_token"), drift)
     return drifts, stored.metadata
+
+
+def write_directions(layout: LakeLayout, capability: str, drift: str = "R2", min_rows: int = 2):
+    """Fit and write one capability's directions (``capability_directions``): per stored layer the PC1 of the
+    in-domain drift, sign-fixed, with its alignment to the first-token state. Returns (path, fitted,
+    alignment, version)."""
+    drifts, store_meta = target_drifts(layout, capability, drift)
+    fitted = nait.fit_directions(drifts, min_rows, capability)
+    n_layers = fitted.vectors.shape[0]
+    layers = store_meta.get("layers") or list(range(1, n_layers + 1))  # a compact store keeps some layers
+    first_token = read_features([layout.target_activations(capability)], vectors=("first_token",))
+    alignment = nait.sink_alignment(fitted.vectors, first_token.vectors["first_token"])
+    table = pa.table({
+        "capability": [capability] * n_layers,
+        "layer": layers,
+        "direction": [row.astype(np.float32) for row in fitted.vectors],
+        "explained_variance_ratio": fitted.explained_variance_ratio,
+        "sign_flipped": fitted.sign_flipped,
+        "sink_alignment": alignment,
+    })
+    version = sha256_json({"store": store_meta["store_version"], "drift": drift, "code": CODE_VERSION})[:16]
+    path = write_parquet(table, layout.directions(capability), {
+        "directions_version": version, "drift": drift, "n_rows": fitted.n_rows,
+        "model_id": store_meta["model_id"], "template_hash": store_meta["template_hash"],
+        "target_store_version": store_meta["store_version"],
+        **({"reduction": store_meta["reduction"]} if store_meta.get("reduction") else {})})
+    return path, fitted, alignment, version
 
 
 def _load_target(layout: LakeLayout, capability: str, params: NaitScoreParams):
