@@ -21,7 +21,7 @@ def capabilities(settings: Settings) -> list[str]:
 
 
 # What every command needs before any method: the model, the pool, the target and test sets, the warehouse.
-FOUNDATION = ("base_model", "it_pool", "target_sets", "target_test_sets", "warehouse")
+FOUNDATION = ("base_model", "it_pool", "target_sets", "target_test_sets", "pool_contamination", "warehouse")
 
 
 class UsageError(Exception):

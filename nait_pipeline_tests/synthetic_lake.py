@@ -12,7 +12,7 @@ from nait_pipeline.lib.data.ingest import POOL_SCHEMA
 from nait_pipeline.lib.features.feature_store import write_features
 from nait_pipeline.lib.io.pool_view import shard_input_version
 from nait_pipeline.lib.features.featurize import Features
-from nait_pipeline.lib.io.contract import QUARANTINE_SCHEMA
+from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
@@ -61,6 +61,9 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
             for k, (i, s) in enumerate(zip(ids, shards))]
     pool_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}\t{r['shard']}" for r in rows)[:16]
     write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples, {"pool_version": pool_version})
+    # Checked against the test items and found clean (a test that needs contaminated rows writes its own).
+    write_parquet(CONTAMINATION_SCHEMA.empty_table(), layout.pool_contamination,
+                  {"contamination_version": "clean0", "pool_version": pool_version})
     write_parquet(QUARANTINE_SCHEMA.empty_table(), layout.pool_quarantine)  # the warehouse binds every pool table
     write_parquet(pa.table({"file": ["pool.parquet"], "rows_read": [n_pool], "sha256": ["s0"]}), layout.pool_files)
     for shard in sorted(set(shards)):

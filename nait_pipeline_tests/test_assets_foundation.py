@@ -28,7 +28,7 @@ def materialization(result, key):
     return result.asset_materializations_for_node(key)[0]
 
 
-def test_foundation_end_to_end(shared_data, model_dir, store_dir):
+def test_foundation_end_to_end(shared_data, model_dir, store_dir, monkeypatch):
     resource = LakeResource(data_dir=str(shared_data), store_dir=str(store_dir), model=str(model_dir))
     with dg.instance_for_test() as instance:
         assert register_capabilities(instance, shared_data / "targets") == list(CAPABILITIES)
@@ -69,6 +69,20 @@ def test_foundation_end_to_end(shared_data, model_dir, store_dir):
         assert materialization(again, "it_pool").tags["dagster/data_version"] == (
             materialization(first, "it_pool").tags["dagster/data_version"])
         assert materialization(again, "it_pool").metadata["new_shards"].value == 0
+
+        # A featurization that would not fit the disk is refused before the model loads, with the numbers.
+        from nait_pipeline.defs.assets.features import pool_activations
+        from nait_pipeline.lib.features import capacity
+
+        monkeypatch.setattr(capacity, "free_disk_bytes", lambda folder: 10 * 2**20)
+        refused = dg.materialize([*ASSETS, pool_activations], selection=["pool_activations"], instance=instance,
+                                 partition_key="alpaca_cleaned-0000", resources={"pipeline": resource},
+                                 raise_on_error=False)
+        failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+        message = failure.event_specific_data.error.cause.message if failure.event_specific_data.error.cause \
+            else failure.event_specific_data.error.message
+        assert "featurizing 1 shard(s) (2,048 new rows" in message and "0.01 GiB free" in message
+        assert not (store_dir / "lake" / "features" / "pool_activations" / "alpaca_cleaned-0000.parquet").exists()
 
 
 def test_bad_pool_file_fails_without_touching_stored_data(shared_data, model_dir, store_dir, tmp_path):

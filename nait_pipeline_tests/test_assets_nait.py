@@ -16,7 +16,7 @@ from nait_pipeline.defs.assets.loop import comparison, evaluation, finetuned_mod
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.assets.model import base_model
 from nait_pipeline.defs.assets.nait import capability_directions
-from nait_pipeline.defs.assets.pool import it_pool
+from nait_pipeline.defs.assets.pool import it_pool, pool_contamination
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.assets.warehouse import warehouse
 from nait_pipeline.defs.partitions import register_capabilities
@@ -25,7 +25,7 @@ from nait_pipeline.lib.io import sql
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import CAPABILITIES
 
-ASSETS = [base_model, it_pool, target_sets, target_test_sets, warehouse, pool_activations, target_activations,
+ASSETS = [base_model, it_pool, target_sets, target_test_sets, pool_contamination, warehouse, pool_activations, target_activations,
           capability_directions, *score_assets, *subset_assets, finetuned_model, evaluation, comparison]
 SMALL = {"ops": {"target_sets": {"config": {"size": 8}}}}
 
@@ -52,6 +52,7 @@ def pipeline(shared_data, model_dir, tmp_path_factory):
         run(instance, resource, ["base_model", "it_pool"])
         for capability in CAPABILITIES:
             run(instance, resource, ["target_sets", "target_test_sets"], capability, SMALL)
+        run(instance, resource, ["pool_contamination"])
         for shard in shard_keys(layout):
             run(instance, resource, ["pool_activations"], shard)
         for capability in CAPABILITIES:

@@ -48,9 +48,9 @@ def test_materialize_plans_each_feature_kind_from_the_asset_graph():
     steps = plan(graph, ["nait_subsets", "g2is_subsets", "less_subsets", "lp_low_subsets", "random_subsets"],
                  done=upstream_closure(graph, cli.FOUNDATION))
     assert steps == [
-        Step(("random_subsets", "selector_trajectories", "warmup_adapter"), "none"),
+        Step(("selector_trajectories", "warmup_adapter"), "none"),
         Step(("target_activations",), "capability"), Step(("pool_activations",), "shard"),
-        Step(("selector_clusters",), "none"), Step(("capability_directions", "target_gradients"), "capability"),
+        Step(("random_subsets", "selector_clusters"), "none"), Step(("capability_directions", "target_gradients"), "capability"),
         Step(("pool_gradients",), "shard"), Step(("gradient_graph", "lp_scores"), "none"),
         Step(("less_scores", "nait_scores"), "capability"),
         Step(("g2is_subsets", "less_subsets", "lp_low_subsets", "nait_subsets"), "none")]

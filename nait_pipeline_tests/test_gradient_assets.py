@@ -15,7 +15,7 @@ from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.defs.assets.gradients import gradient_graph, pool_gradients, target_gradients, warmup_adapter
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.assets.model import base_model
-from nait_pipeline.defs.assets.pool import it_pool
+from nait_pipeline.defs.assets.pool import it_pool, pool_contamination
 from nait_pipeline.defs.assets.targets import target_sets, target_test_sets
 from nait_pipeline.defs.partitions import CAPABILITIES_NAME
 from nait_pipeline.defs.resources import LakeResource
@@ -24,7 +24,7 @@ from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.gradients import less_math
 
-ASSETS = [base_model, it_pool, target_sets, target_test_sets, warmup_adapter, pool_gradients, target_gradients,
+ASSETS = [base_model, it_pool, target_sets, target_test_sets, pool_contamination, warmup_adapter, pool_gradients, target_gradients,
           gradient_graph, *score_assets, *subset_assets]
 CAPABILITIES = ["math", "knowledge"]  # knowledge: MMLU, one subtask per subject
 GRADIENTS = {"config": {"dim": 64, "max_length": 256}}
@@ -63,6 +63,7 @@ def pipeline(shared_data, model_dir, tmp_path_factory):
         for capability in CAPABILITIES:
             run(instance, resource, ["less_scores"], capability)
         run(instance, resource, ["gradient_graph"])
+        run(instance, resource, ["pool_contamination"])
         subsets = run(instance, resource, ["less_subsets", "bids_subsets", "g2is_subsets"])
         yield instance, resource, layout, subsets
 

@@ -75,7 +75,7 @@ def test_a_killed_selector_run_resumes_with_identical_perplexities(model_dir, tm
 def test_lp_assets_from_a_pool_file_to_a_subset(model_dir, tmp_path):
     from nait_pipeline.defs.assets.methods import score_assets, subset_assets
     from nait_pipeline.defs.assets.model import base_model
-    from nait_pipeline.defs.assets.pool import it_pool
+    from nait_pipeline.defs.assets.pool import it_pool, pool_contamination
     from nait_pipeline.defs.assets.selector import selector_clusters, selector_trajectories
     from nait_pipeline.defs.resources import LakeResource
     from nait_pipeline.lib.io.layout import LakeLayout
@@ -87,14 +87,15 @@ def test_lp_assets_from_a_pool_file_to_a_subset(model_dir, tmp_path):
          "output": f"It is {i * (i % 4 + 2)}." if i % 2 else f"Colour {i} is a shade of blue."}) + "\n"
         for i in range(12)))
     resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"), model=str(model_dir))
-    assets = [base_model, it_pool, selector_trajectories, selector_clusters, *score_assets, *subset_assets]
+    assets = [base_model, it_pool, pool_contamination, selector_trajectories, selector_clusters, *score_assets,
+              *subset_assets]
     config = {"ops": {"it_pool": {"config": {"settle_seconds": 0.0}},
                       "selector_trajectories": {"config": {"slice_rows": 10, "epochs": 2, "max_length": 64,
                                                            "learning_rate": 1e-4}},
                       "selector_clusters": {"config": {"rows_per_cluster": 5}},
                       "lp_low_subsets": {"config": {"budget_ratio": 0.5}}}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, selection=["base_model", "it_pool", "selector_trajectories",
+        result = dg.materialize(assets, selection=["base_model", "it_pool", "pool_contamination", "selector_trajectories",
                                                    "selector_clusters", "lp_scores", "lp_low_subsets"],
                                 instance=instance, resources={"pipeline": resource}, run_config=config)
         assert result.success

@@ -27,17 +27,21 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def config_class(name: str, params: type) -> type[dg.Config]:
-    """A ``dg.Config`` with the fields, types, defaults and field docs of the dataclass ``params``."""
-    hints = typing.get_type_hints(params)
-    docs = _attribute_docs(params)
+def config_class(name: str, params: type, *more: type) -> type[dg.Config]:
+    """A ``dg.Config`` with the fields, types, defaults and field docs of the dataclass ``params`` (and of
+    ``more``, such as the runner's selection options; :func:`to_params` takes each back)."""
     fields = {}
-    for item in dataclasses.fields(params):
-        if item.default_factory is not dataclasses.MISSING:
-            default = pydantic.Field(default_factory=item.default_factory, description=docs.get(item.name))
-        else:
-            default = pydantic.Field(default=item.default, description=docs.get(item.name))
-        fields[item.name] = (hints[item.name], default)
+    for cls in (params, *more):
+        hints = typing.get_type_hints(cls)
+        docs = _attribute_docs(cls)
+        for item in dataclasses.fields(cls):
+            if item.name in fields:
+                raise ValueError(f"{name}: field {item.name!r} of {cls.__name__} is already a parameter")
+            if item.default_factory is not dataclasses.MISSING:
+                default = pydantic.Field(default_factory=item.default_factory, description=docs.get(item.name))
+            else:
+                default = pydantic.Field(default=item.default, description=docs.get(item.name))
+            fields[item.name] = (hints[item.name], default)
     return pydantic.create_model(name, __base__=dg.Config, __doc__=params.__doc__, **fields)
 
 

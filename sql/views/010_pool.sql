@@ -19,3 +19,9 @@ SELECT * FROM read_parquet({{lake}} || '/pool/quarantine.parquet');
 
 CREATE OR REPLACE VIEW pool_files AS
 SELECT * FROM read_parquet({{lake}} || '/pool/files.parquet');
+
+-- Pool rows containing a test item the loop evaluates on (word n-gram coverage of the item by a field, or
+-- the exact prompt), built by the pool_contamination asset. Methods leave these rows out by default.
+CREATE OR REPLACE VIEW pool_contamination AS
+SELECT example_id, field, benchmark, capability, test_id, coverage, exact_prompt
+FROM read_parquet({{lake}} || '/pool_contamination/*.parquet', union_by_name = true);

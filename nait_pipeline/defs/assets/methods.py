@@ -13,11 +13,13 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, register_subset_versions, selectable_capabilities
 from nait_pipeline.defs.plots import bar_plot, contribution_heatmap, heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import LakeResource
+from nait_pipeline.lib.data.decontamination import ASSET as CONTAMINATION_ASSET
 from nait_pipeline.lib.features.kinds import SHARD
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
+from nait_pipeline.lib.methods.base import SelectionOptions
 from nait_pipeline.lib.methods.run import budget_of, expected_sizes, run_selection, score_capability
 from nait_pipeline.lib.selection import diff
 from nait_pipeline.lib.selection import policies as selection
@@ -108,14 +110,15 @@ def _overlap(written: list[dict]) -> dict:
 
 
 def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
-    Config = config_class(f"{_camel(method.name)}SubsetConfig", method.params)  # noqa: N806
+    Config = config_class(f"{_camel(method.name)}SubsetConfig", method.params, SelectionOptions)  # noqa: N806
     scorer = method.scorer
+    # Every method's candidates leave out contaminated rows by default: the check is upstream of each.
     if scorer is None:
-        deps = ["it_pool", "base_model", *pool_feature_deps(method.policy_reads)]
+        deps = ["it_pool", "base_model", CONTAMINATION_ASSET, *pool_feature_deps(method.policy_reads)]
     else:
         deps = [dg.AssetDep(f"{scorer.name}_scores",
                             partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None),
-                *pool_feature_deps(method.policy_reads)]
+                CONTAMINATION_ASSET, *pool_feature_deps(method.policy_reads)]
     name = f"{method.name}_subsets"
 
     @dg.asset(
@@ -138,7 +141,8 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
         layout = pipeline.layout
         params = to_params(method.params, config)
         capabilities = selectable_capabilities(context.instance)
-        written = run_selection(layout, method, params, capabilities, pipeline.base_model())
+        written = run_selection(layout, method, params, capabilities, pipeline.base_model(),
+                                to_params(SelectionOptions, config))
         register_subset_versions(context.instance, [w["subset_version"] for w in written])
         sizes = budget_of(written)
         n_pool = written[0]["n_pool"]

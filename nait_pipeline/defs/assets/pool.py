@@ -1,13 +1,16 @@
-"""The instruction-tuning pool: every pool file, validated, de-duplicated and sharded."""
+"""The instruction-tuning pool: every pool file, validated, de-duplicated and sharded; and its rows that
+contain a test item."""
+
+from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from nait_pipeline.defs.metadata import markdown_table, path_value, table_schema
-from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
+from nait_pipeline.defs.partitions import POOL_SHARDS_NAME, selectable_capabilities
 from nait_pipeline.defs.resources import LakeResource
-from nait_pipeline.lib.data import ingest
+from nait_pipeline.lib.data import decontamination, ingest
 from nait_pipeline.lib.features.watch import pool_folder_fingerprint
 from nait_pipeline.lib.io.lake import write_parquet
 
@@ -124,4 +127,61 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Lak
                 metadata={"not_ingested": dg.MetadataValue.json(unsupported)},
             ),
         ],
+    )
+
+
+class ContaminationConfig(dg.Config):
+    ngram: int = decontamination.NGRAM
+    """Words per n-gram (open-instruct's 13 by default)."""
+    threshold: float = decontamination.THRESHOLD
+    """Share of a test item's n-grams a pool field must hold to count as contaminated."""
+    min_words: int = decontamination.MIN_WORDS
+    """Test items shorter than this many words are only matched by their exact prompt."""
+
+
+@dg.asset(
+    group_name="pool",
+    kinds={"parquet"},
+    code_version="1",
+    deps=["it_pool", dg.AssetDep("target_test_sets", partition_mapping=dg.AllPartitionMapping())],
+    check_specs=[dg.AssetCheckSpec("no_contaminated_rows", asset="pool_contamination",
+                                   description="no kept pool row contains a test item (warning: methods leave "
+                                               "them out by default)")],
+)
+def pool_contamination(context: dg.AssetExecutionContext, config: ContaminationConfig,
+                       pipeline: LakeResource) -> dg.MaterializeResult:
+    """Every kept pool row checked against every test item the loop evaluates on (the test split of each
+    built-in and user capability): word n-gram coverage of the item by each field, or its exact prompt.
+    Rows land in the `pool_contamination` view; every method leaves them out unless its selection sets
+    `exclude_contaminated: false`, and each subset's diagnostics count the ones it would have taken."""
+    capabilities = selectable_capabilities(context.instance)
+    result, version = decontamination.decontaminate_lake(pipeline.layout, capabilities, config.ngram,
+                                                         config.threshold, config.min_words)
+    stats, rows = result.stats, result.table
+    if stats["items_without_text"]:
+        context.log.warning(f"{len(stats['items_without_text'])} test item(s) have no prompt text and were not "
+                            f"checked: {stats['items_without_text'][:10]}")
+    per_row = {}
+    for row in rows.to_pylist():
+        per_row.setdefault(row["example_id"], row)
+    sources = dict(zip(per_row, pipeline.pool().aligned(list(per_row), "source"))) if per_row else {}
+    by = lambda key: dict(Counter(r[key] for r in per_row.values()).most_common())  # noqa: E731
+    preview = pa.Table.from_pylist([{**r, "source": sources[i]} for i, r in list(per_row.items())[:10]]) \
+        if per_row else rows
+    return dg.MaterializeResult(
+        metadata={"contaminated_rows": stats["contaminated_rows"], "matches": stats["matches"],
+                  "exact_prompts": int(pc.sum(rows.column("exact_prompt")).as_py() or 0),
+                  "by_benchmark": dg.MetadataValue.json(by("benchmark")),
+                  "by_source": dg.MetadataValue.json(dict(Counter(sources.values()).most_common())),
+                  "pool_rows": stats["pool_rows"], "test_items": stats["test_items"],
+                  "items_without_text": len(stats["items_without_text"]), "capabilities": dg.MetadataValue.json(capabilities),
+                  "rule": f"{config.ngram}-gram coverage >= {config.threshold} (items of {config.min_words}+ words), "
+                          "or the exact prompt",
+                  "seconds": stats["seconds"], "preview": markdown_table(preview),
+                  "path": path_value(pipeline.layout.pool_contamination), "contamination_version": version},
+        data_version=dg.DataVersion(version),
+        check_results=[dg.AssetCheckResult(check_name="no_contaminated_rows", passed=not per_row,
+                                           severity=dg.AssetCheckSeverity.WARN,
+                                           metadata={"contaminated_rows": len(per_row),
+                                                     "by_benchmark": dg.MetadataValue.json(by("benchmark"))})],
     )

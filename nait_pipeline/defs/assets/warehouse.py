@@ -11,7 +11,7 @@ from nait_pipeline.lib.io.contract import ensure_contract_tables
     group_name="warehouse",
     kinds={"duckdb"},
     code_version=sql.sql_version(),
-    deps=["it_pool", "target_sets", "target_test_sets"],
+    deps=["it_pool", "target_sets", "target_test_sets", "pool_contamination"],
     pool="duckdb_writer",
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[dg.AssetCheckSpec("queries_run_read_only", asset="warehouse", blocking=True)],

@@ -129,6 +129,11 @@ SUBSET_DIAGNOSTICS_SCHEMA = pa.schema([
     ("overlap_random", pa.float64()),  # |subset ∩ seeded random k| / k
     ("composition_json", pa.string()),  # source -> share of the subset
     ("enrichment_json", pa.string()),  # source -> share of the subset / share of the pool
+    # Contaminated pool rows (pool_contamination): in the subset, and left out of its candidates (then the
+    # number the same selection takes without leaving them out). NULL: the pool was not checked.
+    ("contaminated_selected", pa.int64()),
+    ("contaminated_excluded", pa.int64()),
+    ("contaminated_would_take", pa.int64()),
 ])
 # Row-level changes between a slot's previous and current subset version.
 SUBSET_DIFFS_SCHEMA = pa.schema([
@@ -261,8 +266,19 @@ DIRECTIONS_SCHEMA = pa.schema(
         ("sink_alignment", pa.float64()),  # |cos(direction, mean first-token state)|: near 1 = a length axis
     ]
 )
+# Pool rows containing a test item (lib/data/decontamination.py): one row per row x field x item.
+CONTAMINATION_SCHEMA = pa.schema([
+    ("example_id", pa.string()),
+    ("field", pa.string()),
+    ("benchmark", pa.string()),
+    ("capability", pa.string()),
+    ("test_id", pa.string()),
+    ("coverage", pa.float64()),
+    ("exact_prompt", pa.bool_()),
+])
 GLOBBED_FOLDERS = {
     **CONTRACT_TABLES,
+    "pool_contamination": CONTAMINATION_SCHEMA,
     "features/pool_activations": FEATURES_SCHEMA,
     "features/target_activations": FEATURES_SCHEMA,
     "directions": DIRECTIONS_SCHEMA,

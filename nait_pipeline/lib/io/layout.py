@@ -23,6 +23,11 @@ class LakeLayout:
         return self.root / "pool" / "quarantine.parquet"
 
     @property
+    def pool_contamination(self) -> Path:
+        """Pool rows that contain a test item the loop evaluates on (``pool_contamination``)."""
+        return self.root / "pool_contamination" / "current.parquet"
+
+    @property
     def pool_files(self) -> Path:
         return self.root / "pool" / "files.parquet"
 

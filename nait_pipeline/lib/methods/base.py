@@ -85,6 +85,40 @@ class SelectionInput:
     groups: dict[str, list] = field(default_factory=dict)  # "source" -> [N] labels; "output_chars" for random
     matrix_loader: Callable[[str], tuple[np.ndarray, list[str]]] | None = None
     policy_reads: tuple[FeatureKind, ...] = ()  # the kinds pool_features may read (the method's policy_reads)
+    # Pool rows left out of the candidates (contaminated ones, by default): stores read by a policy still
+    # hold them; ``positions`` maps such a store's rows onto ``ids``.
+    excluded: frozenset[str] = frozenset()
+
+    def restricted(self, drop: set[str]) -> SelectionInput:
+        """The same input without the rows ``drop`` names: ids, scores, groups and matrices filtered alike."""
+        keep = np.array([i not in drop for i in self.ids], bool)
+        if keep.all():
+            return self
+        loader = self.matrix_loader
+
+        def matrix(capability: str) -> tuple[np.ndarray, list[str]]:
+            values, target_ids = loader(capability)
+            return values[keep], target_ids
+
+        return dataclasses.replace(
+            self, ids=[i for i, k in zip(self.ids, keep) if k], scores={c: s[keep] for c, s in self.scores.items()},
+            unscored=self.unscored[keep], groups={n: [v for v, k in zip(g, keep) if k] for n, g in self.groups.items()},
+            matrix_loader=matrix if loader is not None else None,
+            excluded=self.excluded | {i for i, k in zip(self.ids, keep) if not k})
+
+    def positions(self, store_ids: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
+        """For a store over the pool (``store_ids``): the store row of each of ``ids``, and which store rows
+        are not candidates. A store covering other rows than the candidates and the excluded is refused."""
+        row = {example_id: i for i, example_id in enumerate(store_ids)}
+        missing = [i for i in self.ids if i not in row]
+        if missing or len(row) != len(self.ids) + len(self.excluded & row.keys()) or \
+                len(self.excluded & row.keys()) != len(self.excluded):
+            raise MethodInputError(f"{what} covers other rows than the selection's candidates (e.g. missing "
+                                   f"{missing[:5]}): re-materialize it")
+        candidate = np.zeros(len(store_ids), bool)
+        index = np.array([row[i] for i in self.ids], np.int64)
+        candidate[index] = True
+        return index, ~candidate
 
     def matrix(self, capability: str) -> tuple[np.ndarray, list[str]]:
         if self.matrix_loader is None:
@@ -101,12 +135,18 @@ class SelectionInput:
         if pool_version != self.pool_version:
             raise MethodInputError(f"the {kind.name} store is of pool version {pool_version}, the selection of "
                                    f"{self.pool_version}: re-materialize it")
-        row = {example_id: i for i, example_id in enumerate(store.ids)}
-        missing = [i for i in self.ids if i not in row]
-        if missing or len(row) != len(self.ids):
-            raise MethodInputError(f"the {kind.name} store covers other rows than {needed_by} selects from "
-                                   f"(e.g. missing {missing[:5]}): re-materialize {', '.join(kind.asset_names())}")
-        return store.vector(name)[[row[i] for i in self.ids]]
+        index, _ = self.positions(store.ids, f"the {kind.name} store ({', '.join(kind.asset_names())}) "
+                                             f"read by {needed_by}")
+        return store.vector(name)[index]
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """Rules the runner applies to every method's candidates, whatever its policy."""
+
+    exclude_contaminated: bool = True
+    """Leave out pool rows that contain a test item (`pool_contamination`); false keeps them and the
+    subset's diagnostics count the ones taken."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.data.decontamination import read_contaminated
 from nait_pipeline.lib.features.reduction import check_same_reduction
 from nait_pipeline.lib.io.contract import (
     CURRENT_SUBSETS_SCHEMA,
@@ -30,6 +31,7 @@ from nait_pipeline.lib.methods.base import (
     MethodInputError,
     Scorer,
     SelectionInput,
+    SelectionOptions,
     params_dict,
     pool_groups,
 )
@@ -156,10 +158,33 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
                           matrix_loader=_load_matrix(layout, scorer, versions), policy_reads=method.policy_reads)
 
 
-def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: ModelInfo) -> list[dict]:
+def _contamination(layout: LakeLayout, pool_version: str, required: bool) -> tuple[set[str] | None, str | None]:
+    """The contaminated ids and the check's version; (None, None) where the pool was not checked and
+    nothing requires it."""
+    if not required and not layout.pool_contamination.exists():
+        return None, None
+    try:
+        return read_contaminated(layout, pool_version), read_metadata(layout.pool_contamination)["contamination_version"]
+    except ValueError as exc:
+        raise MethodInputError(str(exc)) from None
+
+
+def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: ModelInfo,
+                  options: SelectionOptions = SelectionOptions()) -> list[dict]:
     """Select with ``method`` and write each subset with its lineage, then the method's current-subset
-    table. Returns one record per subset written (version, capability, slot, size, ids)."""
-    inp = selection_input(layout, method, capabilities)
+    table. Returns one record per subset written (version, capability, slot, size, ids).
+
+    By default the candidates leave out contaminated rows: every policy sees the same input without them
+    (scores, groups, matrices, and the stores it reads, through ``SelectionInput.restricted``). Where that
+    left something out, the selection is also run without it, to report what it would have taken."""
+    full = selection_input(layout, method, capabilities)
+    contaminated, contamination_version = _contamination(layout, full.pool_version, options.exclude_contaminated)
+    left_out = sorted(set(full.ids) & contaminated) if contaminated is not None and options.exclude_contaminated else []
+    inp = full.restricted(set(left_out))
+    would_take: dict[tuple[str, str], int] = {}
+    if left_out:
+        for chosen in method.select(full, params):
+            would_take[(chosen.capability, chosen.slot)] = sum(full.ids[i] in contaminated for i in chosen.indices)
     pool = PoolView.open(layout)
     hashes = pool.content_hashes
     lengths = np.array([len(text) for text in pool.aligned(inp.ids, "output")], np.float64)
@@ -169,14 +194,26 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
         selected_unscored = [inp.ids[i] for i in chosen.indices if inp.unscored[i]]
         if selected_unscored:
             raise MethodInputError(f"{method.name} selected rows without a score: {selected_unscored[:5]}")
+        # Lineage records the check only where it changed the candidates, so a clean pool's subsets keep
+        # the versions they had before pools were checked.
+        lineage = {**chosen.params, **({"contaminated_left_out": len(left_out),
+                                        "contamination_version": contamination_version} if left_out else {})}
         record = write_subset(layout, method=method.name, capability=chosen.capability, ids=inp.ids,
                               scores=chosen.scores, chosen=chosen.indices, budget_ratio=chosen.budget_ratio,
-                              params=chosen.params, pool_version=inp.pool_version, model=model,
+                              params=lineage, pool_version=inp.pool_version, model=model,
                               content_hashes=hashes)
         found = diagnose(inp.ids, lengths, sources, chosen.indices, chosen.scores,
                          None if chosen.scores is None else ~inp.unscored)
+        taken = None if contaminated is None else sum(inp.ids[i] in contaminated for i in chosen.indices)
+        if contaminated is None:
+            counts = dict.fromkeys(("contaminated_selected", "contaminated_excluded", "contaminated_would_take"))
+        elif options.exclude_contaminated:
+            counts = {"contaminated_selected": taken, "contaminated_excluded": len(left_out),
+                      "contaminated_would_take": would_take.get((chosen.capability, chosen.slot), 0)}
+        else:
+            counts = {"contaminated_selected": taken, "contaminated_excluded": 0, "contaminated_would_take": taken}
         write_parquet(pa.Table.from_pylist([{"subset_version": record["subset_version"], "method": method.name,
-                                             "capability": chosen.capability, **found.as_row()}],
+                                             "capability": chosen.capability, **found.as_row(), **counts}],
                                            schema=SUBSET_DIAGNOSTICS_SCHEMA), layout.subset_diagnostics(record["subset_version"]))
         if chosen.chosen_by is not None:
             write_parquet(pa.Table.from_pylist([
@@ -184,6 +221,7 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                 for rank, (i, by) in enumerate(zip(chosen.indices, chosen.chosen_by), start=1)],
                 schema=SUBSET_EXPLANATIONS_SCHEMA), layout.subset_explanation(record["subset_version"]))
         written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found,
+                        "contamination": counts,
                         "expected_size": chosen.expected_size, "shortfall": chosen.shortfall})
     now = datetime.now(timezone.utc)
     before = {}

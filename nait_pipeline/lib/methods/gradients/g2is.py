@@ -50,8 +50,9 @@ def read_graph(layout: LakeLayout, features_version: str) -> tuple[np.ndarray, d
 
 def _select(inp: SelectionInput, params: G2isParams) -> list[Chosen]:
     pool, _ = read_gradient_pool(inp.layout)
-    if pool.ids != inp.ids:
-        raise MethodInputError("pool_gradients cover other rows than less_scores: re-materialize less_scores")
+    # The walk runs on the whole graph; rows that are not candidates (left out by the runner) are never taken.
+    index, not_candidate = inp.positions(pool.ids, "pool_gradients (against less_scores)")
+    to_input = {int(row): position for position, row in enumerate(index)}
     features = less_math.combined_features(pool.checkpoints, pool.weights)
     graph, graph_meta = read_graph(inp.layout, pool.metadata["features_version"])
     targets = {c: less_math.combined_features(load_target_gradients(inp.layout, c)[0].checkpoints, pool.weights)
@@ -60,12 +61,12 @@ def _select(inp: SelectionInput, params: G2isParams) -> list[Chosen]:
     def walk(capability: str, target: np.ndarray, versions: dict) -> Chosen:
         core = g2is_math.core_knowledge(target, params.val_k, params.sign_fix)
         result = g2is_math.gradient_walk(features, core, graph, params.budget_ratio, params.delta,
-                                         excluded=pool.zero_gradient)
+                                         excluded=pool.zero_gradient | not_candidate)
         if not result.selected:
             raise MethodInputError(f"g2is selected nothing for {capability}: budget_ratio={params.budget_ratio} of "
                                    f"{len(inp.ids)} rows is {result.target}")
-        anchor_score = (features @ core.components.T).max(axis=1).astype(np.float64)
-        return Chosen(capability, result.selected, anchor_score,
+        anchor_score = (features @ core.components.T).max(axis=1).astype(np.float64)[index]
+        return Chosen(capability, [to_input[row] for row in result.selected], anchor_score,
                       {"budget_ratio": params.budget_ratio, "delta": params.delta, "val_k": params.val_k,
                        "sign_fix": params.sign_fix, "components": len(core.weights),
                        "component_weights": [round(float(w), 6) for w in core.weights],

@@ -143,8 +143,8 @@ def _select(inp: SelectionInput, params: NaitSubsetParams) -> list[Chosen]:
         indices = selection.equal_quota(ids, inp.scores, k)
     elif params.merge == "pooled":
         merged, pooled_ids = _pooled_scores(inp.layout, capabilities, params.drift)
-        if pooled_ids != ids:
-            raise ValueError("pool activations changed since nait_scores ran: re-materialize nait_scores")
+        index, _ = inp.positions(pooled_ids, "pool_activations (against nait_scores)")
+        merged = merged[index]
         merge_params["drift"] = params.drift
         indices = selection.top_k(ids, merged, k)
     else:
