@@ -73,3 +73,25 @@ def test_a_new_capability_is_selected_from_the_stored_pool_features_alone(tmp_pa
         versions = result.asset_materializations_for_node(asset)[0].metadata["subset_versions"].value
         assert set(versions) == {*capabilities, "all"}
         assert pq.read_table(layout.subset(versions["legal"])).num_rows == 4
+
+
+def test_a_test_file_repeating_an_in_domain_prompt_is_reported_not_dropped(tmp_path):
+    from nait_pipeline.lib.io.layout import LakeLayout
+
+    data = tmp_path / "data"
+    (data / "targets").mkdir(parents=True)
+    (data / "targets" / "legal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LEGAL[:4]))
+    held_out = [{"id": "legal-test-0", "prompt": "what does CLAUSE 2 of the lease allow", "answer": "Subletting."},
+                {"id": "legal-test-1", "prompt": "Define lien.", "answer": "A right to keep property."}]
+    (data / "targets" / "legal.test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    resource = LakeResource(data_dir=str(data), store_dir=str(tmp_path / "store"))
+    with dg.instance_for_test() as instance:
+        register_capabilities(instance, data / "targets")
+        result = dg.materialize([target_sets, target_test_sets], selection=["target_test_sets"], partition_key="legal",
+                                instance=instance, resources={"pipeline": resource})
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "test_rows_not_in_domain")
+    assert not check.passed and check.metadata["overlapping"].value == 1
+    [(test_id, in_domain_id)] = check.metadata["pairs (test, in-domain)"].value
+    test_rows = pq.read_table(LakeLayout(tmp_path / "store" / "lake").target_test("legal")).to_pylist()
+    assert len(test_rows) == 2  # kept: reported, not dropped
+    assert next(r for r in test_rows if r["example_id"] == test_id)["prompt"].startswith("what does CLAUSE 2")

@@ -5,7 +5,7 @@ import dagster as dg
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.resources import LakeResource
-from nait_pipeline.lib.data import targets
+from nait_pipeline.lib.data import decontamination, targets
 from nait_pipeline.lib.io.hashing import sha256_lines
 from nait_pipeline.lib.io.lake import write_parquet
 
@@ -72,14 +72,22 @@ def target_sets(context: dg.AssetExecutionContext, config: TargetSetConfig, pipe
     kinds={"parquet"},
     code_version="1",
     partitions_def=capability_partitions,
-    check_specs=[dg.AssetCheckSpec("has_test_rows", asset="target_test_sets")],
+    check_specs=[dg.AssetCheckSpec("has_test_rows", asset="target_test_sets"),
+                 dg.AssetCheckSpec("test_rows_not_in_domain", asset="target_test_sets",
+                                   description="no test prompt is also one of the capability's in-domain prompts")],
 )
 def target_test_sets(context: dg.AssetExecutionContext, pipeline: LakeResource) -> dg.MaterializeResult:
-    """Held-out test rows of one capability, for evaluation only: no selection method reads them."""
+    """Held-out test rows of one capability, for evaluation only: no selection method reads them. A test
+    prompt that is also one of the capability's in-domain prompts (a user `.test` file overlapping its own
+    in-domain file) is kept and reported: the check names the pairs."""
     capability = context.partition_key
     settings = pipeline.settings
     rows = targets.evaluation_rows(settings.data_dir / "targets", capability)
     path = write_parquet(targets.to_table(rows.rows), pipeline.layout.target_test(capability))
+    in_domain = targets.selection_rows(settings.data_dir / "targets", capability, None).rows
+    overlap = decontamination.same_prompts(rows.rows, in_domain)
+    if overlap:
+        context.log.warning(f"{len(overlap)} {capability} test row(s) repeat an in-domain prompt, e.g. {overlap[:3]}")
     return _result(
         rows,
         path,
@@ -88,5 +96,10 @@ def target_test_sets(context: dg.AssetExecutionContext, pipeline: LakeResource) 
             passed=bool(rows.rows),
             severity=dg.AssetCheckSeverity.WARN,
             description="no test split for this capability in the data folder" if not rows.rows else None,
+        ), dg.AssetCheckResult(
+            check_name="test_rows_not_in_domain",
+            passed=not overlap,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"overlapping": len(overlap), "pairs (test, in-domain)": dg.MetadataValue.json(overlap[:50])},
         )],
     )

@@ -149,6 +149,18 @@ def find_contamination(pool: pa.Table, tests: pa.Table, n: int = NGRAM, threshol
     return Contamination(table, stats)
 
 
+def same_prompts(tests: list[dict], in_domain: list[dict]) -> list[tuple[str, str]]:
+    """(test id, in-domain id) pairs whose prompts are the same words (a held-out row that is not)."""
+    if not tests or not in_domain:
+        return []
+    seen: dict[str, str] = {}
+    for row, text in zip(in_domain, _normalised([r["prompt"] or "" for r in in_domain])):
+        if text:
+            seen.setdefault(text, row["example_id"])
+    return [(row["example_id"], seen[text]) for row, text in zip(tests, _normalised([r["prompt"] or "" for r in tests]))
+            if text in seen]
+
+
 def decontaminate_lake(layout, capabilities: list[str], n: int = NGRAM, threshold: float = THRESHOLD,
                        min_words: int = MIN_WORDS) -> tuple[Contamination, str]:
     """Check the lake's kept pool rows against the test split of every capability and write
