@@ -50,8 +50,9 @@ def test_materialize_plans_each_feature_kind_from_the_asset_graph():
     assert steps == [
         Step(("selector_trajectories", "warmup_adapter"), "none"),
         Step(("target_activations",), "capability"), Step(("pool_activations",), "shard"),
-        Step(("random_subsets", "selector_clusters"), "none"), Step(("capability_directions", "target_gradients"), "capability"),
-        Step(("pool_gradients",), "shard"), Step(("gradient_graph", "lp_scores"), "none"),
+        Step(("pool_near_duplicates", "selector_clusters"), "none"),
+        Step(("capability_directions", "target_gradients"), "capability"),
+        Step(("pool_gradients",), "shard"), Step(("gradient_graph", "lp_scores", "random_subsets"), "none"),
         Step(("less_scores", "nait_scores"), "capability"),
         Step(("g2is_subsets", "less_subsets", "lp_low_subsets", "nait_subsets"), "none")]
 
@@ -90,7 +91,8 @@ def test_an_asset_added_upstream_of_a_method_runs_before_it(tmp_path, monkeypatc
     settings = Settings.from_env()
     layout = synthetic_lake.build(settings.lake_dir)
     graph = cli.plan_graph()
-    steps = plan(graph, ["random_subsets"], done=upstream_closure(graph, cli.FOUNDATION))
+    # The synthetic lake holds the pool's features already: plan from there.
+    steps = plan(graph, ["random_subsets"], done=upstream_closure(graph, [*cli.FOUNDATION, "pool_near_duplicates"]))
     assert [step.assets for step in steps] == [("throwaway",), ("random_subsets",)]
     cli.run_plan(steps, settings, {"ops": {"random_subsets": {"config": {"seeds": [0]}}}})
     assert ran == ["throwaway"] and layout.current_subsets("random").exists()

@@ -18,7 +18,7 @@ def test_asset_graph_and_partitions():
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     from nait_pipeline.lib.methods import METHODS, scorers
 
-    assert keys == {"base_model", "it_pool", "pool_contamination", "target_sets", "target_test_sets", "warehouse", "pool_activations",
+    assert keys == {"base_model", "it_pool", "pool_contamination", "pool_near_duplicates", "target_sets", "target_test_sets", "warehouse", "pool_activations",
                     "target_activations", "capability_directions", "subset_version", "finetuned_model", "evaluation", "comparison",
                     "subset_diffs", "pool_folder", "template_prefix", "selector_trajectories", "selector_clusters",
                     "warmup_adapter", "pool_gradients", "target_gradients", "gradient_graph",
@@ -35,8 +35,8 @@ def test_asset_graph_and_partitions():
                                                                    dg.AssetKey("target_gradients")}
     assert dg.AssetKey("gradient_graph") in graph.get(dg.AssetKey("g2is_subsets")).parent_keys
     # Every method's candidates leave out contaminated rows: the check is upstream of each subsets asset.
-    assert all(dg.AssetKey("pool_contamination") in graph.get(dg.AssetKey(f"{name}_subsets")).parent_keys
-               for name in METHODS)
+    assert all({dg.AssetKey("pool_contamination"), dg.AssetKey("pool_near_duplicates")} <=
+               graph.get(dg.AssetKey(f"{name}_subsets")).parent_keys for name in METHODS)
     assert {s.name for s in definitions.sensors} == {"new_pool_files", "new_target_files", "unfeaturized_pool_shards",
                                                     "dead_run_reaper", "nightly_refresh"}
     assert not definitions.schedules  # the nightly refresh is a declarative condition on it_pool

@@ -25,3 +25,9 @@ SELECT * FROM read_parquet({{lake}} || '/pool/files.parquet');
 CREATE OR REPLACE VIEW pool_contamination AS
 SELECT example_id, field, benchmark, capability, test_id, coverage, exact_prompt
 FROM read_parquet({{lake}} || '/pool_contamination/*.parquet', union_by_name = true);
+
+-- Near-duplicate clusters of kept pool rows (pool_near_duplicates): instruction and response MinHash LSH,
+-- embedding cosine; `group` joins the clusters of every kind. Only rows with a near-duplicate are listed.
+CREATE OR REPLACE VIEW pool_near_duplicates AS
+SELECT example_id, kind, cluster, cluster_size, "group"
+FROM read_parquet({{lake}} || '/pool_near_duplicates/*.parquet', union_by_name = true);

@@ -22,6 +22,7 @@ from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.base import SelectionOptions
 from nait_pipeline.lib.methods.run import budget_of, expected_sizes, run_selection, score_capability
 from nait_pipeline.lib.selection import diff
+from nait_pipeline.lib.selection.near_duplicates import ASSET as NEAR_DUPLICATES_ASSET
 from nait_pipeline.lib.selection import policies as selection
 
 
@@ -114,11 +115,12 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
     scorer = method.scorer
     # Every method's candidates leave out contaminated rows by default: the check is upstream of each.
     if scorer is None:
-        deps = ["it_pool", "base_model", CONTAMINATION_ASSET, *pool_feature_deps(method.policy_reads)]
+        deps = ["it_pool", "base_model", CONTAMINATION_ASSET, NEAR_DUPLICATES_ASSET,
+                *pool_feature_deps(method.policy_reads)]
     else:
         deps = [dg.AssetDep(f"{scorer.name}_scores",
                             partition_mapping=dg.AllPartitionMapping() if scorer.targeted else None),
-                CONTAMINATION_ASSET, *pool_feature_deps(method.policy_reads)]
+                CONTAMINATION_ASSET, NEAR_DUPLICATES_ASSET, *pool_feature_deps(method.policy_reads)]
     name = f"{method.name}_subsets"
 
     @dg.asset(

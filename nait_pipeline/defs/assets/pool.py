@@ -1,5 +1,5 @@
-"""The instruction-tuning pool: every pool file, validated, de-duplicated and sharded; and its rows that
-contain a test item."""
+"""The instruction-tuning pool: every pool file, validated, de-duplicated and sharded; its rows that
+contain a test item; its near-duplicate clusters."""
 
 from collections import Counter
 
@@ -12,7 +12,9 @@ from nait_pipeline.defs.partitions import POOL_SHARDS_NAME, selectable_capabilit
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data import decontamination, ingest
 from nait_pipeline.lib.features.watch import pool_folder_fingerprint
-from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.hashing import sha256_json
+from nait_pipeline.lib.io.lake import read_metadata, write_parquet
+from nait_pipeline.lib.selection import near_duplicates as nd
 
 pool_folder = dg.AssetSpec(
     "pool_folder",
@@ -184,4 +186,53 @@ def pool_contamination(context: dg.AssetExecutionContext, config: ContaminationC
                                            severity=dg.AssetCheckSeverity.WARN,
                                            metadata={"contaminated_rows": len(per_row),
                                                      "by_benchmark": dg.MetadataValue.json(by("benchmark"))})],
+    )
+
+
+class NearDuplicatesConfig(dg.Config):
+    shingle: int = nd.SHINGLE
+    """Words per MinHash shingle."""
+    jaccard: float = nd.JACCARD
+    """Estimated Jaccard similarity of two instructions (or responses) that makes them near-duplicates."""
+    cosine: float = nd.COSINE
+    """Cosine of two centred RDS+ embeddings that makes them near-duplicates."""
+
+
+@dg.asset(
+    group_name="pool",
+    kinds={"parquet"},
+    code_version="1",
+    deps=["it_pool", dg.AssetDep("pool_activations", partition_mapping=dg.AllPartitionMapping())],
+)
+def pool_near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig,
+                         pipeline: LakeResource) -> dg.MaterializeResult:
+    """Near-duplicate clusters of the kept pool rows: MinHash LSH on instructions and on responses
+    separately, and cosine on the stored RDS+ embeddings, joined into groups. Rows land in the
+    `pool_near_duplicates` view; a selection's `max_per_cluster` keeps at most that many rows of a group among
+    its candidates, and every subset's diagnostics report its duplicate share."""
+    layout = pipeline.layout
+    pool = pipeline.pool()
+    table, stats = nd.find_near_duplicates(layout, config.shingle, config.jaccard, config.cosine)
+    stores = [read_metadata(layout.pool_activations(s)).get("store_version") for s in pool.shards]
+    version = sha256_json({"pool": pool.version, "stores": stores, "rule": [config.shingle, config.jaccard, config.cosine],
+                           "code": "1"})[:16]
+    write_parquet(table, layout.pool_near_duplicates, {"near_duplicates_version": version,
+                                                       "pool_version": pool.version, "stats": stats})
+    examples = []
+    for kind in nd.KINDS:
+        members = table.filter(pc.equal(table.column("kind"), kind)).sort_by([("cluster_size", "descending")])
+        if len(members):
+            cluster = members.column("cluster")[0].as_py()
+            ids = members.filter(pc.equal(members.column("cluster"), cluster)).column("example_id").to_pylist()[:3]
+            texts = pool.rows(ids, ["instruction", "output"])
+            examples += [{"kind": kind, "cluster": cluster, "example_id": t["example_id"],
+                          "instruction": t["instruction"][:80], "output": t["output"][:80]} for t in texts]
+    per_kind = {kind: stats[kind] for kind in nd.KINDS}
+    return dg.MaterializeResult(
+        metadata={"rows_in_groups": stats["rows_in_groups"], "groups": stats["groups"],
+                  "pool_rows": stats["pool_rows"], "per_kind": dg.MetadataValue.json(per_kind),
+                  "largest_clusters": markdown_table(pa.Table.from_pylist(examples), len(examples))
+                  if examples else dg.MetadataValue.md("no near-duplicates"),
+                  "path": path_value(layout.pool_near_duplicates), "near_duplicates_version": version},
+        data_version=dg.DataVersion(version),
     )

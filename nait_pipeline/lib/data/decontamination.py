@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nait_pipeline.lib.data.text import ngram_hashes, normalised, word_ids
 from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA
 
 ASSET = "pool_contamination"  # the asset that writes the table; every selection is downstream of it
@@ -30,8 +31,6 @@ FIELDS = ("instruction", "input", "output")
 NGRAM = 13
 THRESHOLD = 0.5
 MIN_WORDS = 6
-NON_WORD = r"[^\p{L}\p{N}]+"
-_BASE = np.uint64(0x9E3779B97F4A7C15)
 SCHEMA = CONTAMINATION_SCHEMA
 
 
@@ -45,35 +44,6 @@ class Contamination:
         return set(self.table.column("example_id").to_pylist())
 
 
-def _words(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Every text's words (flattened) and the index of the text each word belongs to."""
-    split = pc.split_pattern_regex(pc.utf8_lower(pc.fill_null(texts, "")), NON_WORD)
-    flat = pc.list_flatten(split)
-    parents = pc.list_parent_indices(split).to_numpy()
-    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
-    return flat.filter(pa.array(keep)), parents[keep]
-
-
-def _hashes(ids: np.ndarray, parents: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of every run of ``n`` consecutive words inside one text, and that text's index."""
-    if len(ids) < n:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    windows = len(ids) - n + 1
-    values = ids.astype(np.uint64) + np.uint64(1)
-    h = np.zeros(windows, np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            h = h * _BASE + values[k: k + windows]
-    inside = parents[: windows] == parents[n - 1:]
-    return h[inside], parents[: windows][inside]
-
-
-def _normalised(texts: list[str]) -> list[str]:
-    """Texts as their words joined by one space (the same words the n-grams are made of)."""
-    words = pc.split_pattern_regex(pc.utf8_lower(pa.array(texts, pa.string())), NON_WORD)
-    return pc.utf8_trim(pc.binary_join(words, " "), " ").to_pylist()
-
-
 def find_contamination(pool: pa.Table, tests: pa.Table, n: int = NGRAM, threshold: float = THRESHOLD,
                        min_words: int = MIN_WORDS) -> Contamination:
     """``pool``: example_id + FIELDS; ``tests``: example_id, capability, file (the benchmark) and prompt."""
@@ -83,8 +53,7 @@ def find_contamination(pool: pa.Table, tests: pa.Table, n: int = NGRAM, threshol
     n_rows = len(pool)
     texts = pa.chunked_array([pool.column(f).combine_chunks() for f in FIELDS] + [tests.column("prompt").combine_chunks()]
                              ).combine_chunks().cast(pa.string())
-    words, parents = _words(texts)
-    ids = pc.dictionary_encode(words).indices.to_numpy()  # one id per distinct word, pool and tests alike
+    ids, parents = word_ids(texts)  # one id per distinct word, pool and tests alike
     is_test_word = parents >= len(FIELDS) * n_rows
     test_ids, test_parents = ids[is_test_word], parents[is_test_word] - len(FIELDS) * n_rows
     pool_ids, pool_parents = ids[~is_test_word], parents[~is_test_word]
@@ -96,14 +65,14 @@ def find_contamination(pool: pa.Table, tests: pa.Table, n: int = NGRAM, threshol
         items = np.flatnonzero(test_lengths >= n) if size == n else np.flatnonzero(test_lengths == size)
         if not len(items):
             continue
-        t_hash, t_item = _hashes(test_ids, test_parents, size)
+        t_hash, t_item = ngram_hashes(test_ids, test_parents, size)
         wanted = np.isin(t_item, items)
         pairs = np.unique(np.stack([t_hash[wanted], t_item[wanted].astype(np.uint64)], 1), axis=0)
         t_hash, t_item = pairs[:, 0], pairs[:, 1].astype(np.int64)
         grams_per_item = np.bincount(t_item, minlength=len(tests))
         order = np.argsort(t_hash, kind="stable")
         t_hash, t_item = t_hash[order], t_item[order]
-        p_hash, p_text = _hashes(pool_ids, pool_parents, size)
+        p_hash, p_text = ngram_hashes(pool_ids, pool_parents, size)
         position = np.searchsorted(t_hash, p_hash)
         hit = position < len(t_hash)
         hit[hit] = t_hash[position[hit]] == p_hash[hit]
@@ -121,12 +90,12 @@ def find_contamination(pool: pa.Table, tests: pa.Table, n: int = NGRAM, threshol
                 found[(text, item)] = max(found.get((text, item), 0.0), coverage)
 
     # The exact prompt: instruction (with its input) equal to the item's prompt.
-    prompts = _normalised([p or "" for p in tests.column("prompt").to_pylist()])
+    prompts = normalised([p or "" for p in tests.column("prompt").to_pylist()])
     by_prompt: dict[str, list[int]] = {}
     for item, prompt in enumerate(prompts):
         if prompt:
             by_prompt.setdefault(prompt, []).append(item)
-    instructions = _normalised([f"{i or ''} {x or ''}" for i, x in zip(pool.column("instruction").to_pylist(),
+    instructions = normalised([f"{i or ''} {x or ''}" for i, x in zip(pool.column("instruction").to_pylist(),
                                                                        pool.column("input").to_pylist())])
     exact = {(row, item) for row, text in enumerate(instructions) for item in by_prompt.get(text, ())}
 
@@ -154,10 +123,10 @@ def same_prompts(tests: list[dict], in_domain: list[dict]) -> list[tuple[str, st
     if not tests or not in_domain:
         return []
     seen: dict[str, str] = {}
-    for row, text in zip(in_domain, _normalised([r["prompt"] or "" for r in in_domain])):
+    for row, text in zip(in_domain, normalised([r["prompt"] or "" for r in in_domain])):
         if text:
             seen.setdefault(text, row["example_id"])
-    return [(row["example_id"], seen[text]) for row, text in zip(tests, _normalised([r["prompt"] or "" for r in tests]))
+    return [(row["example_id"], seen[text]) for row, text in zip(tests, normalised([r["prompt"] or "" for r in tests]))
             if text in seen]
 
 

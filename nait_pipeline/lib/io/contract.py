@@ -134,6 +134,8 @@ SUBSET_DIAGNOSTICS_SCHEMA = pa.schema([
     ("contaminated_selected", pa.int64()),
     ("contaminated_excluded", pa.int64()),
     ("contaminated_would_take", pa.int64()),
+    # Share of the subset's rows in a near-duplicate group with another of its rows (NULL: not clustered).
+    ("duplicate_share", pa.float64()),
 ])
 # Row-level changes between a slot's previous and current subset version.
 SUBSET_DIFFS_SCHEMA = pa.schema([
@@ -276,9 +278,18 @@ CONTAMINATION_SCHEMA = pa.schema([
     ("coverage", pa.float64()),
     ("exact_prompt", pa.bool_()),
 ])
+# Near-duplicate clusters of kept pool rows (lib/selection/near_duplicates.py): one row per row x kind.
+NEAR_DUPLICATES_SCHEMA = pa.schema([
+    ("example_id", pa.string()),
+    ("kind", pa.string()),  # instruction | response | embedding
+    ("cluster", pa.string()),  # <kind>:<first example id of the cluster>
+    ("cluster_size", pa.int64()),
+    ("group", pa.string()),  # the clusters of every kind joined
+])
 GLOBBED_FOLDERS = {
     **CONTRACT_TABLES,
     "pool_contamination": CONTAMINATION_SCHEMA,
+    "pool_near_duplicates": NEAR_DUPLICATES_SCHEMA,
     "features/pool_activations": FEATURES_SCHEMA,
     "features/target_activations": FEATURES_SCHEMA,
     "directions": DIRECTIONS_SCHEMA,

@@ -28,6 +28,11 @@ class LakeLayout:
         return self.root / "pool_contamination" / "current.parquet"
 
     @property
+    def pool_near_duplicates(self) -> Path:
+        """Near-duplicate clusters of the kept pool rows (``pool_near_duplicates``)."""
+        return self.root / "pool_near_duplicates" / "current.parquet"
+
+    @property
     def pool_files(self) -> Path:
         return self.root / "pool" / "files.parquet"
 

@@ -147,6 +147,9 @@ class SelectionOptions:
     exclude_contaminated: bool = True
     """Leave out pool rows that contain a test item (`pool_contamination`); false keeps them and the
     subset's diagnostics count the ones taken."""
+    max_per_cluster: int = 0
+    """Keep at most this many rows of each near-duplicate group (`pool_near_duplicates`) among the
+    candidates, the first by example id; 0 keeps them all."""
 
 
 @dataclass(frozen=True)

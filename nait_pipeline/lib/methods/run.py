@@ -35,6 +35,7 @@ from nait_pipeline.lib.methods.base import (
     params_dict,
     pool_groups,
 )
+from nait_pipeline.lib.selection import near_duplicates as nd
 from nait_pipeline.lib.selection.diagnostics import diagnose
 from nait_pipeline.lib.selection.policies import budget, require_finite
 from nait_pipeline.lib.models.model_io import ModelInfo
@@ -169,6 +170,21 @@ def _contamination(layout: LakeLayout, pool_version: str, required: bool) -> tup
         raise MethodInputError(str(exc)) from None
 
 
+def _near_duplicate_groups(layout: LakeLayout, pool_version: str, required: bool) -> tuple[dict | None, str | None]:
+    """example id -> near-duplicate group and the clustering's version; (None, None) where the pool was not
+    clustered and nothing requires it."""
+    try:
+        groups = nd.read_groups(layout, pool_version)
+    except ValueError as exc:
+        raise MethodInputError(str(exc)) from None
+    if groups is None:
+        if required:
+            raise FileNotFoundError(f"{layout.pool_near_duplicates} is missing: materialize {nd.ASSET} first (or "
+                                    "select with max_per_cluster=0)")
+        return None, None
+    return groups, read_metadata(layout.pool_near_duplicates)["near_duplicates_version"]
+
+
 def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: ModelInfo,
                   options: SelectionOptions = SelectionOptions()) -> list[dict]:
     """Select with ``method`` and write each subset with its lineage, then the method's current-subset
@@ -176,11 +192,15 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
 
     By default the candidates leave out contaminated rows: every policy sees the same input without them
     (scores, groups, matrices, and the stores it reads, through ``SelectionInput.restricted``). Where that
-    left something out, the selection is also run without it, to report what it would have taken."""
+    left something out, the selection is also run without it, to report what it would have taken. With
+    ``max_per_cluster``, only the first rows (by id) of each near-duplicate group stay candidates."""
     full = selection_input(layout, method, capabilities)
     contaminated, contamination_version = _contamination(layout, full.pool_version, options.exclude_contaminated)
     left_out = sorted(set(full.ids) & contaminated) if contaminated is not None and options.exclude_contaminated else []
-    inp = full.restricted(set(left_out))
+    groups, groups_version = _near_duplicate_groups(layout, full.pool_version, options.max_per_cluster > 0)
+    beyond_cap = nd.capped([i for i in full.ids if i not in set(left_out)], groups, options.max_per_cluster) \
+        if options.max_per_cluster else set()
+    inp = full.restricted(set(left_out) | beyond_cap)
     would_take: dict[tuple[str, str], int] = {}
     if left_out:
         for chosen in method.select(full, params):
@@ -197,7 +217,9 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
         # Lineage records the check only where it changed the candidates, so a clean pool's subsets keep
         # the versions they had before pools were checked.
         lineage = {**chosen.params, **({"contaminated_left_out": len(left_out),
-                                        "contamination_version": contamination_version} if left_out else {})}
+                                        "contamination_version": contamination_version} if left_out else {}),
+                   **({"max_per_cluster": options.max_per_cluster, "near_duplicates_left_out": len(beyond_cap),
+                       "near_duplicates_version": groups_version} if beyond_cap else {})}
         record = write_subset(layout, method=method.name, capability=chosen.capability, ids=inp.ids,
                               scores=chosen.scores, chosen=chosen.indices, budget_ratio=chosen.budget_ratio,
                               params=lineage, pool_version=inp.pool_version, model=model,
@@ -212,8 +234,10 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                       "contaminated_would_take": would_take.get((chosen.capability, chosen.slot), 0)}
         else:
             counts = {"contaminated_selected": taken, "contaminated_excluded": 0, "contaminated_would_take": taken}
+        share = None if groups is None else nd.duplicate_share((inp.ids[i] for i in chosen.indices), groups)
         write_parquet(pa.Table.from_pylist([{"subset_version": record["subset_version"], "method": method.name,
-                                             "capability": chosen.capability, **found.as_row(), **counts}],
+                                             "capability": chosen.capability, **found.as_row(), **counts,
+                                             "duplicate_share": share}],
                                            schema=SUBSET_DIAGNOSTICS_SCHEMA), layout.subset_diagnostics(record["subset_version"]))
         if chosen.chosen_by is not None:
             write_parquet(pa.Table.from_pylist([
@@ -221,7 +245,7 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
                 for rank, (i, by) in enumerate(zip(chosen.indices, chosen.chosen_by), start=1)],
                 schema=SUBSET_EXPLANATIONS_SCHEMA), layout.subset_explanation(record["subset_version"]))
         written.append({**record, "slot": chosen.slot, "budget_ratio": chosen.budget_ratio, "diagnostics": found,
-                        "contamination": counts,
+                        "contamination": counts, "duplicate_share": share,
                         "expected_size": chosen.expected_size, "shortfall": chosen.shortfall})
     now = datetime.now(timezone.utc)
     before = {}
