@@ -323,6 +323,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {count} examples of {args.subset_version} to {args.out} ({args.format})")
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.evaluation.publish import DATA_FILE, publish
+    from nait_pipeline.lib.io.layout import LakeLayout
+
+    settings = Settings.from_env()
+    out = publish(LakeLayout(settings.lake_dir), args.subset_version, Path(args.out), settings.licenses)
+    print(f"wrote {out / DATA_FILE} and the dataset card {out / 'README.md'}; "
+          f"load it with datasets.load_dataset(\"parquet\", data_dir=\"{out}\")")
+
+
 def cmd_dump(args: argparse.Namespace) -> None:
 
     from nait_pipeline.lib.io.layout import LakeLayout
@@ -438,6 +448,11 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--allow-changed", action="store_true",
                         help="export even if selected rows changed text since the selection (their current text)")
     export.set_defaults(func=cmd_export)
+
+    publish = commands.add_parser("publish", help="write a subset as a dataset folder with its dataset card")
+    publish.add_argument("subset_version")
+    publish.add_argument("--out", required=True, help="output folder (new, or an earlier publication)")
+    publish.set_defaults(func=cmd_publish)
 
     dump = commands.add_parser("dump", help="dump the arrays a selection consumed and produced, with a manifest")
     dump.add_argument("subset_version")

@@ -25,6 +25,7 @@ class LakeResource(dg.ConfigurableResource):
     store_dim: int = -1
     store_seed: int = 0
     store_float_width: str = "auto"
+    licenses: dict[str, str] = {}
 
     @property
     def settings(self) -> Settings:
@@ -38,6 +39,7 @@ class LakeResource(dg.ConfigurableResource):
             store_dim=self.store_dim,
             store_seed=self.store_seed,
             store_float_width=self.store_float_width,
+            licenses=dict(self.licenses),
         )
 
     @property
@@ -70,6 +72,7 @@ def lake_resource_from_settings(settings: Settings) -> LakeResource:
         store_dim=settings.store_dim,
         store_seed=settings.store_seed,
         store_float_width=settings.store_float_width,
+        licenses=dict(settings.licenses),
     )
 
 

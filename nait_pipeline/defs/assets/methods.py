@@ -14,6 +14,7 @@ from nait_pipeline.defs.partitions import capability_partitions, register_subset
 from nait_pipeline.defs.plots import bar_plot, contribution_heatmap, heatmap_plot, histogram_plot
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.data.decontamination import ASSET as CONTAMINATION_ASSET
+from nait_pipeline.lib.evaluation.publish import build_card
 from nait_pipeline.lib.features.kinds import SHARD
 from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.lake import write_parquet
@@ -104,6 +105,10 @@ def _contribution_plot(table: pa.Table, rows, scorer: str, capability: str, path
                                 path.with_name(f"{path.stem}_contributions.png"))
 
 
+def _card_subset(written: list[dict]) -> str:
+    return next((w["subset_version"] for w in written if w["capability"] == ALL), written[0]["subset_version"])
+
+
 def _overlap(written: list[dict]) -> dict:
     label = lambda w: w["capability"] + (f"/{w['slot']}" if w["slot"] else "")  # noqa: E731
     return {label(a): {label(b): round(len(a["ids"] & b["ids"]) / max(1, len(a["ids"] | b["ids"])), 3)
@@ -169,6 +174,8 @@ def build_subsets_asset(method: Method) -> dg.AssetsDefinition:
                    if len(written) > 1 else {}),
                 "subset_versions": dg.MetadataValue.json(
                     {key: w["subset_version"] for key, w in zip(sizes, written)}),
+                # What `nait-pipeline publish` writes as the README of the first subset (`all` where there is one).
+                "dataset_card": dg.MetadataValue.md(build_card(layout, _card_subset(written), pipeline.settings.licenses)[1]),
             },
             data_version=dg.DataVersion(sha256_json([w["subset_version"] for w in written])[:16]),
             check_results=[dg.AssetCheckResult(

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
-KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store"}
+KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
 FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
 
@@ -77,6 +77,8 @@ class Settings:
     store_dim: int = -1
     store_seed: int = 0
     store_float_width: str = "auto"
+    # Pool name -> license id for published subsets' cards (`nait-pipeline publish`), beside the shared pools'.
+    licenses: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -102,6 +104,7 @@ class Settings:
             store_dim=int(forward_store.get("dim", -1)),
             store_seed=int(forward_store.get("seed", 0)),
             store_float_width=str(forward_store.get("float_width", "auto")),
+            licenses={str(k): str(v) for k, v in file.get("licenses", {}).items()},
         )
 
     @property
