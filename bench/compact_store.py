@@ -29,20 +29,22 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 SCORERS = ("nait", "nait_c", "rds")
 SCALARS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
-# (label, layers, width divisor): layers as the settings file takes them, the projected width as a fraction of
-# the model's (0: full width), so the same ratio can be priced for a wide model.
+# (label, layers, projected width, massive dims masked): layers as the settings file takes them; the width as
+# a fraction of the model's ("/16") or absolute. A random projection's error depends on the projected width,
+# not on the ratio (Johnson-Lindenstrauss), so an absolute width measured here is what a wide model at that
+# width gets; a ratio measured here is pessimistic for a wide model.
 SETTINGS = [
-    ("pool first-token state dropped", "all", 0),
-    ("every 2nd layer", "every:2", 0),
-    ("every 4th layer", "every:4", 0),
-    ("all layers, d/8", "all", 8),
-    ("all layers, d/16", "all", 16),
-    ("every 2nd layer, d/8", "every:2", 8),
-    ("every 2nd layer, d/16", "every:2", 16),
-    ("every 4th layer, d/4", "every:4", 4),
-    ("every 4th layer, d/8", "every:4", 8),
-    ("every 4th layer, d/16", "every:4", 16),
-    ("every 4th layer, d/32", "every:4", 32),
+    ("pool first-token state dropped", "all", 0, True),
+    ("every 2nd layer", "every:2", 0, True),
+    ("every 4th layer", "every:4", 0, True),
+    ("every 4th layer, d/16", "every:4", "/16", True),
+    ("every 4th layer, d/4", "every:4", "/4", True),
+    ("every 4th layer, 128 dims", "every:4", 128, True),
+    ("every 4th layer, 256 dims", "every:4", 256, True),
+    ("every 4th layer, 384 dims", "every:4", 384, True),
+    ("every 4th layer, 256 dims, unmasked", "every:4", 256, False),
+    ("every 2nd layer, 256 dims", "every:2", 256, True),
+    ("all layers, 256 dims", "all", 256, True),
 ]
 WIDE = {"num_layers": 32, "hidden_size": 4096}
 
@@ -101,12 +103,17 @@ def _score_all(layout, capabilities: list[str]) -> dict:
     return out
 
 
-def _wide_bytes(layers: str, divisor: int) -> int:
-    """Vector bytes per pool row of a 32 x 4,096 model at the same reduction ratio (float16 token means,
-    a float32 RDS+ embedding; first-token states only at full width)."""
+def _dim(width: int, setting) -> int:
+    """The projected width of a setting for a model ``width`` wide (0: full width)."""
+    return width // int(setting[1:]) if isinstance(setting, str) else setting
+
+
+def _wide_bytes(layers: str, setting) -> int:
+    """Vector bytes per pool row of a 32 x 4,096 model at the same setting (float16 token means, a float32
+    RDS+ embedding; first-token states only at full width)."""
     from nait_pipeline.lib.features.reduction import StoreReduction
 
-    dim = WIDE["hidden_size"] // divisor if divisor else 0
+    dim = _dim(WIDE["hidden_size"], setting)
     reduction = StoreReduction.parse(layers, dim, num_layers=WIDE["num_layers"])
     kept = len(reduction.kept_layers(WIDE["num_layers"]))
     width = reduction.stored_width(WIDE["hidden_size"])
@@ -171,9 +178,10 @@ def main() -> None:
         return set(np.argsort(-finite, kind="stable")[:k].tolist())
 
     rows = []
-    for label, layers, divisor in SETTINGS:
-        dim = model_info.hidden_size // divisor if divisor else 0
-        reduction = StoreReduction.parse(layers, dim, num_layers=model_info.num_layers)
+    for label, layers, setting, mask in SETTINGS:
+        dim = _dim(model_info.hidden_size, setting)
+        reduction = StoreReduction(layers=StoreReduction.parse(layers, 0, num_layers=model_info.num_layers).layers,
+                                   dim=dim, mask_massive=mask)
         reducer = Reducer(reduction, model_info.num_layers, model_info.hidden_size, masked)
         layout = LakeLayout(root / label.replace(" ", "_").replace(",", "").replace("/", "over") / "lake")
         _link_inputs(source, layout)
@@ -182,7 +190,8 @@ def main() -> None:
         scores = _score_all(layout, capabilities)
         seconds = time.perf_counter() - started
         row = {"setting": label, "layers": layers, "kept_layers": len(reducer.layers), "dim": dim or None,
-               "bytes_per_row": round(pool_bytes / n), "wide_model_vector_bytes_per_row": _wide_bytes(layers, divisor),
+               "bytes_per_row": round(pool_bytes / n), "wide_model_vector_bytes_per_row": _wide_bytes(layers, setting),
+               "massive_dims_masked": mask,
                "seconds": round(seconds, 1), "overlap": {}, "spearman": {}}
         for name in SCORERS:
             for capability in capabilities:

@@ -33,40 +33,45 @@ def main() -> None:
 
     models = []
     for shape in capacity.MODEL_SHAPES:
-        compact = resolve("auto", -1, 0, "auto", shape.num_layers, shape.hidden_size)
-        if compact.is_full:  # narrow models store full width by default; price the wide default's ratio too
-            compact = StoreReduction(layers=tuple(range(shape.num_layers, 0, -4))[::-1], dim=shape.hidden_size // 16)
+        layers = tuple(range(shape.num_layers, 0, -4))[::-1]
+        compact = StoreReduction(layers=layers)  # the wide models' default: every 4th layer, full width
+        projected = StoreReduction(layers=layers, dim=256)  # 8 KiB or less at 8B; measured to lose NAIT-C, RDS+
         full_row = capacity.forward_bytes_per_row(shape.num_layers, shape.hidden_size, StoreReduction())
         compact_row = capacity.forward_bytes_per_row(shape.num_layers, shape.hidden_size, compact)
+        projected_row = capacity.forward_bytes_per_row(shape.num_layers, shape.hidden_size, projected)
         models.append({
             "model": shape.name, "layers": shape.num_layers, "width": shape.hidden_size,
             "parameters": shape.parameters, "default": resolve("auto", -1, 0, "auto", shape.num_layers,
                                                                shape.hidden_size).describe(shape.num_layers),
             "compact": compact.describe(shape.num_layers),
             "forward_full_bytes_per_row": full_row, "forward_compact_bytes_per_row": compact_row,
+            "forward_projected_bytes_per_row": projected_row,
             "gradient_bytes_per_row": capacity.gradient_bytes_per_row(),
             "selector_bytes_per_row": capacity.selector_bytes_per_row(),
             "forward_rows_per_gpu_hour": round(capacity.rows_per_gpu_hour(shape.parameters)),
             "gradient_rows_per_gpu_hour": round(capacity.rows_per_gpu_hour(shape.parameters, flops_per_token_factor=6.0)
                                                 / capacity.GRADIENT_CHECKPOINTS),
             "stores": {pool: {"forward_full": rows * full_row, "forward_compact": rows * compact_row,
+                              "forward_projected": rows * projected_row,
                               "gradients": rows * capacity.gradient_bytes_per_row(),
                               "score_matrix_per_capability": capacity.score_matrix_bytes(rows, TARGET_ROWS)}
                        for pool, rows in POOLS.items()},
         })
 
     print("### Bytes per pool row\n")
-    print("| model | layers x width | forward, full | forward, compact (setting) | gradients (1,024-d x 4 ckpt) | LP selector |")
-    print("|---|---|---|---|---|---|")
+    print("| model | layers x width | default | forward, full | every 4th layer | + 256-d projection | gradients (1,024-d x 4 ckpt) | LP selector |")
+    print("|---|---|---|---|---|---|---|---|")
     for m in models:
-        print(f"| {m['model']} | {m['layers']} x {m['width']:,} | {m['forward_full_bytes_per_row'] / 1024:,.1f} KiB "
-              f"| {m['forward_compact_bytes_per_row'] / 1024:,.1f} KiB ({m['compact']}) "
+        print(f"| {m['model']} | {m['layers']} x {m['width']:,} | {m['default']} "
+              f"| {m['forward_full_bytes_per_row'] / 1024:,.1f} KiB | {m['forward_compact_bytes_per_row'] / 1024:,.1f} KiB "
+              f"| {m['forward_projected_bytes_per_row'] / 1024:,.1f} KiB "
               f"| {m['gradient_bytes_per_row'] / 1024:,.1f} KiB | {m['selector_bytes_per_row']} B |")
     print("\n### Store size by pool\n")
     print("| model | store | " + " | ".join(POOLS) + " |")
     print("|---|---|" + "---|" * len(POOLS))
     for m in models:
-        for kind, label in (("forward_full", "forward, full"), ("forward_compact", "forward, compact"),
+        for kind, label in (("forward_full", "forward, full"), ("forward_compact", "forward, every 4th layer"),
+                            ("forward_projected", "forward, every 4th layer, 256-d"),
                             ("gradients", "gradients"), ("score_matrix_per_capability", "N x 200 score matrix")):
             if kind in ("gradients", "score_matrix_per_capability") and m is not models[0]:
                 continue  # independent of the model
@@ -88,8 +93,10 @@ def main() -> None:
     for m in models:
         cells = []
         for size in MACHINES.values():
-            full, compact = (m["stores"]["Tulu unfiltered 5.8M"][k] for k in ("forward_full", "forward_compact"))
-            cells.append("full" if full <= size else "compact only" if compact <= size else "no")
+            full, compact, projected = (m["stores"]["Tulu unfiltered 5.8M"][k]
+                                        for k in ("forward_full", "forward_compact", "forward_projected"))
+            cells.append("full" if full <= size else "every 4th layer" if compact <= size
+                         else "projected only" if projected <= size else "no")
         print(f"| {m['model']} | " + " | ".join(cells) + " |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "cost_model.json"

@@ -38,9 +38,10 @@ def test_layer_settings_parse_by_hand():
 def test_defaults_by_model_width():
     assert resolve("auto", -1, 0, "auto", 30, 576).is_full  # the embedded model: full width
     wide = resolve("auto", -1, 0, "auto", 32, 4096)
-    assert wide.layers == (4, 8, 12, 16, 20, 24, 28, 32) and wide.dim == 256
-    # 8 layers x 256 float16 token means + a 256-float32 RDS+ embedding: under the 8 KiB per row target.
-    assert wide.pool_values_per_row(32, 4096) == 8 * 256 + 256
+    assert wide.layers == (4, 8, 12, 16, 20, 24, 28, 32) and wide.dim == 0  # measured: projections lose NAIT-C
+    # 8 layers of full-width token means (no per-row first-token state) and the RDS+ embedding.
+    assert wide.pool_values_per_row(32, 4096) == 8 * 4096 + 4096
+    assert resolve("auto", 256, 0, "auto", 32, 4096).dim == 256  # a projection is an explicit choice
     assert resolve("all", 0, 0, "float32", 32, 4096) == StoreReduction(float_width="float32")
     assert StoreReduction().identity() is None  # full-width stores keep the identity they always had
 
@@ -204,7 +205,7 @@ def test_the_store_setting_comes_from_the_settings_file(tmp_path, monkeypatch):
     settings_file.write_text("")
     narrow, wide = synthetic_lake.model_info(30, 576), synthetic_lake.model_info(32, 4096)
     assert lake_resource_from_settings(Settings.from_env()).store_reduction(narrow).is_full
-    assert lake_resource_from_settings(Settings.from_env()).store_reduction(wide).dim == 256
+    assert lake_resource_from_settings(Settings.from_env()).store_reduction(wide).layers[-1] == 32
     settings_file.write_text('[forward_store]\nlayers = "last:2"\ndim = 64\nseed = 3\nfloat_width = "float32"\n')
     chosen = lake_resource_from_settings(Settings.from_env()).store_reduction(narrow)
     assert chosen == StoreReduction(layers=(29, 30), dim=64, seed=3, float_width="float32")

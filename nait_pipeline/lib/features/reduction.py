@@ -34,8 +34,8 @@ MASSIVE_RATIO = 1000.0
 # the sink inflates ~10-50x: 100 x that median flags on SmolLM2-135M the dimensions NAIT-C's 1000 x the
 # pool's median flags (one per layer in layers 3-29; NAIT-C two in some of them).
 FIRST_STATE_RATIO = 100.0
-# Up to this many values per row (layers x width) the embedded default stores every layer at full width:
-# SmolLM2-135M has 30 x 576 = 17,280 and a 1B Llama 16 x 2,048 = 32,768 (bench/compact_store.py).
+# Up to this many values per row (layers x width) a store keeps every layer: SmolLM2-135M has 30 x 576 =
+# 17,280 and a 1B Llama 16 x 2,048 = 32,768; wider models keep every 4th layer (bench/compact_store.py).
 FULL_WIDTH_MAX_VALUES = 32_768
 
 
@@ -59,6 +59,7 @@ class StoreReduction:
     dim: int = 0  # projected width per layer; 0 keeps the model's width
     seed: int = 0
     float_width: str = "auto"
+    mask_massive: bool = True  # zero the first token's massive dimensions before projecting
 
     def __post_init__(self) -> None:
         if self.float_width not in FLOAT_WIDTHS:
@@ -88,8 +89,10 @@ class StoreReduction:
         if self.is_full:
             return "full width"
         layers = self.kept_layers(num_layers)
-        return (f"{len(layers)} of {num_layers} layers {layers}, width {self.dim or 'full'} (seed {self.seed}), "
-                f"{self.float_width}")
+        width = (f"projected to {self.dim} (seed {self.seed}{'' if self.mask_massive else ', massive dims kept'})"
+                 if self.dim else "full width")
+        kept = "every layer" if len(layers) == num_layers else f"{len(layers)} of {num_layers} layers {layers}"
+        return f"{kept}, {width}" + ("" if self.float_width == "auto" else f", {self.float_width}")
 
     def stored_width(self, width: int) -> int:
         return self.dim or width
@@ -128,11 +131,13 @@ class StoreReduction:
 
     @classmethod
     def default_for(cls, num_layers: int, width: int) -> StoreReduction:
-        """Full width where it is cheap; for wide models every 4th layer projected to width / 16, the
-        setting bench/compact_store.py measured (README, "Scaling")."""
+        """Full width where it is cheap; for wide models every 4th layer at full width, the one reduction
+        bench/compact_store.py measured to keep NAIT, NAIT-C and RDS+ (top-10 % overlap >= 0.94 on every
+        capability, README "Scaling"). A projection (``dim``) is an explicit choice: measured, it keeps
+        NAIT (unmasked) but not NAIT-C or RDS+."""
         if num_layers * width <= FULL_WIDTH_MAX_VALUES:
             return cls()
-        return cls(layers=tuple(range(num_layers, 0, -4))[::-1], dim=max(16, width // 16))
+        return cls(layers=tuple(range(num_layers, 0, -4))[::-1])
 
 
 def resolve(layers: str, dim: int, seed: int, float_width: str, num_layers: int, width: int) -> StoreReduction:
@@ -154,7 +159,7 @@ class Reducer:
         self.layers = reduction.kept_layers(num_layers)
         self.index = np.asarray(self.layers) - 1
         self.masked = np.zeros((num_layers, width), bool) if masked is None or not reduction.dim \
-            else np.asarray(masked, bool)
+            or not reduction.mask_massive else np.asarray(masked, bool)
         if self.masked.shape != (num_layers, width):
             raise ValueError(f"mask shape {self.masked.shape} is not ({num_layers}, {width})")
         self.projection = _rademacher(width, reduction.dim, reduction.seed) if reduction.dim else None
@@ -164,7 +169,7 @@ class Reducer:
         """The reducer a store recorded (to bring full-width states, such as the template prefix's, into
         its space)."""
         reduction = StoreReduction(layers=tuple(meta["layers"]), dim=int(meta["dim"]), seed=int(meta["seed"]),
-                                   float_width=meta["float_width"])
+                                   float_width=meta["float_width"], mask_massive=bool(meta.get("mask_massive", True)))
         masked = np.zeros((num_layers, int(meta["model_width"])), bool)
         for layer, dims in (meta.get("masked_dims") or {}).items():
             masked[int(layer) - 1, dims] = True
