@@ -1,7 +1,7 @@
 """Refresh when new data lands. Nothing here starts work by itself on a fresh `dagster dev`:
 
-- `new_pool_files` (running) re-ingests the pool only when the pool folder differs from what the lake's
-  pool was ingested from (seconds of work);
+- `new_pool_files` (running) re-ingests the pool and checks it against the test items only when the pool
+  folder differs from what the lake's pool was ingested from (seconds of work);
 - `new_target_files` (running) registers capabilities dropped in the targets folder and builds their
   target sets (seconds);
 - `unfeaturized_pool_shards` (stopped unless the settings file says `[automation]
@@ -30,7 +30,8 @@ from nait_pipeline.lib.io.settings import Settings
 # The tag Dagster reads an observation's data version from (no public constant exports it).
 DATA_VERSION_TAG = "dagster/data_version"
 
-ingest_job = dg.define_asset_job("ingest_pool", selection=dg.AssetSelection.assets("it_pool"))
+# A new pool is checked against the test items in the same run: every method's selection needs that check.
+ingest_job = dg.define_asset_job("ingest_pool", selection=dg.AssetSelection.assets("it_pool", "pool_contamination"))
 featurize_job = dg.define_asset_job("featurize_shard", selection=dg.AssetSelection.assets("pool_activations"))
 target_job = dg.define_asset_job("build_target_sets",
                                  selection=dg.AssetSelection.assets("target_sets", "target_test_sets"))
