@@ -143,7 +143,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     executed in a sandbox). Rows land in the `evaluations` view."""
     layout = pipeline.layout
     run_key = context.partition_key  # a subset version, a replicate, or `base`
-    model_dir = Path(pipeline.base_model()["path"]) if run_key == runs.BASE else finetuned_dir(pipeline, run_key)
+    model_dir = Path(pipeline.base_model().path) if run_key == runs.BASE else finetuned_dir(pipeline, run_key)
     eval_config = EvalConfig(sample_size=config.sample_size, max_new_tokens=config.max_new_tokens,
                              code_timeout_s=config.code_timeout_s, items_per_capability=config.items_per_capability)
     capabilities = selectable_capabilities(context.instance)
