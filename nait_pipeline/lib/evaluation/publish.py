@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.lake import atomic_dir, read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.audit import subset_rows
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
@@ -123,12 +124,10 @@ def build_card(layout: LakeLayout, subset_version: str, licenses: dict[str, str]
     """The rows a publication holds and its dataset card."""
     licenses = {**KNOWN_LICENSES, **(licenses or {})}
     rows = subset_rows(layout, subset_version)  # refuses rows changed since the selection
-    pools = pq.read_table(layout.pool_examples, columns=["example_id", "pool"],
-                          filters=[("example_id", "in", rows.column("example_id").to_pylist())])
-    pool_of = dict(zip(pools.column("example_id").to_pylist(), pools.column("pool").to_pylist()))
+    pools = PoolView.open(layout).rows(rows.column("example_id").to_pylist(), ["pool"])
     table = pa.table({
         "example_id": rows.column("example_id"), "rank": rows.column("rank"), "score": rows.column("score"),
-        "pool": pa.array([pool_of[i] for i in rows.column("example_id").to_pylist()], pa.string()),
+        "pool": pa.array([r["pool"] for r in pools], pa.string()),
         "source": rows.column("source"), "instruction": rows.column("instruction"), "input": rows.column("input"),
         "output": rows.column("output"),
         "subset_version": pa.array([subset_version] * len(rows), pa.string())})
