@@ -14,7 +14,7 @@ from nait_pipeline.lib.models.model_io import ModelInfo
 class LakeResource(dg.ConfigurableResource):
     """The lake every asset shares (see README, "Configuration"): its locations, the current pool
     (`pool()`: version, kept ids, shards and their versions, sources, hashes) and the base model's record
-    (`model()`), each read through one object."""
+    (`base_model()`), each read through one object."""
 
     data_dir: str
     store_dir: str
@@ -29,18 +29,9 @@ class LakeResource(dg.ConfigurableResource):
 
     @property
     def settings(self) -> Settings:
-        return Settings(
-            data_dir=Path(self.data_dir),
-            store_dir=Path(self.store_dir),
-            model=self.model,
-            pool_sample=self.pool_sample,
-            max_shards_per_tick=self.max_shards_per_tick,
-            store_layers=self.store_layers,
-            store_dim=self.store_dim,
-            store_seed=self.store_seed,
-            store_float_width=self.store_float_width,
-            licenses=dict(self.licenses),
-        )
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return Settings(**{**values, "data_dir": Path(self.data_dir), "store_dir": Path(self.store_dir),
+                           "licenses": dict(self.licenses)})
 
     @property
     def layout(self) -> LakeLayout:
@@ -62,18 +53,10 @@ class LakeResource(dg.ConfigurableResource):
 
 
 def lake_resource_from_settings(settings: Settings) -> LakeResource:
-    return LakeResource(
-        data_dir=str(settings.data_dir),
-        store_dir=str(settings.store_dir),
-        model=settings.model,
-        pool_sample=settings.pool_sample,
-        max_shards_per_tick=settings.max_shards_per_tick,
-        store_layers=settings.store_layers,
-        store_dim=settings.store_dim,
-        store_seed=settings.store_seed,
-        store_float_width=settings.store_float_width,
-        licenses=dict(settings.licenses),
-    )
+    """The resource of every setting it carries (the sensor's `featurize_new_shards` is read at load)."""
+    values = {name: getattr(settings, name) for name in LakeResource.model_fields}
+    return LakeResource(**{**values, "data_dir": str(settings.data_dir), "store_dir": str(settings.store_dir),
+                           "licenses": dict(settings.licenses)})
 
 
 @dg.definitions

@@ -161,8 +161,9 @@ def decontaminate_lake(layout, capabilities: list[str], n: int = NGRAM, threshol
     return result, version
 
 
-def read_contaminated(layout, pool_version: str) -> set[str]:
-    """Ids of the kept pool rows the stored check found contaminated, checked to be of ``pool_version``."""
+def read_contaminated(layout, pool_version: str) -> tuple[set[str], str]:
+    """Ids of the kept pool rows the stored check found contaminated, checked to be of ``pool_version``,
+    and the check's version."""
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.lake import read_metadata
@@ -171,8 +172,9 @@ def read_contaminated(layout, pool_version: str) -> set[str]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: materialize {ASSET} first (or select with "
                                 "exclude_contaminated=false)")
-    checked = read_metadata(path).get("pool_version")
+    meta = read_metadata(path)
+    checked = meta.get("pool_version")
     if checked != pool_version:
         raise ValueError(f"pool_contamination was checked on pool version {checked}, the pool is now {pool_version}: "
                          f"re-materialize {ASSET}")
-    return set(pq.read_table(path, columns=["example_id"]).column("example_id").to_pylist())
+    return set(pq.read_table(path, columns=["example_id"]).column("example_id").to_pylist()), meta["contamination_version"]

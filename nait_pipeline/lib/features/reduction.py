@@ -187,25 +187,36 @@ class Reducer:
         """[n, L, d] -> [n, L', dim] (torch tensor or NumPy array, float32)."""
         import torch
 
-        as_numpy = isinstance(values, np.ndarray)
-        tensor = torch.from_numpy(np.ascontiguousarray(values, np.float32)) if as_numpy else values.float()
+        tensor, as_numpy = _as_tensor(values)
         kept = tensor[:, torch.from_numpy(self.index).to(tensor.device)]
-        if self.projection is not None:
-            keep = torch.from_numpy(~self.masked[self.index]).to(tensor.device, torch.float32)
-            kept = (kept * keep) @ torch.from_numpy(self.projection).to(tensor.device)
-        return kept.cpu().numpy() if as_numpy else kept
+        out = self._project(kept, self.masked[self.index])
+        return out.cpu().numpy() if as_numpy else out
 
     def embedding(self, values):
         """[n, d] last-layer vectors (the RDS+ embedding) -> [n, dim], the last layer's mask applied."""
         if self.projection is None:
             return values
+        tensor, as_numpy = _as_tensor(values)
+        out = self._project(tensor, self.masked[-1])
+        return out.cpu().numpy() if as_numpy else out
+
+    def _project(self, tensor, masked: np.ndarray):
+        """``tensor`` [..., d] with the ``masked`` dimensions zeroed, times the projection (as is without one)."""
         import torch
 
-        as_numpy = isinstance(values, np.ndarray)
-        tensor = torch.from_numpy(np.ascontiguousarray(values, np.float32)) if as_numpy else values.float()
-        keep = torch.from_numpy(~self.masked[-1]).to(tensor.device, torch.float32)
-        out = (tensor * keep) @ torch.from_numpy(self.projection).to(tensor.device)
-        return out.cpu().numpy() if as_numpy else out
+        if self.projection is None:
+            return tensor
+        keep = torch.from_numpy(~masked).to(tensor.device, torch.float32)
+        return (tensor * keep) @ torch.from_numpy(self.projection).to(tensor.device)
+
+
+def _as_tensor(values):
+    """(float32 torch tensor, whether ``values`` was a NumPy array)."""
+    import torch
+
+    if isinstance(values, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(values, np.float32)), True
+    return values.float(), False
 
 
 def _rademacher(width: int, dim: int, seed: int) -> np.ndarray:

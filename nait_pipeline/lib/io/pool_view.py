@@ -106,23 +106,24 @@ class PoolView:
 
     def instructions(self, ids: Sequence[str]) -> list[str]:
         """The instruction of each id for a preview ("" for an id the pool no longer keeps)."""
-        if not ids:
-            return []
-        table = pq.read_table(self.path, columns=["example_id", "instruction"],
-                              filters=[KEPT, ("example_id", "in", list(ids))])
-        found = dict(zip(table.column("example_id").to_pylist(), table.column("instruction").to_pylist()))
-        return [found.get(i) or "" for i in ids]
+        found = self._by_id(ids, ["instruction"])
+        return [found[i]["instruction"] or "" if i in found else "" for i in ids]
 
     def rows(self, ids: Sequence[str], columns: Sequence[str] = ("instruction", "input", "output")) -> list[dict]:
         """The given columns of each id, in the order of ``ids`` (read with an id filter)."""
-        table = pq.read_table(self.path, columns=["example_id", *columns],
-                              filters=[KEPT, ("example_id", "in", list(ids))]) if ids else None
-        by_id = {r["example_id"]: r for r in table.to_pylist()} if table is not None else {}
-        missing = [i for i in ids if i not in by_id]
+        found = self._by_id(ids, columns)
+        missing = [i for i in ids if i not in found]
         if missing:
             raise KeyError(f"{len(missing)} id(s) are not kept rows of pool version {self.version}, e.g. "
                            f"{missing[:5]}")
-        return [by_id[i] for i in ids]
+        return [found[i] for i in ids]
+
+    def _by_id(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict]:
+        """Kept rows of ``ids`` by id (read with an id filter, so a preview never loads the pool)."""
+        if not ids:
+            return {}
+        table = pq.read_table(self.path, columns=["example_id", *columns], filters=[KEPT, ("example_id", "in", list(ids))])
+        return {r["example_id"]: r for r in table.to_pylist()}
 
 
 def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> str:

@@ -165,7 +165,7 @@ def _contamination(layout: LakeLayout, pool_version: str, required: bool) -> tup
     if not required and not layout.pool_contamination.exists():
         return None, None
     try:
-        return read_contaminated(layout, pool_version), read_metadata(layout.pool_contamination)["contamination_version"]
+        return read_contaminated(layout, pool_version)
     except ValueError as exc:
         raise MethodInputError(str(exc)) from None
 
@@ -175,17 +175,17 @@ def _near_duplicate_groups(layout: LakeLayout, pool_version: str, required: bool
     clustered (or was clustered on another version) and nothing requires it: the diagnostics then say "not
     checked" rather than count against stale groups."""
     try:
-        groups = nd.read_groups(layout, pool_version)
+        found = nd.read_groups(layout, pool_version)
     except ValueError as exc:
         if not required:
             return None, None
         raise MethodInputError(str(exc)) from None
-    if groups is None:
+    if found is None:
         if required:
             raise FileNotFoundError(f"{layout.pool_near_duplicates} is missing: materialize {nd.ASSET} first (or "
                                     "select with max_per_cluster=0)")
         return None, None
-    return groups, read_metadata(layout.pool_near_duplicates)["near_duplicates_version"]
+    return found
 
 
 def run_selection(layout: LakeLayout, method: Method, params, capabilities: list[str], model: ModelInfo,

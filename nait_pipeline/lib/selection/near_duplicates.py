@@ -224,9 +224,9 @@ def duplicate_share(selected: Iterable[str], groups: dict[str, str]) -> float:
     return sum(c for c in counts.values() if c > 1) / len(selected)
 
 
-def read_groups(layout, pool_version: str) -> dict[str, str] | None:
-    """example id -> near-duplicate group, checked to be of ``pool_version``; None where the pool was not
-    clustered."""
+def read_groups(layout, pool_version: str) -> tuple[dict[str, str], str] | None:
+    """(example id -> near-duplicate group, the clustering's version), checked to be of ``pool_version``;
+    None where the pool was not clustered."""
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.lake import read_metadata
@@ -234,9 +234,11 @@ def read_groups(layout, pool_version: str) -> dict[str, str] | None:
     path = layout.pool_near_duplicates
     if not path.exists():
         return None
-    clustered = read_metadata(path).get("pool_version")
+    meta = read_metadata(path)
+    clustered = meta.get("pool_version")
     if clustered != pool_version:
         raise ValueError(f"{ASSET} was built on pool version {clustered}, the pool is now {pool_version}: "
                          f"re-materialize {ASSET}")
     table = pq.read_table(path, columns=["example_id", "group"])
-    return dict(zip(table.column("example_id").to_pylist(), table.column("group").to_pylist()))
+    return (dict(zip(table.column("example_id").to_pylist(), table.column("group").to_pylist())),
+            meta["near_duplicates_version"])
