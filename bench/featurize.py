@@ -80,7 +80,7 @@ def naive_features(model, template, rows, max_length):
     means, firsts, tokens = [], [], 0
     with torch.no_grad():
         for row in rows:
-            ids = template.tokenize(row["instruction"], row["input"], row["output"], max_length).input_ids
+            ids = template.tokenize_row(row, max_length).input_ids
             out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
             hidden = torch.stack(out.hidden_states[1 : n_layers + 1], 0)[:, 0]  # [L, K, d]
             means.append(hidden.mean(1).numpy())

@@ -83,9 +83,9 @@ class SeededTemplate:
         self.vocab_size = vocab_size
         self.tokenizer = SimpleNamespace(pad_token_id=0)
 
-    def tokenize(self, instruction: str, input_text: str, output: str, max_length: int) -> TokenizedExample:
-        length = int(input_text)
-        ids = np.random.default_rng(int(instruction)).integers(1, self.vocab_size, length).tolist()
+    def tokenize_row(self, row: dict, max_length: int) -> TokenizedExample:
+        length = int(row["input"])
+        ids = np.random.default_rng(int(row["instruction"])).integers(1, self.vocab_size, length).tolist()
         return TokenizedExample(input_ids=ids[:max_length], response_start=min(PROMPT_TOKENS, length, max_length),
                                 truncated=length > max_length, full_length=length)
 
@@ -169,7 +169,7 @@ def naive_loop_tokens_per_s(model, template: SeededTemplate, rows: list[dict], d
     state returned."""
     import torch
 
-    tokens = [template.tokenize(r["instruction"], r["input"], r["output"], ROW_TOKENS).input_ids for r in rows]
+    tokens = [template.tokenize_row(r, ROW_TOKENS).input_ids for r in rows]
     with torch.inference_mode():
         model(input_ids=torch.tensor([tokens[0]], device=device), output_hidden_states=True)
         synchronize(device)
@@ -186,7 +186,7 @@ def decoder_only_tokens_per_s(model, template: SeededTemplate, rows: list[dict],
     LM-head rows and host copies are measured against."""
     import torch
 
-    ids = torch.tensor([template.tokenize(r["instruction"], r["input"], r["output"], ROW_TOKENS).input_ids
+    ids = torch.tensor([template.tokenize_row(r, ROW_TOKENS).input_ids
                         for r in rows[:batch_rows]], device=device)
     with torch.inference_mode():
         model.model(input_ids=ids, use_cache=False)
@@ -268,7 +268,7 @@ def measure_gradients(shape: str, device: str, rate: float) -> dict:
     model = lora_model(shape, device)
     template = SeededTemplate(model.config.vocab_size)
     rows = seeded_rows(GRADIENT_ROWS[shape], first=100_000)
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], ROW_TOKENS) for r in rows]
+    examples = [template.tokenize_row(r, ROW_TOKENS) for r in rows]
     batch_rows = gr.default_batch_rows(device)
     gr.loop_gradients(model, examples[:1], 0, device)  # warm-up
     reset_peak(device)
@@ -386,7 +386,7 @@ def measure_finetune(shape: str, device: str, steps: int) -> dict:
                                              task_type="CAUSAL_LM"))
     model.train()
     template = SeededTemplate(model.config.vocab_size)
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], ROW_TOKENS)
+    examples = [template.tokenize_row(r, ROW_TOKENS)
                 for r in seeded_rows(config.batch_size * (steps + 1), first=400_000)]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from nait_pipeline.lib.data.conversation import Conversation, messages_json
 from nait_pipeline.lib.data.ingest import POOL_SCHEMA
 from nait_pipeline.lib.features.feature_store import write_features
 from nait_pipeline.lib.io.pool_view import shard_input_version
@@ -46,6 +47,16 @@ def _features(rng: np.random.Generator, n: int, layers: int, width: int, shift: 
     )
 
 
+def _texts(k: int, response_words: int) -> dict:
+    if k % 3 != 1:
+        return {"instruction": f"instruction {k}", "input": "", "output": "word " * response_words, "messages": None}
+    first = response_words // 2
+    turns = [{"role": "system", "content": "Answer in words."}, {"role": "user", "content": f"instruction {k}"},
+             {"role": "assistant", "content": "word " * first}, {"role": "user", "content": "and then?"},
+             {"role": "assistant", "content": "word " * (response_words - first)}]
+    return {**Conversation(tuple(turns)).text_view(), "messages": messages_json(turns)}
+
+
 def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, width: int = 8,
           n_targets: int = 6, seed: int = 0) -> LakeLayout:
     rng = np.random.default_rng(seed)
@@ -54,10 +65,12 @@ def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, w
     shards = [f"p0-s{i // shard_size:04d}" for i in range(n_pool)]
     features = _features(rng, n_pool, layers, width)
     features.response_loss[7] = np.nan  # truncation left this row no response token: it has no perplexity
-    # Response texts as long as the stored response token counts, as in a real store.
+    # Response texts as long as the stored response token counts, as in a real store; every third row is a
+    # two-exchange conversation (the pool holds its turns and their text view), so every method's contract
+    # is kept over a pool of triples and conversations.
     rows = [dict(example_id=i, pool="pool", source=SOURCES[k % len(SOURCES)], file="pool.parquet", row_index=k,
-                 instruction=f"instruction {k}", input="", output="word " * int(features.n_response_tokens[k]),
-                 content_hash=f"h{k}", status="kept", duplicate_of=None, shard=s)
+                 **_texts(k, int(features.n_response_tokens[k])), content_hash=f"h{k}", status="kept",
+                 duplicate_of=None, shard=s)
             for k, (i, s) in enumerate(zip(ids, shards))]
     pool_version = sha256_lines(f"{r['example_id']}\t{r['content_hash']}\t{r['shard']}" for r in rows)[:16]
     write_parquet(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), layout.pool_examples, {"pool_version": pool_version})

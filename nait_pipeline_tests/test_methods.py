@@ -1,5 +1,6 @@
 """The method registry on a synthetic lake: NAIT's outputs pinned to the pre-registry code, and one
-contract every registered method must keep (determinism, finite scores, budget, lineage)."""
+contract every registered method must keep (determinism, finite scores, budget, lineage) over a pool of
+triples and multi-turn conversations."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ def test_nait_through_the_registry_reproduces_the_pre_registry_subsets(scored_la
 def test_every_registered_method_keeps_the_contract(scored_lake, name):
     instance, resource, layout = scored_lake
     method = METHODS[name]
+    assert sum(m is not None for m in PoolView.open(layout).kept(["messages"]).column("messages").to_pylist()) > 10
     first = materialize(instance, resource, [f"{name}_subsets"])
     again = materialize(instance, resource, [f"{name}_subsets"])
     metadata = lambda r: r.asset_materializations_for_node(f"{name}_subsets")[0].metadata  # noqa: E731

@@ -3,8 +3,10 @@
 CREATE OR REPLACE VIEW pool_rows AS
 SELECT * FROM read_parquet({{lake}} || '/pool/examples.parquet');
 
+-- A conversation row holds its turns in `messages` (JSON) and their text view in instruction/output.
 CREATE OR REPLACE VIEW pool_examples AS
-SELECT example_id, pool, source, file, row_index, instruction, input, output, content_hash, shard
+SELECT example_id, pool, source, file, row_index, instruction, input, output, content_hash, shard, messages,
+       ingest_flag
 FROM pool_rows WHERE status = 'kept';
 
 CREATE OR REPLACE VIEW pool_duplicates AS

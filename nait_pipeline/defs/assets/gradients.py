@@ -24,6 +24,7 @@ from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
+from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS
 from nait_pipeline.lib.methods.gradients import g2is_math, less_math
 from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
 
@@ -56,7 +57,7 @@ def warmup_adapter(context: dg.AssetExecutionContext, config: WarmupAdapterConfi
     influence sum). Resumes from the newest finished epoch; a run with the same rows and config is reused."""
     layout = pipeline.layout
     params = to_params(gr.WarmupConfig, config)
-    pool = pipeline.pool().kept(["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
+    pool = pipeline.pool().kept(["example_id", *EXAMPLE_COLUMNS, "content_hash"]).sort_by("example_id")
     all_ids = pool.column("example_id").to_pylist()
     rows = pool.take(warmup_rows(all_ids, params)).to_pylist()
     model = pipeline.base_model()

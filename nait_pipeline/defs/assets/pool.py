@@ -39,7 +39,7 @@ class PoolConfig(dg.Config):
 @dg.asset(
     group_name="pool",
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",
     deps=[pool_folder],
     automation_condition=dg.AutomationCondition.on_cron("0 2 * * *"),
     check_specs=[
@@ -50,8 +50,9 @@ class PoolConfig(dg.Config):
     ],
 )
 def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: LakeResource) -> dg.MaterializeResult:
-    """Every pool file under `$NAIT_DATA_DIR/pools` (Parquet, JSONL or JSON with instruction/input/output)
-    in one normalized table with stable ids, source and content hash.
+    """Every pool file under `$NAIT_DATA_DIR/pools` (Parquet, JSONL or JSON rows: instruction/input/output
+    triples, or conversations as `messages` role/content or ShareGPT `conversations` turns) in one
+    normalized table with stable ids, source and content hash.
 
     Invalid rows go to the quarantine table with file, row and reason; exact duplicates on
     (instruction, input) within and across pools are flagged; kept rows are cut into shards and each
@@ -103,6 +104,8 @@ def it_pool(context: dg.AssetExecutionContext, config: PoolConfig, pipeline: Lak
             "quarantined": counts["quarantined"],
             "rows_read_per_file": dg.MetadataValue.json(result.rows_read),
             "file_changes": dg.MetadataValue.json(file_changes),
+            "conversations": pc.sum(pc.is_valid(kept_rows["messages"])).as_py() or 0,
+            "flagged": pc.sum(pc.is_valid(kept_rows["ingest_flag"])).as_py() or 0,
             "shards": len(shards),
             "new_shards": len(new_shards),
             "path": path_value(layout.pool_examples),

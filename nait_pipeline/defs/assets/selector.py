@@ -14,6 +14,7 @@ from nait_pipeline.lib.features import clusters as cl
 from nait_pipeline.lib.features import trajectories as tr
 from nait_pipeline.lib.features.featurize import resolve_device
 from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.methods.lp.lp import selector_slice
 from nait_pipeline.lib.models import model_io
@@ -46,7 +47,7 @@ def selector_trajectories(context: dg.AssetExecutionContext, config: SelectorTra
     perplexity before training and after each epoch (P0..PE), for Learning Percentage. Resumes from
     the last finished epoch of a killed run; a finished run with the same rows, model and config is reused."""
     layout = pipeline.layout
-    pool = pipeline.pool().kept(["example_id", "instruction", "input", "output", "content_hash"]).sort_by("example_id")
+    pool = pipeline.pool().kept(["example_id", *EXAMPLE_COLUMNS, "content_hash"]).sort_by("example_id")
     all_ids = pool.column("example_id").to_pylist()
     rows = pool.take(selector_slice(all_ids, config.slice_rows, config.slice_seed)).to_pylist()
     ids = [r["example_id"] for r in rows]

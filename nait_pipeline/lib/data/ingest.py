@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.data.conversation import CONVERSATION_FIELDS, Conversation, ConversationError, \
+    conversation_field, parse_conversation
 from nait_pipeline.lib.io.contract import POOL_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines, sha256_text
 
@@ -106,7 +108,10 @@ def discover_pool_files(pools_dir: Path) -> list[Path]:
     return files
 
 
-def content_hash(instruction: str, input_text: str, output: str) -> str:
+def content_hash(instruction: str, input_text: str, output: str, messages: str | None = None) -> str:
+    """What a row's features are computed from: its triple, or a conversation's canonical turns."""
+    if messages is not None:
+        return sha256_text(f"messages\x1f{messages}")
     return sha256_text("\x1f".join((instruction, input_text, output)))
 
 
@@ -196,9 +201,12 @@ def _read_jsonl(path: Path, data: bytes) -> Iterator[tuple[int, dict | None, str
 
 
 def _require_columns(path: Path, columns: Sequence[str] | set[str]) -> None:
+    if any(name in columns for name in CONVERSATION_FIELDS):
+        return
     missing = [name for name in REQUIRED_FIELDS if name not in columns]
     if missing:
-        raise PoolFileError(f"{path}: missing required column(s) {missing}; found {sorted(columns)}")
+        raise PoolFileError(f"{path}: missing required column(s) {missing} (or a conversation column, one of "
+                            f"{list(CONVERSATION_FIELDS)}); found {sorted(columns)}")
 
 
 def _check_text(record: dict, name: str, max_chars: int) -> tuple[str | None, str | None]:
@@ -259,40 +267,67 @@ def ingest_pools(
             if problem is not None:
                 result.quarantine_rows.append({**quarantine, "field": None, "reason": problem})
                 continue
-            values: dict[str, str] = {}
-            for name in TEXT_FIELDS:
-                value, field_problem = _check_text(record, name, max_chars)
-                if field_problem is not None:
-                    result.quarantine_rows.append({**quarantine, "field": name, "reason": f"{name}: {field_problem}"})
-                    break
-                values[name] = value
-            else:
-                if example_id in seen_ids:
-                    result.quarantine_rows.append(
-                        {**quarantine, "field": "id", "reason": f"id: {example_id!r} already used by an earlier row"}
-                    )
-                    continue
-                seen_ids.add(example_id)
-                key = (values["instruction"], values["input"])
-                duplicate_of = first_seen.setdefault(key, example_id)
-                source = record.get("source")
-                result.pool_rows.append(
-                    dict(
-                        example_id=example_id,
-                        pool=pool,
-                        source=source if isinstance(source, str) and source else pool,
-                        file=path.name,
-                        row_index=row_index,
-                        **values,
-                        content_hash=content_hash(values["instruction"], values["input"], values["output"]),
-                        status="kept" if duplicate_of == example_id else "duplicate",
-                        duplicate_of=None if duplicate_of == example_id else duplicate_of,
-                        shard=None,
-                    )
+            try:
+                values = _row_values(record, max_chars)
+            except (ConversationError, _FieldProblem) as problem:
+                result.quarantine_rows.append({**quarantine, "field": problem.field, "reason": str(problem)})
+                continue
+            if example_id in seen_ids:
+                result.quarantine_rows.append(
+                    {**quarantine, "field": "id", "reason": f"id: {example_id!r} already used by an earlier row"}
                 )
+                continue
+            seen_ids.add(example_id)
+            duplicate_of = first_seen.setdefault(values.pop("dedup_key"), example_id)
+            source = record.get("source")
+            result.pool_rows.append(
+                dict(
+                    example_id=example_id,
+                    pool=pool,
+                    source=source if isinstance(source, str) and source else pool,
+                    file=path.name,
+                    row_index=row_index,
+                    **values,
+                    status="kept" if duplicate_of == example_id else "duplicate",
+                    duplicate_of=None if duplicate_of == example_id else duplicate_of,
+                    shard=None,
+                )
+            )
         result.rows_read[path.name] = count
     _sample_and_shard(result.pool_rows, sample, shard_size)
     return result
+
+
+class _FieldProblem(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _row_values(record: dict, max_chars: int) -> dict:
+    """The pool columns a valid row contributes (text, conversation, hash, flag) and its duplicate key:
+    two rows with the same prompt (a triple's instruction and input, a conversation's turns before its
+    last answer) are duplicates. Raises naming the field that makes the row unusable."""
+    messages = flag = None
+    if conversation_field(record) is not None:
+        conversation = parse_conversation(record, max_chars)
+        values, flag = conversation.text_view(), conversation.flag
+        if conversation.is_single_exchange:
+            key = (values["instruction"], "")
+        else:
+            messages = conversation.to_json()
+            key = (Conversation(conversation.turns[:-1]).to_json(), "\x00conversation")
+    else:
+        values = {}
+        for name in TEXT_FIELDS:
+            value, problem = _check_text(record, name, max_chars)
+            if problem is not None:
+                raise _FieldProblem(name, problem)
+            values[name] = value
+        key = (values["instruction"], values["input"])
+    hashed = content_hash(values["instruction"], values["input"], values["output"], messages)
+    return dict(**values, content_hash=hashed, messages=messages,
+                ingest_flag=flag, dedup_key=key)
 
 
 def _example_id(record: dict | None, pool: str, row_index: int) -> str:

@@ -21,10 +21,12 @@ import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.lake import atomic_dir, read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.io.pool_view import PoolView
+from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
 from nait_pipeline.lib.methods.audit import subset_rows
+from nait_pipeline.lib.models.template import row_messages
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 # What the shared pools' sources state (../shared/data/README.md); other pools: set `[licenses]` in the
 # settings file, else the card says the license is unknown.
 KNOWN_LICENSES = {"alpaca_cleaned": "cc-by-nc-4.0", "code_alpaca_2k": "cc-by-nc-4.0",
@@ -130,6 +132,9 @@ def build_card(layout: LakeLayout, subset_version: str, licenses: dict[str, str]
         "pool": pa.array([r["pool"] for r in pools], pa.string()),
         "source": rows.column("source"), "instruction": rows.column("instruction"), "input": rows.column("input"),
         "output": rows.column("output"),
+        # Every row as chat turns (a triple as one exchange): a conversation keeps its turns.
+        "messages": pa.array([[{"role": t["role"], "content": t["content"]} for t in row_messages(r)]
+                              for r in rows.select(list(EXAMPLE_COLUMNS)).to_pylist()], MESSAGES_TYPE),
         "subset_version": pa.array([subset_version] * len(rows), pa.string())})
     return table, card_markdown(layout, subset_version, table, licenses)
 

@@ -73,7 +73,7 @@ class NonFiniteFeatureError(ValueError):
 
 
 def tokenize_rows(template: ChatTemplate, rows: Sequence[dict], max_length: int) -> list[TokenizedExample]:
-    return [template.tokenize(r["instruction"], r["input"], r["output"], max_length) for r in rows]
+    return [template.tokenize_row(r, max_length) for r in rows]
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -100,7 +100,7 @@ def featurize(
     ids: Sequence[str],
     progress: Callable[[int, int, int], None] | None = None,
 ) -> Features:
-    """Run ``model`` (a HF causal LM) once over ``rows`` (dicts with instruction/input/output)."""
+    """Run ``model`` (a HF causal LM) once over ``rows`` (pool rows: triples or conversations)."""
     import torch
 
     tokens = tokenize_rows(template, rows, spec.max_length)
@@ -118,7 +118,7 @@ def featurize(
         rds_embedding=np.zeros((n, stored), np.float32),
         response_loss=np.full(n, np.nan, np.float64),
         n_tokens=np.array([len(t.input_ids) for t in tokens], np.int32),
-        n_response_tokens=np.array([len(t.input_ids) - t.response_start for t in tokens], np.int32),
+        n_response_tokens=np.array([t.n_loss_tokens for t in tokens], np.int32),
         full_length=np.array([t.full_length for t in tokens], np.int32),
         truncated=np.array([t.truncated for t in tokens], bool),
         layers=reducer.layers, reduction=reducer.metadata(),
@@ -216,7 +216,8 @@ def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, capture
 
 
 def response_losses(model, final_hidden, input_ids, tokens: Sequence[TokenizedExample]) -> list[float]:
-    """Mean cross-entropy of each row's response tokens (NaN where none survived truncation).
+    """Mean cross-entropy of each row's response tokens (every assistant turn of a conversation; NaN where
+    none survived truncation).
 
     Position t predicts token t+1, and the LM head runs on response positions only: at a 49k
     vocabulary that is a quarter of a small model's FLOPs per token.
@@ -226,12 +227,13 @@ def response_losses(model, final_hidden, input_ids, tokens: Sequence[TokenizedEx
     lm_head = model.get_output_embeddings()
     losses = []
     for row, example in enumerate(tokens):
-        start, length = max(example.response_start, 1), len(example.input_ids)
-        if length - start <= 0:
+        targets = [p for start, end in example.spans() for p in range(max(start, 1), end)]
+        if not targets:
             losses.append(float("nan"))
             continue
-        logits = lm_head(final_hidden[row, start - 1 : length - 1]).float()
-        losses.append(float(torch.nn.functional.cross_entropy(logits, input_ids[row, start:length])))
+        positions = torch.tensor(targets, device=final_hidden.device)
+        logits = lm_head(final_hidden[row, positions - 1]).float()
+        losses.append(float(torch.nn.functional.cross_entropy(logits, input_ids[row, positions])))
     return losses
 
 

@@ -23,7 +23,7 @@ from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.io.lake import read_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.io.pool_view import PoolView, shard_input_version
+from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView, shard_input_version
 from nait_pipeline.lib.models.model_io import ModelInfo
 
 POOL_ASSET = FeatureAsset("pool_activations", SHARD)
@@ -66,7 +66,7 @@ def store_identity(model: ModelInfo, spec: FeaturizerSpec, input_version: str) -
 def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
     """A pool shard's kept rows, their ids and the input version every store of the shard records."""
     view = PoolView.open(layout)
-    rows = view.kept(["example_id", "instruction", "input", "output", "content_hash"], shard=shard).to_pylist()
+    rows = view.kept(["example_id", *EXAMPLE_COLUMNS, "content_hash"], shard=shard).to_pylist()
     if not rows:
         raise ValueError(f"shard {shard!r} has no rows in {view.path} (pool version {view.version}): "
                          "re-materialize it_pool")

@@ -124,8 +124,8 @@ def warmup(model_dir: Path, rows: Sequence[dict], config: WarmupConfig, run_dir:
 
     tokenizer = load_tokenizer(model_dir)
     template = ChatTemplate(tokenizer)
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], config.max_length) for r in rows]
-    examples = [e for e in examples if len(e.input_ids) > e.response_start]
+    examples = [template.tokenize_row(r, config.max_length) for r in rows]
+    examples = [e for e in examples if e.has_loss]
     if not examples:
         raise GradientInputError(f"no warmup row keeps a response token at max_length={config.max_length}")
     random.seed(config.seed)
@@ -300,7 +300,7 @@ def loop_gradients(model, examples: Sequence[TokenizedExample], pad_id: int, dev
     for example in examples:
         model.zero_grad(set_to_none=True)
         input_ids, mask, labels = (t.to(device) for t in collate([example], pad_id))
-        if len(example.input_ids) > example.response_start:
+        if example.has_loss:
             _per_example_loss(model, input_ids, mask, labels).backward()
             rows.append(torch.cat([p.grad.flatten() for _, p in named]))
         else:
@@ -313,12 +313,11 @@ def tokenize_keeping_response(template: ChatTemplate, row: dict, max_length: int
     """The row rendered as for training, cut to ``max_length`` tokens. Where the prompt alone would fill the
     window (a long few-shot or reading-comprehension prompt), the window is the last ``max_length`` tokens
     instead, so the response keeps its tokens and the row has a gradient; its ``truncated`` flag is set."""
-    full = template.tokenize(row["instruction"], row["input"], row["output"], 1 << 30)
-    if len(full.input_ids) <= max_length or full.response_start < max_length:
-        return template.tokenize(row["instruction"], row["input"], row["output"], max_length)
-    cut = len(full.input_ids) - max_length
-    return TokenizedExample(input_ids=full.input_ids[cut:], response_start=max(0, full.response_start - cut),
-                            truncated=True, full_length=len(full.input_ids))
+    fitted = template.tokenize_row(row, max_length)
+    if fitted.has_loss or not fitted.truncated:
+        return fitted
+    full = template.tokenize_row(row, 1 << 30)
+    return full.window(max(0, len(full.input_ids) - max_length))
 
 
 def count_parameters(model) -> int:

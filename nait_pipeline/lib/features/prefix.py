@@ -29,7 +29,9 @@ def common_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
 
 
 def prompt_tokens(template: ChatTemplate, rows: Sequence[dict], max_length: int) -> list[list[int]]:
-    return [template.tokenize(r["instruction"], r["input"], "", max_length).input_ids for r in rows]
+    """Each row's tokens before its first assistant token (a conversation's own system turn included)."""
+    tokenized = (template.tokenize_row(r, max_length) for r in rows)
+    return [t.input_ids[: t.response_start] for t in tokenized]
 
 
 def prefix_states(model, tokens: Sequence[int], hidden_states: str = "hf_output") -> tuple[np.ndarray, np.ndarray]:
@@ -57,11 +59,12 @@ def prefix_table(layout, model, template: ChatTemplate, record: ModelInfo, max_l
     import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.hashing import sha256_json
-    from nait_pipeline.lib.io.pool_view import PoolView
+    from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
 
-    rows = PoolView.open(layout).kept(["instruction", "input"]).to_pylist()
+    rows = PoolView.open(layout).kept(EXAMPLE_COLUMNS).to_pylist()
     for path in sorted(layout.target_selection("_").parent.glob("*.parquet")):
-        rows += [{"instruction": r["prompt"], "input": ""} for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
+        rows += [{"instruction": r["prompt"], "input": "", "output": ""}
+                 for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
     tokens = prompt_tokens(template, rows, max_length=max_length)
     length = common_prefix_length(tokens)
     sums, first = prefix_states(model, tokens[0][:length] if tokens else [])

@@ -181,11 +181,11 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
         raise TrajectoryInputError("example ids are not unique")
     tokenizer = load_tokenizer(model_dir)
     template = ChatTemplate(tokenizer)
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], config.max_length) for r in rows]
+    examples = [template.tokenize_row(r, config.max_length) for r in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     identity = store_identity(model_id, template.template_hash, ids, content_hashes, config)
     run = _RunDir(run_dir, identity)
-    trainable = [e for e in examples if len(e.input_ids) > e.response_start]
+    trainable = [e for e in examples if e.has_loss]
     if not trainable:
         raise TrajectoryInputError(f"every row lost its response to truncation at max_length={config.max_length}")
     epochs = range(config.epochs + 1)

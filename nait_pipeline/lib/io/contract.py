@@ -28,6 +28,10 @@ POOL_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("duplicate_of", pa.string()),
         ("shard", pa.string()),
+        # A conversation's turns (lib/data/conversation.py), canonical JSON; NULL for a triple or a single
+        # user/assistant exchange (stored as its triple). instruction/output then hold its text view.
+        ("messages", pa.string()),
+        ("ingest_flag", pa.string()),  # why ingest changed the row (turns dropped), else NULL
     ]
 )
 

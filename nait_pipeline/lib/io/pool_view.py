@@ -22,6 +22,10 @@ from nait_pipeline.lib.io.lake import read_metadata
 
 KEPT = ("status", "=", "kept")
 INDEX_COLUMNS = ("example_id", "content_hash", "shard", "source")
+# What a model stage renders a row from: a triple, or a conversation's turns (NULL for a triple).
+EXAMPLE_COLUMNS = ("instruction", "input", "output", "messages")
+# Columns added to the pool table since it was first written: read as NULL from older tables.
+LATER_COLUMNS = {"messages": pa.string(), "ingest_flag": pa.string()}
 
 
 class PoolMissingError(FileNotFoundError):
@@ -49,7 +53,18 @@ class PoolView:
     def kept(self, columns: Sequence[str], shard: str | None = None) -> pa.Table:
         """Columns of the kept rows (of one shard, if given), in table order."""
         filters = [KEPT] + ([("shard", "=", shard)] if shard is not None else [])
-        return pq.read_table(self.path, columns=list(columns), filters=filters)
+        return self._read(columns, filters)
+
+    def _read(self, columns: Sequence[str], filters: list) -> pa.Table:
+        absent = [c for c in columns if c in LATER_COLUMNS and c not in self.column_names]
+        table = pq.read_table(self.path, columns=[c for c in columns if c not in absent], filters=filters)
+        for name in absent:
+            table = table.add_column(list(columns).index(name), name, pa.nulls(len(table), LATER_COLUMNS[name]))
+        return table
+
+    @functools.cached_property
+    def column_names(self) -> list[str]:
+        return pq.read_schema(self.path).names
 
     @functools.cached_property
     def index(self) -> pa.Table:
@@ -109,7 +124,7 @@ class PoolView:
         found = self._by_id(ids, ["instruction"])
         return [found[i]["instruction"] or "" if i in found else "" for i in ids]
 
-    def rows(self, ids: Sequence[str], columns: Sequence[str] = ("instruction", "input", "output")) -> list[dict]:
+    def rows(self, ids: Sequence[str], columns: Sequence[str] = EXAMPLE_COLUMNS) -> list[dict]:
         """The given columns of each id, in the order of ``ids`` (read with an id filter)."""
         found = self._by_id(ids, columns)
         missing = [i for i in ids if i not in found]
@@ -122,7 +137,7 @@ class PoolView:
         """Kept rows of ``ids`` by id (read with an id filter, so a preview never loads the pool)."""
         if not ids:
             return {}
-        table = pq.read_table(self.path, columns=["example_id", *columns], filters=[KEPT, ("example_id", "in", list(ids))])
+        table = self._read(["example_id", *columns], [KEPT, ("example_id", "in", list(ids))])
         return {r["example_id"]: r for r in table.to_pylist()}
 
 

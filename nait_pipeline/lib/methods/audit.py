@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
-from nait_pipeline.lib.io.pool_view import PoolView
+from nait_pipeline.lib.data.conversation import example_record
+from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
 from nait_pipeline.lib.methods.base import pool_groups
 from nait_pipeline.lib.methods.dump import Dump
-from nait_pipeline.lib.models.template import user_message
+from nait_pipeline.lib.models.template import row_messages
 
 EXPORT_FORMATS = ("alpaca", "chat", "parquet")
 
@@ -46,10 +47,8 @@ def subset_rows(layout: LakeLayout, subset_version: str, allow_changed: bool = F
     subset = pq.read_table(path).sort_by("rank")
     if "content_hash" not in subset.column_names:  # written before content hashes were recorded
         subset = subset.append_column("content_hash", pa.nulls(len(subset), pa.string()))
-    pool = pq.read_table(layout.pool_examples, columns=["example_id", "instruction", "input", "output", "source",
-                                                       "content_hash", "status"], filters=[("status", "=", "kept")])
-    pool = pool.drop_columns(["status"]).rename_columns(
-        ["example_id", "instruction", "input", "output", "source", "pool_content_hash"])
+    pool = PoolView.open(layout).kept(["example_id", *EXAMPLE_COLUMNS, "source", "content_hash"])
+    pool = pool.rename_columns([*pool.column_names[:-1], "pool_content_hash"])
     joined = subset.join(pool, "example_id", join_type="left outer").sort_by("rank")
     rows = joined.select(["example_id", "instruction", "content_hash", "pool_content_hash"]).to_pylist()
     gone = [r["example_id"] for r in rows if r["instruction"] is None]
@@ -67,10 +66,14 @@ def subset_rows(layout: LakeLayout, subset_version: str, allow_changed: bool = F
 
 def export_subset(layout: LakeLayout, subset_version: str, fmt: str, destination: Path,
                   allow_changed: bool = False) -> int:
-    """Write the subset as Alpaca JSONL, chat-messages JSONL or Parquet; returns the row count."""
+    """Write the subset as Alpaca JSONL, chat-messages JSONL or Parquet; returns the row count.
+
+    ``chat`` writes every row as ``messages`` (a conversation's turns exactly as ingested); ``alpaca`` writes
+    the triple, and for a conversation its text view with its ``messages`` beside it, so ingesting an export
+    again gives the same rows."""
     rows = subset_rows(layout, subset_version, allow_changed)
     if fmt == "parquet":
-        write_parquet(rows.select(["rank", "example_id", "score", "source", "instruction", "input", "output"]),
+        write_parquet(rows.select(["rank", "example_id", "score", "source", *EXAMPLE_COLUMNS]),
                       destination, {"subset_version": subset_version})
         return len(rows)
     if fmt not in EXPORT_FORMATS:
@@ -79,11 +82,9 @@ def export_subset(layout: LakeLayout, subset_version: str, fmt: str, destination
         for row in rows.to_pylist():
             if fmt == "alpaca":
                 record = {"id": row["example_id"], "instruction": row["instruction"], "input": row["input"],
-                          "output": row["output"]}
+                          "output": row["output"], **example_record(row)}
             else:
-                record = {"id": row["example_id"], "messages": [
-                    {"role": "user", "content": user_message(row["instruction"], row["input"])},
-                    {"role": "assistant", "content": row["output"]}]}
+                record = {"id": row["example_id"], "messages": row_messages(row)}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(rows)
 

@@ -79,7 +79,8 @@ def collate(batch, pad_id: int):
         ids = torch.tensor(tokens.input_ids)
         input_ids[row, : len(ids)] = ids
         mask[row, : len(ids)] = 1
-        labels[row, tokens.response_start : len(ids)] = ids[tokens.response_start :]
+        for start, end in tokens.spans():
+            labels[row, start:end] = ids[start:end]
     return input_ids, mask, labels
 
 
@@ -143,7 +144,8 @@ def train_epochs(model, parameters, optimizer, scheduler, examples: Sequence, *,
 
 def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destination: Path,
               progress: Callable[[int, int, float], None] | None = None, device: str = "cpu") -> TrainResult:
-    """Train on ``rows`` (instruction/input/output dicts) and save the model at ``destination``."""
+    """Train on ``rows`` (pool rows: triples or conversations, loss on every assistant turn) and save the model
+    at ``destination``."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -157,8 +159,8 @@ def fine_tune(model_dir: Path, rows: Sequence[dict], config: TrainConfig, destin
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(model_dir)
     template = ChatTemplate(tokenizer)
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], config.max_length) for r in rows]
-    kept = [e for e in examples if len(e.input_ids) > e.response_start]
+    examples = [template.tokenize_row(r, config.max_length) for r in rows]
+    kept = [e for e in examples if e.has_loss]
     dropped = len(examples) - len(kept)  # truncation left no response token to learn from
     examples = kept
     if not examples:

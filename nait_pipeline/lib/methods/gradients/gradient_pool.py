@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nait_pipeline.lib.data.conversation import example_record
 from nait_pipeline.lib.features.gradient_store import (
     GRADIENTS,
     GradientPool,
@@ -75,8 +76,9 @@ def dump_gradient_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilit
     pool, _ = read_gradient_pool(layout)
     epochs = [c["epoch"] for c in json.loads(layout.warmup_record.read_text())["checkpoints"]]
     dump.json("pool_ids.json", pool.ids, "pool example ids; row i of every pool array and of train.jsonl")
-    dump.jsonl("train.jsonl", [{"id": r.pop("example_id"), **r} for r in PoolView.open(layout).rows(pool.ids)],
-               "the pool rows, pool_ids.json order")
+    rows = PoolView.open(layout).rows(pool.ids)
+    dump.jsonl("train.jsonl", [{"id": i, **example_record(r)} for i, r in zip(pool.ids, rows)],
+               "the pool rows (triples, or `messages` for conversations), pool_ids.json order")
     dump.array("pool_zero_gradient.npy", pool.zero_gradient, "[N] bool: rows without a response token (never picked)")
     for epoch, vectors in zip(epochs, pool.checkpoints):
         torch_file(dump, f"less/ckpt{epoch}/pool.pt", vectors, f"pool Adam gradient features at checkpoint {epoch}")

@@ -221,7 +221,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
     texts = []
     for row, n_tokens, truncated in zip(pool.rows(pool_ids), store.scalars["n_tokens"], store.scalars["truncated"]):
         example_id = row["example_id"]
-        prompt_text, response_text = template.render(row["instruction"], row["input"], row["output"])
+        prompt_text, response_text = template.render_row(row)
         texts.append({"example_id": example_id, "prompt_text": prompt_text, "response_text": response_text,
                       "n_tokens": int(n_tokens), "truncated": bool(truncated)})
     dump.jsonl("pool_texts.jsonl", texts, "pool examples as rendered for the model (before truncation to n_tokens)")
