@@ -17,6 +17,9 @@ from nait_pipeline.lib.models.template import ChatTemplate
 
 ROWS = [{"instruction": f"Add {i} and {i + 3}.", "input": "", "output": f"{i} plus {i + 3} is {2 * i + 3}." * (1 + i % 3)}
         for i in range(5)]
+# Loss on both answers of a two-exchange conversation (and on nothing else).
+CONVERSATION = {"messages": '[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."},'
+                            '{"role":"user","content":"2+2?"},{"role":"assistant","content":"4"}]'}
 LONG_PROMPT = {"instruction": " ".join(["Explain every step of long division in detail."] * 12), "input": "",
                "output": "Divide, multiply, subtract, bring down."}
 CONFIG = gr.WarmupConfig(epochs=2, min_rows=4, max_length=64, lora_r=4, lora_alpha=16, batch_size=2,
@@ -39,7 +42,8 @@ def adapted(model_dir, tmp_path_factory):
 
 def test_batched_per_example_gradients_equal_the_batch_1_loop(adapted):
     model, _, _, template, _, _ = adapted
-    examples = [template.tokenize(r["instruction"], r["input"], r["output"], 64) for r in [*ROWS, LONG_PROMPT]]
+    examples = [template.tokenize_row(r, 64) for r in [*ROWS, CONVERSATION, LONG_PROMPT]]
+    assert len(examples[-2].spans()) == 2 and not examples[-2].truncated
     pad = template.tokenizer.pad_token_id
     reference = gr.loop_gradients(model, examples, pad)
     batched = torch.zeros_like(reference)
