@@ -130,7 +130,8 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     for block in pool.blocks("layer_mean"):
         rows = slice(offset, offset + len(block))
         z = standardise(_clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows]))
-        projections[rows] = np.einsum("nld,fld->nfl", z, stacked)
+        # One batched matrix product per layer ([L, n, d] @ [L, d, F]): numpy's einsum would not use BLAS here.
+        projections[rows] = np.matmul(z.transpose(1, 0, 2), stacked.transpose(1, 2, 0)).transpose(1, 2, 0)
         offset += len(block)
     aucs = np.full(layers, np.nan)
     if params.layer_weights == "auc":
@@ -160,7 +161,8 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     for block in pool.blocks("layer_mean"):
         rows = slice(offset, offset + len(block))
         z = standardise(_clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows]))
-        similarity = np.einsum("nld,tld,l->nt", _unit(z), target_unit, weights.astype(np.float32))
+        weighted = _unit(z) * weights.astype(np.float32)[None, :, None]
+        similarity = weighted.reshape(len(z), -1) @ target_unit.reshape(len(target_unit), -1).T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :NEAREST]
         nearest_ids += [[target["ids"][t] for t in row] for row in top]
         nearest_sims += [np.take_along_axis(similarity, top, 1)[i].round(4).tolist() for i in range(len(top))]

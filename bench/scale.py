@@ -1,0 +1,245 @@
+"""A new capability scored and selected over pools of 100k to 1M rows, each stage beside a raw read.
+
+    nice .venv/bin/python bench/scale.py [--sizes 100000 300000 1000000] [--configs embedded wide_compact]
+                                          [--dir /tmp/nait_scale]
+
+Builds, per (store width, pool size), a lake in the pipeline's real format: the pool table (with texts for
+the SQL join), one forward store file per 2,048-row shard written by ``write_features`` (float16 per-layer
+token means, the float32 RDS+ embedding, the scalars), a 256-row in-domain set, the template prefix and the
+capability's directions fitted by the pipeline's own ``write_directions``. Widths: ``embedded`` is the
+embedded model's full width (30 x 576); ``wide_compact`` is what the compact default keeps of a 32-layer,
+4,096-wide model (every 4th layer at full width: 8 x 4,096). Pool rows hold no first-token state: the
+compact stores drop it and the scorers never read it, so the full-width store's read is the same (its disk
+twice this). Stored values repeat one seeded block per shard (shifted per shard): scoring costs do not
+depend on the values. Each lake is deleted after it is measured (1M rows at 8 x 4,096 is 80 GB: over this
+machine's disk, so that cell is skipped with the reason).
+
+Each stage runs in its own process (peak RSS is that process's high-water mark). A lake smaller than the
+page cache (24 GiB here) is read warm, as the build left it; a larger one (1M rows) from disk, as a real run
+would: the raw read beside each stage is read the same way, so the ratio compares like with like.
+
+- raw read: every shard file's bytes, in 64 MiB reads (the floor for any reader of the store);
+- NAIT, NAIT-C, RDS+: ``score_capability`` (the store read shard by shard, the scores written);
+- select: ``run_selection`` for NAIT (top 10 %), RDS+ round-robin over the 256 in-domain rows, RDS+ top-B;
+- SQL: the warehouse views built, then ``top_subset_examples`` (the subset joined with the pool's text).
+
+Prints a table (seconds, peak RSS, the ratio to the raw read, the growth exponent from the smallest to the
+largest size) and writes bench/results/scale.json. The gradient methods' policies at the same sizes are
+``bench/policies.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CONFIGS = {"embedded": (30, 576), "wide_compact": (8, 4096)}
+SHARD, TARGETS, CAPABILITY = 2048, 256, "math"
+STAGES = ("raw read", "nait", "nait_c", "rds", "select nait", "select rds_round_robin", "select rds_top_b", "sql top-k")
+
+
+def lake_bytes(rows: int, layers: int, width: int) -> int:
+    return rows * (layers * width * 2 + width * 4 + 64)
+
+
+def build(root: Path, rows: int, layers: int, width: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from nait_pipeline.lib.features.feature_store import write_features
+    from nait_pipeline.lib.features.featurize import Features
+    from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA, ensure_contract_tables
+    from nait_pipeline.lib.io.hashing import sha256_lines
+    from nait_pipeline.lib.io.lake import write_json, write_parquet
+    from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.io.pool_view import shard_input_version
+    from nait_pipeline.lib.methods.nait.nait_method import write_directions
+    from nait_pipeline.lib.models.model_io import ModelInfo
+
+    layout = LakeLayout(root / "lake")
+    rng = np.random.default_rng(0)
+    identity = {"model_id": "scale@0", "template_hash": "t", "featurizer": {"bench": "scale"}}
+    ids = [f"pool-{i:07d}" for i in range(rows)]
+    shards = [f"s{i // SHARD:05d}" for i in range(0, rows, SHARD)]
+    hashes = [f"h{i}" for i in range(rows)]
+    sources = np.array(["alpaca_cleaned", "flan_cot/gsm8k", "code_alpaca_2k"])[np.arange(rows) % 3]
+    shard_of = np.repeat(np.array(shards), SHARD)[:rows]
+    pool = pa.table({
+        "example_id": ids, "pool": ["bench"] * rows, "source": sources, "file": ["bench.parquet"] * rows,
+        "row_index": np.arange(rows), "instruction": [f"Question {i} on topic {i % 997}: explain it." for i in range(rows)],
+        "input": [""] * rows, "output": [" ".join(["answer"] * (5 + i % 60)) for i in range(rows)],
+        "content_hash": hashes, "status": ["kept"] * rows, "duplicate_of": pa.nulls(rows, pa.string()),
+        "shard": shard_of, "messages": pa.nulls(rows, pa.string()), "ingest_flag": pa.nulls(rows, pa.string())},
+        schema=POOL_SCHEMA)
+    pool_version = sha256_lines(f"{i}\t{h}\t{s}" for i, h, s in zip(ids, hashes, shard_of))[:16]
+    write_parquet(pool, layout.pool_examples, {"pool_version": pool_version})
+    write_parquet(QUARANTINE_SCHEMA.empty_table(), layout.pool_quarantine)
+    write_parquet(pa.table({"file": ["bench.parquet"], "rows_read": [rows], "sha256": ["s"]}), layout.pool_files)
+    write_parquet(CONTAMINATION_SCHEMA.empty_table(), layout.pool_contamination,
+                  {"contamination_version": "clean", "pool_version": pool_version})
+    base = rng.standard_normal((SHARD, layers, width), dtype=np.float32)
+    embedding = rng.standard_normal((SHARD, width), dtype=np.float32)
+    lengths = rng.integers(20, 400, SHARD).astype(np.int32)
+    for number, shard in enumerate(shards):
+        start = number * SHARD
+        n = min(SHARD, rows - start)
+        features = Features(layer_mean=base[:n] + np.float32(0.01 * number), first_token=None, last_token=None,
+                            rds_embedding=embedding[:n] + np.float32(0.01 * number),
+                            response_loss=np.full(n, 1.5), n_tokens=lengths[:n], n_response_tokens=lengths[:n] // 2,
+                            full_length=lengths[:n], truncated=np.zeros(n, bool), layers=list(range(1, layers + 1)))
+        write_features(layout.pool_activations(shard), ids[start:start + n], features,
+                       {**identity, "store_version": shard,
+                        "input_version": shard_input_version(ids[start:start + n], hashes[start:start + n])})
+    shift = rng.standard_normal((1, layers, width), dtype=np.float32)
+    target = Features(layer_mean=base[:TARGETS] + shift, first_token=base[:TARGETS] * 3, last_token=None,
+                      rds_embedding=embedding[:TARGETS] + shift[:, -1], response_loss=np.full(TARGETS, 1.0),
+                      n_tokens=lengths[:TARGETS], n_response_tokens=lengths[:TARGETS] // 2,
+                      full_length=lengths[:TARGETS], truncated=np.zeros(TARGETS, bool), layers=list(range(1, layers + 1)))
+    write_features(layout.target_activations(CAPABILITY), [f"{CAPABILITY}-{i}" for i in range(TARGETS)], target,
+                   {**identity, "store_version": f"target-{CAPABILITY}"})
+    first = rng.standard_normal((layers, width)).astype(np.float32)
+    write_parquet(pa.table({"layer": np.arange(1, layers + 1), "prefix_sum": list(first * 4),
+                            "first_state": list(first)}), layout.template_prefix,
+                  {"prefix_tokens": 4, "prefix_text": "<s>", "prefix_version": "p", "model_id": "scale@0",
+                   "template_hash": "t"})
+    write_directions(layout, CAPABILITY)
+    write_json(ModelInfo(model_id="scale@0", path="unused", architecture="synthetic", num_layers=layers,
+                         hidden_size=width, vocab_size=0, template_hash="t", has_chat_template=True).as_dict(),
+               layout.model_record)
+    ensure_contract_tables(layout.root)
+
+
+def stage(root: Path, what: str) -> dict:
+    """One stage, in this (child) process."""
+    from nait_pipeline.lib.io.layout import LakeLayout
+    from nait_pipeline.lib.io.pool_view import PoolView
+    from nait_pipeline.lib.methods import METHODS, scorers
+    from nait_pipeline.lib.methods.run import run_selection, score_capability
+    from nait_pipeline.lib.models.model_io import ModelInfo
+
+    layout = LakeLayout(root / "lake")
+    started = time.perf_counter()
+    result = None
+    if what == "raw read":
+        buffer = bytearray(64 * 2**20)
+        result = 0
+        for shard in PoolView.open(layout).shards:
+            with open(layout.pool_activations(shard), "rb", buffering=0) as handle:
+                while count := handle.readinto(buffer):
+                    result += count
+    elif what in ("nait", "nait_c", "rds"):
+        scorer = scorers()[what]
+        result = len(score_capability(layout, scorer, CAPABILITY, scorer.params()).table)
+    elif what.startswith("select "):
+        method = METHODS[what.split()[1]]
+        records = run_selection(layout, method, method.params(), [CAPABILITY], ModelInfo.read(layout))
+        result = {r["capability"]: r["size"] for r in records} if records and "size" in records[0] else len(records)
+    elif what == "sql top-k":
+        from nait_pipeline.lib.io import sql
+
+        db = root / "warehouse.duckdb"
+        sql.build_warehouse(db, layout.root)
+        built = time.perf_counter() - started
+        rows = sql.run_query(db, "top_subset_examples", {"method": "nait", "capability": CAPABILITY, "k": 100})
+        result = {"rows": rows.num_rows, "warehouse_seconds": round(built, 2)}
+    else:
+        raise ValueError(what)
+    return {"stage": what, "seconds": round(time.perf_counter() - started, 2), "result": result,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> int:
+    """This process's high-water resident set. Not getrusage: a child started by fork and exec reports the
+    parent's size at the fork there (the parent built the lake), where VmHWM is this program's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def growth(small: dict, large: dict) -> float | None:
+    """The exponent b of seconds ~ N^b between two sizes (1: linear)."""
+    if not small or not large or small["seconds"] <= 0:
+        return None
+    return round(math.log(large["seconds"] / small["seconds"]) / math.log(large["rows"] / small["rows"]), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--dir", default="/tmp/nait_scale")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(stage(Path(args.child[0]), args.child[1])))
+        return
+    RESULTS.mkdir(exist_ok=True)
+    out_path = RESULTS / "scale.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else []
+    for config in args.configs:
+        layers, width = CONFIGS[config]
+        for rows in args.sizes:
+            root = Path(args.dir) / f"{config}-{rows}"
+            need = lake_bytes(rows, layers, width)
+            free = shutil.disk_usage(Path(args.dir).parent if not Path(args.dir).exists() else args.dir).free
+            if need > 0.8 * free:
+                print(f"{config} {rows:,}: skipped, the lake needs {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
+                results.append({"config": config, "rows": rows, "skipped": f"needs {need / 2**30:.0f} GiB of disk, "
+                                f"{free / 2**30:.0f} GiB free"})
+                continue
+            shutil.rmtree(root, ignore_errors=True)
+            started = time.perf_counter()
+            build(root, rows, layers, width)
+            print(f"{config} {rows:,}: lake built in {time.perf_counter() - started:.0f} s "
+                  f"({sum(p.stat().st_size for p in (root / 'lake').rglob('*.parquet')) / 2**30:.1f} GiB)", flush=True)
+            for what in args.stages:
+                done = subprocess.run([sys.executable, __file__, "--child", str(root), what], capture_output=True,
+                                      text=True)
+                if done.returncode:
+                    record = {"stage": what, "error": done.stderr.strip().splitlines()[-1]}
+                else:
+                    record = json.loads(done.stdout.strip().splitlines()[-1])
+                record.update(config=config, rows=rows, layers=layers, width=width)
+                results = [r for r in results if (r.get("config"), r.get("rows"), r.get("stage")) !=
+                           (config, rows, what)] + [record]
+                print(f"  {what}: {record.get('seconds', '-')} s, peak {record.get('peak_rss_mb', '-')} MB"
+                      + (f" ERROR {record['error']}" if "error" in record else ""), flush=True)
+                out_path.write_text(json.dumps(results, indent=2))
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    done = [r for r in results if "seconds" in r]
+    for config in dict.fromkeys(r["config"] for r in done):
+        sizes = sorted({r["rows"] for r in done if r["config"] == config})
+        print(f"\n{config}: seconds (peak RSS MB, x raw read)")
+        print("| stage | " + " | ".join(f"{n:,}" for n in sizes) + " | growth |")
+        print("|---|" + "---|" * (len(sizes) + 1))
+        for what in STAGES:
+            cells, by_size = [], {}
+            for n in sizes:
+                record = next((r for r in done if (r["config"], r["rows"], r["stage"]) == (config, n, what)), None)
+                raw = next((r for r in done if (r["config"], r["rows"], r["stage"]) == (config, n, "raw read")), None)
+                by_size[n] = record
+                if record is None:
+                    cells.append("-")
+                    continue
+                ratio = f", {record['seconds'] / raw['seconds']:.2f}x" if raw and what != "raw read" else ""
+                cells.append(f"{record['seconds']:.1f} ({record['peak_rss_mb']:,}{ratio})")
+            exponent = growth(by_size[sizes[0]], by_size[sizes[-1]]) if len(sizes) > 1 else None
+            print(f"| {what} | " + " | ".join(cells) + f" | {exponent if exponent is not None else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
