@@ -65,6 +65,26 @@ def test_pool_moments_match_numpy_and_flag_length_tracking_dims():
     assert (z[:, 1, 2] == 0).all()
 
 
+@pytest.mark.parametrize("clean", [True, False])
+def test_projections_folded_into_the_stored_means_equal_cleaning_then_standardising(clean):
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(8, 120, 64)
+    means = rng.normal(size=(64, 3, 5)).astype(np.float16)
+    prefix = nc.PrefixStates(4, rng.normal(size=(3, 5)) * 4, rng.normal(size=(3, 5)))
+    cleaned = nc.clean_means(means, lengths, prefix) if clean else means.astype(np.float32)
+    moments = nc.PoolMoments(3, 5)
+    moments.add(cleaned, lengths)
+    massive = np.zeros((3, 5), bool)
+    massive[1, 2] = True  # a dropped dimension contributes nothing either way
+    standardise = nc.standardiser(moments, massive)
+    directions = rng.normal(size=(2, 3, 5))
+    explicit = np.einsum("nld,fld->nfl", standardise(cleaned).astype(np.float64), directions)
+    folded = nc.folded_projections(means, lengths, prefix if clean else None, standardise, directions)
+    np.testing.assert_allclose(folded, explicit, rtol=1e-4, atol=1e-4)
+    in_place = nc.standardised_means(means, lengths, prefix if clean else None, standardise)
+    np.testing.assert_allclose(in_place, standardise(cleaned), rtol=1e-4, atol=1e-4)
+
+
 def test_contrastive_direction_has_its_sign_by_construction():
     # In-domain rows: mean +e1, spread mostly along e2 (the within-set axis PCA would pick).
     z = np.array([[[1.0, 5.0]], [[1.0, -5.0]], [[1.2, 4.0]], [[0.8, -4.0]]], np.float32)

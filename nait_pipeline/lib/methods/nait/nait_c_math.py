@@ -52,8 +52,8 @@ class PrefixStates:
 
 
 def clean_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStates,
-                ids: Sequence[str] = ()) -> np.ndarray:
-    """Content-only token means ``(K·m - S) / (K - P)``, [n, L, d] float32."""
+                ids: Sequence[str] = (), dtype=np.float32) -> np.ndarray:
+    """Content-only token means ``(K·m - S) / (K - P)``, [n, L, d] (float32 unless ``dtype`` says)."""
     k = np.asarray(n_tokens, np.float64)
     content = k - prefix.length
     if (content <= 0).any():
@@ -65,7 +65,7 @@ def clean_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStat
     m *= k[:, None, None]
     m -= prefix.sums[None].astype(np.float64)
     m /= content[:, None, None]
-    return m.astype(np.float32)
+    return m.astype(dtype, copy=False)
 
 
 class PoolMoments:
@@ -81,12 +81,13 @@ class PoolMoments:
         self.sumsq_inv = 0.0
 
     def add(self, clean: np.ndarray, n_tokens: np.ndarray) -> None:
-        x = clean.astype(np.float64)
+        x = clean.astype(np.float64, copy=False).reshape(len(clean), -1)
         inv = 1.0 / np.asarray(n_tokens, np.float64)
+        shape = self.sum.shape
         self.n += len(x)
-        self.sum += x.sum(0)
-        self.sumsq += np.einsum("nld,nld->ld", x, x)
-        self.sum_x_inv += np.einsum("nld,n->ld", x, inv)
+        self.sum += x.sum(0).reshape(shape)
+        self.sumsq += np.square(x).sum(0).reshape(shape)
+        self.sum_x_inv += (inv @ x).reshape(shape)
         self.sum_inv += inv.sum()
         self.sumsq_inv += (inv * inv).sum()
 
@@ -119,19 +120,60 @@ class Standardiser:
     keep: np.ndarray  # [L, d] bool
 
     def __call__(self, clean: np.ndarray) -> np.ndarray:
-        # float32 with the mask folded into the scale (0 for a dropped dimension): two passes over a shard,
-        # where float64 temporaries and a separate mask took five.
-        z = np.subtract(clean, self._shift, dtype=np.float32)
-        z *= self._scale
+        # float32 with the mask folded into the scale: two passes over a shard, where float64 temporaries
+        # and a separate mask took five.
+        z = np.subtract(clean, self.mean.astype(np.float32)[None], dtype=np.float32)
+        z *= self.scale.astype(np.float32)[None]
         return z
 
     @property
-    def _shift(self) -> np.ndarray:
-        return self.mean.astype(np.float32)[None]
+    def scale(self) -> np.ndarray:
+        """[L, d]: 1 / SD on the kept dimensions, 0 on the dropped ones."""
+        return np.where(self.keep, 1.0 / np.where(self.keep, self.sd, 1.0), 0.0)
 
-    @property
-    def _scale(self) -> np.ndarray:
-        return np.where(self.keep, 1.0 / np.where(self.keep, self.sd, 1.0), 0.0).astype(np.float32)[None]
+
+def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStates | None,
+                       standardise: Standardiser, directions: np.ndarray) -> np.ndarray:
+    """``standardise(clean_means(...))`` projected on ``directions`` ([F, L, d]), [n, F, L] float32, without
+    forming the cleaned or standardised features: both are affine in the stored means per row,
+    ``z = (a·m + b·S - mean) ⊙ s`` with ``a = K / (K - P)``, ``b = -1 / (K - P)`` and ``s`` the kept dimensions'
+    1 / SD, so ``z · v = a (m · (s ⊙ v)) + b (S · (s ⊙ v)) - mean · (s ⊙ v)``: one batched product on the stored
+    means. ``prefix`` None: no cleaning (a = 1, b = 0). Dropped dimensions have s = 0, so the massive ones add
+    nothing."""
+    from nait_pipeline.lib.features.feature_store import to_float32
+
+    weights = directions.astype(np.float64) * standardise.scale[None]  # [F, L, d]
+    offset = -(weights * standardise.mean[None]).sum(-1)  # [F, L]
+    if prefix is None:
+        a, b, prefix_term = np.ones(len(layer_mean)), np.zeros(len(layer_mean)), np.zeros_like(offset)
+    else:
+        k = np.asarray(n_tokens, np.float64)
+        a, b = k / (k - prefix.length), -1.0 / (k - prefix.length)
+        prefix_term = (weights * prefix.sums[None].astype(np.float64)).sum(-1)  # [F, L]
+    m = to_float32(layer_mean)
+    raw = np.matmul(m.transpose(1, 0, 2), weights.astype(np.float32).transpose(1, 2, 0)).transpose(1, 2, 0)
+    out = raw * a[:, None, None].astype(np.float32)
+    out += (b[:, None, None] * prefix_term[None] + offset[None]).astype(np.float32)
+    return out
+
+
+def standardised_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStates | None,
+                       standardise: Standardiser) -> np.ndarray:
+    """``standardise(clean_means(...))`` in float32, in place on one copy of the stored means (a shard at a
+    time: float64 temporaries made this NAIT-C's slowest step). The float32 error of the prefix removal is
+    largest in the massive dimensions, which the standardiser drops."""
+    from nait_pipeline.lib.features.feature_store import to_float32
+
+    z = to_float32(layer_mean)
+    if z is layer_mean or not z.flags.writeable:
+        z = z.copy()
+    if prefix is not None:
+        k = np.asarray(n_tokens, np.float64)
+        z *= (k / (k - prefix.length)).astype(np.float32)[:, None, None]
+        z += (-1.0 / (k - prefix.length)).astype(np.float32)[:, None, None] * prefix.sums.astype(np.float32)[None]
+    z -= standardise.mean.astype(np.float32)[None]
+    z *= standardise.scale.astype(np.float32)[None]
+    return z
 
 
 def standardiser(moments: PoolMoments, massive: np.ndarray, corr_max: float = LENGTH_CORR_MAX) -> Standardiser:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import read_features
+from nait_pipeline.lib.features.feature_store import read_features, to_float32
 from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
 from nait_pipeline.lib.features.reduction import Reducer
 from nait_pipeline.lib.io.hashing import sha256_json
@@ -111,7 +111,8 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     sample, offset = [], 0
     for block in pool.blocks("layer_mean"):
         rows = slice(offset, offset + len(block))
-        cleaned = _clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows])
+        cleaned = nc.clean_means(block, n_tokens[rows], prefix, pool.ids[rows], np.float64) if params.clean \
+            else to_float32(block)
         moments.add(cleaned, n_tokens[rows])
         sample += [cleaned[i - offset] for i in range(rows.start, rows.stop) if i in sample_rows]
         offset += len(block)
@@ -129,9 +130,8 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     offset = 0
     for block in pool.blocks("layer_mean"):
         rows = slice(offset, offset + len(block))
-        z = standardise(_clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows]))
-        # One batched matrix product per layer ([L, n, d] @ [L, d, F]): numpy's einsum would not use BLAS here.
-        projections[rows] = np.matmul(z.transpose(1, 0, 2), stacked.transpose(1, 2, 0)).transpose(1, 2, 0)
+        projections[rows] = nc.folded_projections(block, n_tokens[rows], prefix if params.clean else None,
+                                                  standardise, stacked)
         offset += len(block)
     aucs = np.full(layers, np.nan)
     if params.layer_weights == "auc":
@@ -160,8 +160,10 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     nearest_ids, nearest_sims, offset = [], [], 0
     for block in pool.blocks("layer_mean"):
         rows = slice(offset, offset + len(block))
-        z = standardise(_clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows]))
-        weighted = _unit(z) * weights.astype(np.float32)[None, :, None]
+        z = nc.standardised_means(block, n_tokens[rows], prefix if params.clean else None, standardise)
+        norms = np.linalg.norm(z, axis=-1)
+        z *= (weights[None] / np.where(norms > 0, norms, 1.0)).astype(np.float32)[:, :, None]
+        weighted = z
         similarity = weighted.reshape(len(z), -1) @ target_unit.reshape(len(target_unit), -1).T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :NEAREST]
         nearest_ids += [[target["ids"][t] for t in row] for row in top]
