@@ -1,6 +1,7 @@
 """Pool ingestion: read pool files, validate rows, quarantine bad ones, flag duplicates, shard.
 
-Every row read ends in exactly one place: ``kept``, ``duplicate`` or ``sampled_out`` in the pool
+A row is an instruction triple or a conversation (:mod:`nait_pipeline.lib.data.conversation` validates
+it and gives the text view stored beside its turns). Every row read ends in exactly one place: ``kept``, ``duplicate`` or ``sampled_out`` in the pool
 table, or the quarantine table with a reason. File-level problems (unreadable file, missing
 required columns) raise :class:`PoolFileError` naming the file, before anything is written.
 """
