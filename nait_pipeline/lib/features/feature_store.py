@@ -172,12 +172,23 @@ class PoolStore:
         self.shard_sizes = [len(t) for t in tables]
 
     def blocks(self, name: str) -> Iterator[np.ndarray]:
-        """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]."""
-        for path, size in zip(self.paths, self.shard_sizes):
-            # Memory-mapped: the uncompressed binary column is used where it lies, not copied (2x faster).
-            table = pq.read_table(path, columns=[name], memory_map=True)
+        """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]. A reader
+        thread loads the next shard while the caller computes on this one, so a store read from disk costs the
+        larger of reading and computing, not their sum."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def load(number: int) -> np.ndarray:
+            path = self.paths[number]
+            table = pq.read_table(path, columns=[name])  # read into memory here, in the reader thread
             values = _column_values(table, name, read_metadata(path).get("vector_dtypes") or {})
-            yield values.reshape(_shape(name, size, self.metadata))
+            return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="store-reader") as reader:
+            pending = reader.submit(load, 0) if self.paths else None
+            for number in range(len(self.paths)):
+                block = pending.result()
+                pending = reader.submit(load, number + 1) if number + 1 < len(self.paths) else None
+                yield block
 
     def vector(self, name: str) -> np.ndarray:
         """All rows of ``name`` as float32 (for small vectors such as ``rds_embedding``)."""
