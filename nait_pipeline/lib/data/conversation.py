@@ -29,12 +29,16 @@ CONVERSATION_FIELDS = ("messages", "conversations")
 TURN_SEPARATOR = "\n\n"
 
 
-class ConversationError(ValueError):
-    """A conversation row that cannot be used; ``field`` names where (``messages[3].role``)."""
+class RowFieldError(ValueError):
+    """A pool row that cannot be used; ``field`` names where (``output``, ``messages[3].role``)."""
 
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class ConversationError(RowFieldError):
+    """A conversation row that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Pool ingestion: read pool files, validate rows, quarantine bad ones, flag duplicates, shard.
 
 A row is an instruction triple or a conversation (:mod:`nait_pipeline.lib.data.conversation` validates
-it and gives the text view stored beside its turns). Every row read ends in exactly one place: ``kept``, ``duplicate`` or ``sampled_out`` in the pool
-table, or the quarantine table with a reason. File-level problems (unreadable file, missing
+it and gives the text view stored beside its turns). Every row read ends in exactly one place:
+``kept``, ``duplicate`` or ``sampled_out`` in the pool table, or the quarantine table with a reason. File-level problems (unreadable file, missing
 required columns) raise :class:`PoolFileError` naming the file, before anything is written.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.data.conversation import CONVERSATION_FIELDS, Conversation, ConversationError, \
-    conversation_field, parse_conversation
+from nait_pipeline.lib.data.conversation import CONVERSATION_FIELDS, RowFieldError, conversation_field, \
+    messages_json, parse_conversation
 from nait_pipeline.lib.io.contract import POOL_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines, sha256_text
 
@@ -270,7 +270,7 @@ def ingest_pools(
                 continue
             try:
                 values = _row_values(record, max_chars)
-            except (ConversationError, _FieldProblem) as problem:
+            except RowFieldError as problem:
                 result.quarantine_rows.append({**quarantine, "field": problem.field, "reason": str(problem)})
                 continue
             if example_id in seen_ids:
@@ -299,12 +299,6 @@ def ingest_pools(
     return result
 
 
-class _FieldProblem(ValueError):
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-
-
 def _row_values(record: dict, max_chars: int) -> dict:
     """The pool columns a valid row contributes (text, conversation, hash, flag) and its duplicate key:
     two rows with the same prompt (a triple's instruction and input, a conversation's turns before its
@@ -317,13 +311,13 @@ def _row_values(record: dict, max_chars: int) -> dict:
             key = (values["instruction"], "")
         else:
             messages = conversation.to_json()
-            key = (Conversation(conversation.turns[:-1]).to_json(), "\x00conversation")
+            key = (messages_json(conversation.turns[:-1]), "\x00conversation")
     else:
         values = {}
         for name in TEXT_FIELDS:
             value, problem = _check_text(record, name, max_chars)
             if problem is not None:
-                raise _FieldProblem(name, problem)
+                raise RowFieldError(name, problem)
             values[name] = value
         key = (values["instruction"], values["input"])
     hashed = content_hash(values["instruction"], values["input"], values["output"], messages)

@@ -195,6 +195,14 @@ class PoolStore:
         return np.concatenate([to_float32(block) for block in self.blocks(name)])
 
 
+def row_blocks(store, name: str) -> Iterator[tuple[slice, np.ndarray]]:
+    """A store's ``blocks(name)``, each with the rows of the pool (its ``ids``, ``scalars``) it holds."""
+    offset = 0
+    for block in store.blocks(name):
+        yield slice(offset, offset + len(block)), block
+        offset += len(block)
+
+
 def migrate_store_file(path: Path) -> bool:
     """Rewrite a store written with list-typed per-layer vectors in the binary layout (atomically;
     same values, same metadata). Returns False when the file already has the current layout."""

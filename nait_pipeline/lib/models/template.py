@@ -152,16 +152,14 @@ class ChatTemplate:
                   for text, loss in self.segments(messages)]
         if not self.uses_chat_template and self.tokenizer.bos_token_id is not None:
             pieces[0] = ([self.tokenizer.bos_token_id] + pieces[0][0], False)
-        ids, spans, turn_ends = [], [], []
+        ids, spans = [], []
         for tokens, loss in pieces:
             if loss:
                 spans.append((len(ids), len(ids) + len(tokens)))
             ids += tokens
-            if loss:
-                turn_ends.append(len(ids))
         full_length = len(ids)
-        # Keep whole exchanges while they fit; else the first exchange, cut at max_length.
-        fitting = [end for end in turn_ends if end <= max_length]
+        # Keep whole exchanges (each ends with its answer) while they fit; else the first, cut at max_length.
+        fitting = [end for _, end in spans if end <= max_length]
         end = fitting[-1] if fitting else min(full_length, max_length)
         kept = tuple((s, min(e, end)) for s, e in spans if s < end)
         return TokenizedExample(

@@ -132,6 +132,15 @@ class Standardiser:
         return np.where(self.keep, 1.0 / np.where(self.keep, self.sd, 1.0), 0.0)
 
 
+def _prefix_coefficients(n_tokens: np.ndarray, prefix: PrefixStates | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row ``a = K / (K - P)`` and ``b = -1 / (K - P)``: the cleaned mean is ``a·m + b·S`` (a = 1, b = 0
+    without a prefix to remove)."""
+    if prefix is None:
+        return np.ones(n), np.zeros(n)
+    k = np.asarray(n_tokens, np.float64)
+    return k / (k - prefix.length), -1.0 / (k - prefix.length)
+
+
 def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStates | None,
                        standardise: Standardiser, directions: np.ndarray) -> np.ndarray:
     """``standardise(clean_means(...))`` projected on ``directions`` ([F, L, d]), [n, F, L] float32, without
@@ -144,12 +153,8 @@ def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: Pre
 
     weights = directions.astype(np.float64) * standardise.scale[None]  # [F, L, d]
     offset = -(weights * standardise.mean[None]).sum(-1)  # [F, L]
-    if prefix is None:
-        a, b, prefix_term = np.ones(len(layer_mean)), np.zeros(len(layer_mean)), np.zeros_like(offset)
-    else:
-        k = np.asarray(n_tokens, np.float64)
-        a, b = k / (k - prefix.length), -1.0 / (k - prefix.length)
-        prefix_term = (weights * prefix.sums[None].astype(np.float64)).sum(-1)  # [F, L]
+    a, b = _prefix_coefficients(n_tokens, prefix, len(layer_mean))
+    prefix_term = np.zeros_like(offset) if prefix is None else (weights * prefix.sums[None]).sum(-1)  # [F, L]
     m = to_float32(layer_mean)
     raw = np.matmul(m.transpose(1, 0, 2), weights.astype(np.float32).transpose(1, 2, 0)).transpose(1, 2, 0)
     out = raw * a[:, None, None].astype(np.float32)
@@ -168,9 +173,9 @@ def standardised_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: Pre
     if z is layer_mean or not z.flags.writeable:
         z = z.copy()
     if prefix is not None:
-        k = np.asarray(n_tokens, np.float64)
-        z *= (k / (k - prefix.length)).astype(np.float32)[:, None, None]
-        z += (-1.0 / (k - prefix.length)).astype(np.float32)[:, None, None] * prefix.sums.astype(np.float32)[None]
+        a, b = _prefix_coefficients(n_tokens, prefix, len(layer_mean))
+        z *= a.astype(np.float32)[:, None, None]
+        z += b.astype(np.float32)[:, None, None] * prefix.sums.astype(np.float32)[None]
     z -= standardise.mean.astype(np.float32)[None]
     z *= standardise.scale.astype(np.float32)[None]
     return z

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.features.feature_store import read_features, to_float32
+from nait_pipeline.lib.features.feature_store import read_features, row_blocks, to_float32
 from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
 from nait_pipeline.lib.features.reduction import Reducer
 from nait_pipeline.lib.io.hashing import sha256_json
@@ -96,8 +96,9 @@ def reduced_prefix(prefix: nc.PrefixStates, reduction: dict | None) -> nc.Prefix
                            first=reducer.vectors(prefix.first[None])[0])
 
 
-def _clean(block: np.ndarray, n_tokens: np.ndarray, prefix: nc.PrefixStates, clean: bool, ids=()) -> np.ndarray:
-    return nc.clean_means(block, n_tokens, prefix, ids) if clean else block.astype(np.float32)
+def _clean(block: np.ndarray, n_tokens: np.ndarray, prefix: nc.PrefixStates, clean: bool, ids=(),
+           dtype=np.float32) -> np.ndarray:
+    return nc.clean_means(block, n_tokens, prefix, ids, dtype) if clean else to_float32(block).astype(dtype)
 
 
 def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
@@ -108,14 +109,11 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     moments = nc.PoolMoments(layers, width)
     sample_rows = set(selection.seeded_random(pool.ids, min(LDA_SAMPLE, len(pool.ids)), 0)) \
         if params.direction == "lda" else set()
-    sample, offset = [], 0
-    for block in pool.blocks("layer_mean"):
-        rows = slice(offset, offset + len(block))
-        cleaned = nc.clean_means(block, n_tokens[rows], prefix, pool.ids[rows], np.float64) if params.clean \
-            else to_float32(block)
+    sample = []
+    for rows, block in row_blocks(pool, "layer_mean"):
+        cleaned = _clean(block, n_tokens[rows], prefix, params.clean, pool.ids[rows], np.float64)
         moments.add(cleaned, n_tokens[rows])
-        sample += [cleaned[i - offset] for i in range(rows.start, rows.stop) if i in sample_rows]
-        offset += len(block)
+        sample += [cleaned[i - rows.start] for i in range(rows.start, rows.stop) if i in sample_rows]
     massive = nc.massive_dims(prefix.first, moments.typical_magnitude) if params.clean \
         else np.zeros((layers, width), bool)
     standardise = nc.standardiser(moments, massive, nc.LENGTH_CORR_MAX if params.clean else np.inf)
@@ -127,12 +125,9 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     stacked = np.stack(fitted)  # [1 + F, L, d]
     # Pass 2: every pool row projected on the full and the per-fold directions.
     projections = np.zeros((len(pool.ids), 1 + params.folds, layers), np.float32)
-    offset = 0
-    for block in pool.blocks("layer_mean"):
-        rows = slice(offset, offset + len(block))
+    for rows, block in row_blocks(pool, "layer_mean"):
         projections[rows] = nc.folded_projections(block, n_tokens[rows], prefix if params.clean else None,
                                                   standardise, stacked)
-        offset += len(block)
     aucs = np.full(layers, np.nan)
     if params.layer_weights == "auc":
         per_fold = []
@@ -157,18 +152,15 @@ def _score(pool, target: dict, params: NaitCScoreParams) -> Scored:
     # Pass 3: each pool row's nearest in-domain rows (layer-weighted cosine of the z-features), to explain it.
     weights = alpha / alpha.sum() if alpha.sum() > 0 else np.full(layers, 1.0 / layers)
     target_unit = _unit(z_target)
-    nearest_ids, nearest_sims, offset = [], [], 0
-    for block in pool.blocks("layer_mean"):
-        rows = slice(offset, offset + len(block))
+    nearest_ids, nearest_sims = [], []
+    for rows, block in row_blocks(pool, "layer_mean"):
         z = nc.standardised_means(block, n_tokens[rows], prefix if params.clean else None, standardise)
         norms = np.linalg.norm(z, axis=-1)
-        z *= (weights[None] / np.where(norms > 0, norms, 1.0)).astype(np.float32)[:, :, None]
-        weighted = z
-        similarity = weighted.reshape(len(z), -1) @ target_unit.reshape(len(target_unit), -1).T
+        z *= (weights[None] / np.where(norms > 0, norms, 1.0)).astype(np.float32)[:, :, None]  # unit, weighted
+        similarity = z.reshape(len(z), -1) @ target_unit.reshape(len(target_unit), -1).T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :NEAREST]
         nearest_ids += [[target["ids"][t] for t in row] for row in top]
         nearest_sims += [np.take_along_axis(similarity, top, 1)[i].round(4).tolist() for i in range(len(top))]
-        offset += len(block)
     return Scored(
         scores=scores,
         columns={"layer_contributions": contributions.astype(np.float32), "n_tokens": n_tokens,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nait_pipeline.lib.features.feature_store import read_features, to_float32
+from nait_pipeline.lib.features.feature_store import read_features, row_blocks, to_float32
 from nait_pipeline.lib.features.forward import FORWARD, require_store_columns
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.base import (
@@ -62,11 +62,8 @@ def _score(pool, target, params: RdsScoreParams) -> Scored:
     queries, query_ids = target
     # Shard by shard: only the [N, m] cosines are kept for the whole pool, never its [N, d] embeddings.
     matrix = np.empty((len(pool.ids), len(query_ids)), np.float64)
-    offset = 0
-    for block in pool.blocks("rds_embedding"):
-        rows = slice(offset, offset + len(block))
+    for rows, block in row_blocks(pool, "rds_embedding"):
         matrix[rows] = unit_rows(to_float32(block), "pool", pool.ids[rows]) @ queries.T
-        offset += len(block)
     return Scored(scores=matrix.max(axis=1), matrix=matrix, matrix_ids=list(query_ids),
                   notes={"queries": len(query_ids)})
 
