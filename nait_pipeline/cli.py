@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from nait_pipeline.lib.io.settings import PROJECT_ROOT, Settings
+from nait_pipeline.lib.io.lake import read_table
 
 
 def capabilities(settings: Settings) -> list[str]:
@@ -135,11 +136,10 @@ def run_plan(steps, settings: Settings, run_config: dict | None = None) -> None:
     """Run planned steps; a partitioned step's keys are read when it starts (the shards exist once the
     pool is ingested, the capabilities once the targets folder is read)."""
     from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD
-    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.io.pool_view import PoolView
 
     for step in steps:
-        keys = (PoolView.open(LakeLayout(settings.lake_dir)).shards if step.partitioning == SHARD
+        keys = (PoolView.open(settings.layout).shards if step.partitioning == SHARD
                 else capabilities(settings) if step.partitioning == CAPABILITY else None)
         run_steps([(list(step.assets), keys)], run_config)
 
@@ -150,18 +150,16 @@ def subsets_asset(method) -> str:
 
 def print_current_subsets(settings: Settings, methods) -> None:
     """One line per method: the subsets its last selection wrote, with their sizes."""
-    import pyarrow.parquet as pq
 
-    from nait_pipeline.lib.io.layout import LakeLayout
 
-    layout = LakeLayout(settings.lake_dir)
+    layout = settings.layout
     for method in methods:
         path = layout.current_subsets(method.name)
         if not path.exists():
             continue
         slots = []
-        for row in pq.read_table(path).to_pylist():
-            selected = pq.read_table(layout.lineage(row["subset_version"]), columns=["n_selected"]).column(0)[0]
+        for row in read_table(path).to_pylist():
+            selected = read_table(layout.lineage(row["subset_version"]), columns=["n_selected"]).column(0)[0]
             slots.append(f"{row['capability']}{'/' + row['slot'] if row['slot'] else ''} {selected.as_py()}")
         print(f"    {method.name:<20} {', '.join(slots)}", flush=True)
 
@@ -211,7 +209,6 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     import time
     from datetime import datetime, timezone
 
-    import pyarrow.parquet as pq
 
     from nait_pipeline.defs.assets.loop import EvaluationConfig, FineTuneConfig, finetuned_dir
     from nait_pipeline.defs.partitions import register_subset_versions
@@ -219,19 +216,18 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.evaluation import protocol as proto
     from nait_pipeline.lib.evaluation import runs
     from nait_pipeline.lib.io.lake import write_json
-    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.io.plan import Step, plan, upstream_closure
     from nait_pipeline.lib.methods import get_method
 
     chosen = proto.get_protocol(args.name)
     base = Settings.from_env()
-    store = Path(args.store).resolve() if args.store else base.store_dir / "protocols" / chosen.name
+    store = Path(args.store).resolve() if args.store else base.work_dir / "protocols" / chosen.name
     inputs = proto.prepare_inputs(chosen, base.data_dir, store / "input")
     os.environ.update(NAIT_DATA_DIR=str(inputs), NAIT_STORE_DIR=str(store),
                       NAIT_POOL_SAMPLE=str(chosen.slice_rows) if chosen.slice_rows else "",  # 0: the whole pool
                       DAGSTER_HOME=str(store / "dagster_home"))
     settings = Settings.from_env()
-    layout = LakeLayout(settings.lake_dir)
+    layout = settings.layout
     # Each invocation's stage times are kept (a resumed protocol adds one), written after every stage.
     record_path = store / "protocol_run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
@@ -267,7 +263,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     # Training-order replicates of the headline method(s), and the base model as the zero point.
     keys = []
     for version in versions:
-        method = pq.read_table(layout.lineage(version), columns=["method"]).column("method")[0].as_py()
+        method = read_table(layout.lineage(version), columns=["method"]).column("method")[0].as_py()
         keys += runs.replicate_keys(version, chosen.order_replicates.get(method, 1))
     keys += [runs.BASE] if chosen.evaluate_base else []
     with _instance() as instance:
@@ -315,32 +311,29 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.methods.audit import export_subset
 
-    count = export_subset(LakeLayout(Settings.from_env().lake_dir), args.subset_version, args.format, Path(args.out),
+    count = export_subset(Settings.from_env().layout, args.subset_version, args.format, Path(args.out),
                           allow_changed=args.allow_changed)
     print(f"wrote {count} examples of {args.subset_version} to {args.out} ({args.format})")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.evaluation.publish import DATA_FILE, publish
-    from nait_pipeline.lib.io.layout import LakeLayout
 
     settings = Settings.from_env()
-    out = publish(LakeLayout(settings.lake_dir), args.subset_version, Path(args.out), settings.licenses)
+    out = publish(settings.layout, args.subset_version, Path(args.out), settings.licenses)
     print(f"wrote {out / DATA_FILE} and the dataset card {out / 'README.md'}; "
           f"load it with datasets.load_dataset(\"parquet\", data_dir=\"{out}\")")
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
 
-    from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.methods.audit import dump_selection
     from nait_pipeline.lib.models import model_io
     from nait_pipeline.lib.models.template import ChatTemplate
 
-    layout = LakeLayout(Settings.from_env().lake_dir)
+    layout = Settings.from_env().layout
     model = model_io.ModelInfo.read(layout)
     template = ChatTemplate(model_io.load_tokenizer(Path(model.path)))
     manifest = dump_selection(layout, args.subset_version, Path(args.out), template)
@@ -359,10 +352,9 @@ def cmd_recover(args: argparse.Namespace) -> None:
 def cmd_migrate_store(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.evaluation.runs import model_folder
     from nait_pipeline.lib.features.feature_store import migrate_store_file
-    from nait_pipeline.lib.io.layout import LakeLayout
 
     settings = Settings.from_env()
-    layout = LakeLayout(settings.lake_dir)
+    layout = settings.layout
     folders = [layout.pool_activations("_").parent, layout.target_activations("_").parent]  # the forward store
     files = sorted(p for folder in folders for p in folder.glob("*.parquet") if not p.name.startswith("_"))
     migrated = 0

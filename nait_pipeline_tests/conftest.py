@@ -36,3 +36,43 @@ def store_dir(tmp_path) -> Path:
     path = tmp_path / "store"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on 127.0.0.1 (moto in server mode, any free port) with dummy credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, request) -> str:
+    """``s3://<fresh bucket>/store``: a bucket per test."""
+    import uuid
+
+    from nait_pipeline.lib.io.storage import s3_filesystem
+
+    bucket = f"test-{uuid.uuid4().hex[:20]}"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    return f"s3://{bucket}/store"
+
+
+@pytest.fixture(params=["file", "s3"])
+def lake_store(request, tmp_path):
+    """A store on each backend: (store_dir, endpoint_url or None, local_dir)."""
+    if request.param == "file":
+        return str(tmp_path / "store"), None, tmp_path / "store"
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return request.getfixturevalue("s3_store"), endpoint, tmp_path / "local"

@@ -15,7 +15,7 @@ from nait_pipeline.lib.io.pool_view import shard_input_version
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines
-from nait_pipeline.lib.io.lake import write_json, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.models.model_io import ModelInfo
 
@@ -176,7 +176,7 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
             write(layout.target_gradients(capability, epoch), target_ids,
                   unit(centre + rng.normal(0, 0.5, size=(n_targets, dim))), "sgd", epoch, f"targets-{capability}")
     pool, _ = read_gradient_pool(layout)
-    with open(layout.gradient_graph, "wb") as handle:
+    with atomic_path(layout.gradient_graph, ".npz") as tmp, open(tmp, "wb") as handle:
         features = less_math.combined_features(pool.checkpoints, pool.weights)
         np.savez(handle, neighbours=g2is_math.knn_graph(features, 8), pool_ids=np.array(pool.ids),
                  features_version=np.array(pool.metadata["features_version"]), kind=np.array("exact"))

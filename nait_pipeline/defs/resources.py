@@ -8,6 +8,7 @@ from nait_pipeline.lib.features.reduction import StoreReduction, resolve
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.io.settings import Settings
+from nait_pipeline.lib.io.storage import is_object_store_uri
 from nait_pipeline.lib.models.model_io import ModelInfo
 
 
@@ -26,16 +27,20 @@ class LakeResource(dg.ConfigurableResource):
     store_seed: int = 0
     store_float_width: str = "auto"
     licenses: dict[str, str] = {}
+    endpoint_url: str | None = None
+    local_dir: str | None = None
 
     @property
     def settings(self) -> Settings:
         values = {name: getattr(self, name) for name in type(self).model_fields}
-        return Settings(**{**values, "data_dir": Path(self.data_dir), "store_dir": Path(self.store_dir),
+        store = self.store_dir if is_object_store_uri(self.store_dir) else Path(self.store_dir)
+        return Settings(**{**values, "data_dir": Path(self.data_dir), "store_dir": store,
+                           "local_dir": Path(self.local_dir) if self.local_dir else None,
                            "licenses": dict(self.licenses)})
 
     @property
     def layout(self) -> LakeLayout:
-        return LakeLayout(self.settings.lake_dir)
+        return self.settings.layout
 
     def pool(self) -> PoolView:
         """The current pool table (cached per file: a re-ingested pool is a new view)."""
@@ -56,6 +61,7 @@ def lake_resource_from_settings(settings: Settings) -> LakeResource:
     """The resource of every setting it carries (the sensor's `featurize_new_shards` is read at load)."""
     values = {name: getattr(settings, name) for name in LakeResource.model_fields}
     return LakeResource(**{**values, "data_dir": str(settings.data_dir), "store_dir": str(settings.store_dir),
+                           "local_dir": str(settings.local_dir) if settings.local_dir else None,
                            "licenses": dict(settings.licenses)})
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
@@ -19,6 +18,7 @@ from nait_pipeline.lib.io.hashing import sha256_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.models.model_io import ModelInfo
+from nait_pipeline.lib.io.lake import read_table
 
 
 class FeaturizerConfig(dg.Config):
@@ -173,7 +173,7 @@ def target_activations(context: dg.AssetExecutionContext, config: FeaturizerConf
     (prompt as instruction, reference answer as output), with last-token states for the R1 drift."""
     layout = pipeline.layout
     capability = context.partition_key
-    rows, ids, input_version = forward.target_rows(pq.read_table(layout.target_selection(capability)).to_pylist())
+    rows, ids, input_version = forward.target_rows(read_table(layout.target_selection(capability)).to_pylist())
     model = pipeline.base_model()
     return featurize_rows(context, model, rows, ids, config, True, layout.target_activations(capability),
                           input_version, pipeline.store_reduction(model))

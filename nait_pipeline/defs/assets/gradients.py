@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.assets.features import SHARDS_PER_RUN
 from nait_pipeline.defs.config import config_class, to_params
@@ -21,7 +20,7 @@ from nait_pipeline.lib.features.featurize import resolve_device
 from nait_pipeline.lib.features.forward import shard_rows, target_rows
 from nait_pipeline.lib.features.gradient_store import featurize_checkpoints, read_gradient_pool
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
-from nait_pipeline.lib.io.lake import read_metadata, write_json
+from nait_pipeline.lib.io.lake import read_metadata, read_table, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS
@@ -160,7 +159,7 @@ def target_gradients(context: dg.AssetExecutionContext, config: TargetGradientCo
     projected like the pool's and normalised. A target row without a response token is an error naming it."""
     layout = pipeline.layout
     capability = context.partition_key
-    everything = pq.read_table(layout.target_selection(capability)).to_pylist()
+    everything = read_table(layout.target_selection(capability)).to_pylist()
     targets = [everything[i] for i in gr.few_shot_rows([r["task"] for r in everything],
                                                         [r["example_id"] for r in everything], config.rows)]
     if len(targets) < 2:

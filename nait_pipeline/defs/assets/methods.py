@@ -6,7 +6,6 @@ methods live in ``lib/methods`` and are listed in its registry."""
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.config import config_class, to_params
 from nait_pipeline.defs.metadata import markdown_table, path_value
@@ -17,7 +16,7 @@ from nait_pipeline.lib.data.decontamination import ASSET as CONTAMINATION_ASSET
 from nait_pipeline.lib.evaluation.publish import build_card
 from nait_pipeline.lib.features.kinds import SHARD
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.lake import read_table, write_parquet
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods import ALL, METHODS, Method, Scorer, scorers
 from nait_pipeline.lib.methods.base import SelectionOptions
@@ -217,7 +216,7 @@ def subset_diffs(context: dg.AssetExecutionContext, pipeline: LakeResource) -> d
     current = []
     for path in sorted(layout.current_subsets_dir.glob("*.parquet")) if layout.current_subsets_dir.exists() else []:
         if not path.name.startswith("_"):
-            current += pq.read_table(path).to_pylist()
+            current += read_table(path).to_pylist()
     summaries = []
     for slot in diff.changed_slots(current):
         old, new = slot["previous_version"], slot["subset_version"]

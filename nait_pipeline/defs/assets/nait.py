@@ -3,14 +3,13 @@ subsets come from the method registry (`nait_scores`, `nait_subsets` in ``method
 
 import dagster as dg
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.defs.metadata import path_value
 from nait_pipeline.defs.partitions import capability_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.features.reduction import massive_dims
-from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.lake import read_table, write_parquet
 from nait_pipeline.lib.methods.nait.nait_method import CODE_VERSION, write_directions
 
 
@@ -34,7 +33,7 @@ def capability_directions(context: dg.AssetExecutionContext, config: DirectionCo
     capability, sign-fixed to point along the mean drift: NAIT's reusable capability feature."""
     capability = context.partition_key
     path, fitted, alignment, version = write_directions(pipeline.layout, capability, config.drift, config.min_rows)
-    layers = pq.read_table(path, columns=["layer"]).column("layer").to_pylist()
+    layers = read_table(path, columns=["layer"]).column("layer").to_pylist()
     plot = bar_plot(fitted.explained_variance_ratio, layers,
                     f"{capability}: PC1 explained variance per layer ({config.drift})", "ratio",
                     path.with_suffix(".png"))

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from nait_pipeline.lib.data.text import ngram_hashes, normalised, word_ids
 from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA
+from nait_pipeline.lib.io.lake import read_table
 
 ASSET = "pool_contamination"  # the asset that writes the table; every selection is downstream of it
 FIELDS = ("instruction", "input", "output")
@@ -134,7 +135,6 @@ def decontaminate_lake(layout, capabilities: list[str], n: int = NGRAM, threshol
                        min_words: int = MIN_WORDS) -> tuple[Contamination, str]:
     """Check the lake's kept pool rows against the test split of every capability and write
     ``pool_contamination``; returns the result and its version (pool, test items, rule)."""
-    import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
     from nait_pipeline.lib.io.lake import write_parquet
@@ -144,7 +144,7 @@ def decontaminate_lake(layout, capabilities: list[str], n: int = NGRAM, threshol
     missing = [c for c in capabilities if not layout.target_test(c).exists()]
     if missing:
         raise FileNotFoundError(f"no test split in the lake for {missing}: materialize target_test_sets for them first")
-    tests = pa.concat_tables([pq.read_table(layout.target_test(c), columns=["example_id", "capability", "file", "prompt"])
+    tests = pa.concat_tables([read_table(layout.target_test(c), columns=["example_id", "capability", "file", "prompt"])
                               for c in capabilities]) if capabilities else \
         pa.table({"example_id": [], "capability": [], "file": [], "prompt": []}, pa.schema(
             [(name, pa.string()) for name in ("example_id", "capability", "file", "prompt")]))
@@ -164,7 +164,6 @@ def decontaminate_lake(layout, capabilities: list[str], n: int = NGRAM, threshol
 def read_contaminated(layout, pool_version: str) -> tuple[set[str], str]:
     """Ids of the kept pool rows the stored check found contaminated, checked to be of ``pool_version``,
     and the check's version."""
-    import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.lake import read_metadata
 
@@ -177,4 +176,4 @@ def read_contaminated(layout, pool_version: str) -> tuple[set[str], str]:
     if checked != pool_version:
         raise ValueError(f"pool_contamination was checked on pool version {checked}, the pool is now {pool_version}: "
                          f"re-materialize {ASSET}")
-    return set(pq.read_table(path, columns=["example_id"]).column("example_id").to_pylist()), meta["contamination_version"]
+    return set(read_table(path, columns=["example_id"]).column("example_id").to_pylist()), meta["contamination_version"]

@@ -22,6 +22,7 @@ from nait_pipeline.lib.data.conversation import CONVERSATION_FIELDS, RowFieldErr
     messages_json, parse_conversation
 from nait_pipeline.lib.io.contract import POOL_SCHEMA, QUARANTINE_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_lines, sha256_text
+from nait_pipeline.lib.io.lake import read_table
 
 POOL_SUFFIXES = (".parquet", ".jsonl", ".json")
 REQUIRED_FIELDS = ("instruction", "output")
@@ -79,7 +80,7 @@ def file_changes(previous_files_table: Path, file_hashes: dict[str, str]) -> dic
     """Pool files added, removed or rewritten since the ingest that wrote ``previous_files_table``."""
     before: dict[str, str] = {}
     if previous_files_table.exists():
-        table = pq.read_table(previous_files_table)
+        table = read_table(previous_files_table)
         if "sha256" in table.column_names:
             before = dict(zip(table.column("file").to_pylist(), table.column("sha256").to_pylist()))
         else:  # written before file hashes were recorded: only additions and removals are known

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.hashing import sha256_text
+from nait_pipeline.lib.io.lake import read_table
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def build(pools_dir: Path, targets_dir: Path, seed: int = 0, spec: Sequence[MixG
         path = pools_dir / group.pool_file
         if not path.exists():
             raise MixedPoolError(f"the mix needs {path}")
-        table = pq.read_table(path)
+        table = read_table(path)
         rows = [r for r in table.to_pylist() if _source(r) in group.sources]
         if not rows:
             raise MixedPoolError(f"{group.pool_file} has no rows of {group.sources}")

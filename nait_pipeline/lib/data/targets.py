@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.contract import TARGET_SCHEMA
 from nait_pipeline.lib.io.hashing import sha256_text
+from nait_pipeline.lib.io.lake import read_schema, read_table
 
 SELECTION_SPLITS = ("dev", "train", "fewshot")
 EVALUATION_SPLIT = "test"
@@ -67,13 +67,13 @@ def _read_records(path: Path) -> list[dict]:
                 records.append(record)
         return records
     try:
-        return pq.read_table(path).to_pylist()
+        return read_table(path).to_pylist()
     except Exception as exc:
         raise TargetFileError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
 def _is_benchmark_file(path: Path) -> bool:
-    return path.suffix == ".parquet" and "capability" in pq.read_schema(path).names
+    return path.suffix == ".parquet" and "capability" in read_schema(path).names
 
 
 def _read_target_file(path: Path) -> list[dict]:
@@ -154,7 +154,7 @@ def benchmark_capabilities(targets_dir: Path) -> dict[str, str]:
     for path in sorted(targets_dir.glob("*.parquet")):
         if path.name.startswith(".") or not _is_benchmark_file(path):
             continue
-        column = pq.read_table(path, columns=["capability"]).column("capability")
+        column = read_table(path, columns=["capability"]).column("capability")
         for name in sorted(set(column.to_pylist())):
             found.setdefault(name, path.name)
     return found

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.evaluation.runs import BASE, parse_run_key
 from nait_pipeline.lib.io.contract import COMPARISON_SCHEMA
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.settings import CAPABILITIES as BUILT_IN
 
@@ -177,7 +176,7 @@ def load_diagnostics(layout: LakeLayout, runs: Sequence[Run]) -> dict[str, dict]
     for run in runs:
         version, _ = parse_run_key(run.subset_version)
         if version is not None and version not in out and layout.subset_diagnostics(version).exists():
-            out[version] = pq.read_table(layout.subset_diagnostics(version)).to_pylist()[0]
+            out[version] = read_table(layout.subset_diagnostics(version)).to_pylist()[0]
     return out
 
 
@@ -277,11 +276,11 @@ def load_runs(layout: LakeLayout, keys: Sequence[str], random_reference: str = R
             loaded.append(Run(subset_version=key, method="base", n_selected=0, selection_seconds=0.0,
                               selection_tokens=0, train_seconds=0.0, train_tokens=0))
             continue
-        lineage = pq.read_table(layout.lineage(version)).to_pylist()[0]
+        lineage = read_table(layout.lineage(version)).to_pylist()[0]
         train_path = layout.finetune_run(key)
         if not train_path.exists():
             raise FileNotFoundError(f"{key} has no fine-tuning record: materialize finetuned_model[{key}]")
-        train = pq.read_table(train_path).to_pylist()[0]
+        train = read_table(train_path).to_pylist()[0]
         params = json.loads(lineage["params_json"])
         seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
         label = RANDOM_LABEL if lineage["method"] == random_reference else method_label(lineage["method"],
@@ -297,5 +296,5 @@ def load_evaluations(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:
     for version in versions:
         path = layout.evaluation(version)
         if path.exists():
-            rows += pq.read_table(path, columns=["subset_version", "capability", "metric", "value", "n"]).to_pylist()
+            rows += read_table(path, columns=["subset_version", "capability", "metric", "value", "n"]).to_pylist()
     return rows

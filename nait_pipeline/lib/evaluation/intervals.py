@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.evaluation import statistics as st
 from nait_pipeline.lib.evaluation.comparison import Run
 from nait_pipeline.lib.io.contract import INTERVALS_SCHEMA
-from nait_pipeline.lib.io.lake import atomic_path
+from nait_pipeline.lib.io.lake import atomic_path, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 
 REFERENCES = ("random", "full", "base")  # base: the model before fine-tuning, a fixed reference
@@ -34,7 +33,7 @@ def load_items(layout: LakeLayout, versions: Sequence[str]) -> list[dict]:
     for version in versions:
         path = layout.evaluation_items(version)
         if path.exists():
-            rows += pq.read_table(path, columns=["subset_version", "capability", "benchmark", "item_id", "metric",
+            rows += read_table(path, columns=["subset_version", "capability", "benchmark", "item_id", "metric",
                                                  "value", "status"]).to_pylist()
     return rows
 

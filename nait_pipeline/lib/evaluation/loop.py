@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.evaluation import comparison as cmp
 from nait_pipeline.lib.evaluation import intervals, items
@@ -21,7 +20,7 @@ from nait_pipeline.lib.evaluation.benchmarks import EvalConfig, evaluate_capabil
 from nait_pipeline.lib.evaluation.evaluate import choose_generation_backend, make_generator
 from nait_pipeline.lib.evaluation.protocol import compared_subset_versions
 from nait_pipeline.lib.io.contract import EVALUATION_ITEMS_SCHEMA, EVALUATIONS_SCHEMA
-from nait_pipeline.lib.io.lake import atomic_path, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, read_table, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 
@@ -58,7 +57,7 @@ def evaluate_run(layout: LakeLayout, run_key: str, model_dir: Path, capabilities
         path = layout.target_test(capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize target_test_sets[{capability}] first")
-        rows = pq.read_table(path).to_pylist()
+        rows = read_table(path).to_pylist()
         if not rows:
             no_test_rows.append(capability)  # reported by the caller
             continue

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.data.mixed_pool import CPU_MIX_2K
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.lake import read_table
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def compared_subset_versions(layout: LakeLayout, pool_version: str, budget_ratio
     for path in sorted(layout.current_subsets_dir.glob("*.parquet")):
         if path.name.startswith("_"):
             continue
-        for row in pq.read_table(path).to_pylist():
+        for row in read_table(path).to_pylist():
             if row["pool_version"] != pool_version or (methods is not None and row["method"] not in methods):
                 continue
             if capabilities is not None and row["capability"] not in capabilities:
@@ -192,7 +192,7 @@ def already_trained(layout: LakeLayout, run_key: str, train_params: dict, model_
     """A fine-tune of ``run_key`` with these parameters finished (its record and its model exist): kept."""
     path = layout.finetune_run(run_key)
     return path.exists() and (model_dir / "config.json").exists() and \
-        json.loads(pq.read_table(path).column("train_params_json")[0].as_py()) == train_params
+        json.loads(read_table(path).column("train_params_json")[0].as_py()) == train_params
 
 
 def already_evaluated(layout: LakeLayout, run_key: str, eval_params: dict) -> bool:
@@ -201,5 +201,5 @@ def already_evaluated(layout: LakeLayout, run_key: str, eval_params: dict) -> bo
     path = layout.evaluation(run_key)
     if not path.exists():
         return False
-    recorded = json.loads(pq.read_table(path).column("eval_params_json")[0].as_py())
+    recorded = json.loads(read_table(path).column("eval_params_json")[0].as_py())
     return all(recorded.get(k) == v for k, v in eval_params.items())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nait_pipeline.lib.io.lake import atomic_dir, read_metadata
+from nait_pipeline.lib.io.lake import atomic_dir, read_metadata, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
 from nait_pipeline.lib.methods.audit import subset_rows
@@ -46,7 +46,7 @@ def _intervals(layout: LakeLayout, label: str) -> list[dict]:
     for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
         if path.name.startswith("_"):
             continue
-        table = pq.read_table(path)
+        table = read_table(path)
         rows += [r for r in table.to_pylist() if r["method"] == label]
     return rows
 
@@ -55,12 +55,12 @@ def card_markdown(layout: LakeLayout, subset_version: str, rows: pa.Table, licen
     """The dataset card: a YAML header and a body generated from the lake."""
     from nait_pipeline.lib.evaluation.comparison import method_label, selection_cost
 
-    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    lineage = read_table(layout.lineage(subset_version)).to_pylist()[0]
     params = json.loads(lineage["params_json"])
     pools = Counter(rows.column("pool").to_pylist())
     sources = Counter(rows.column("source").to_pylist())
     license_ids = sorted({licenses.get(pool, "unknown") for pool in pools})
-    diagnostics = pq.read_table(layout.subset_diagnostics(subset_version)).to_pylist()[0] \
+    diagnostics = read_table(layout.subset_diagnostics(subset_version)).to_pylist()[0] \
         if layout.subset_diagnostics(subset_version).exists() else {}
     try:
         seconds, tokens = selection_cost(layout, lineage["method"], params.get("score_versions") or {})
@@ -151,6 +151,6 @@ def publish(layout: LakeLayout, subset_version: str, out_dir: Path, licenses: di
         pq.write_table(table, tmp / DATA_FILE)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / "lineage.json").write_text(json.dumps(
-            {**pq.read_table(layout.lineage(subset_version)).to_pylist()[0], "pool_metadata": read_metadata(layout.pool_examples)},
+            {**read_table(layout.lineage(subset_version)).to_pylist()[0], "pool_metadata": read_metadata(layout.pool_examples)},
             default=str, indent=2))
     return Path(out_dir)

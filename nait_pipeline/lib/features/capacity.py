@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nait_pipeline.lib.features.reduction import StoreReduction
+from nait_pipeline.lib.io.storage import is_remote
 
 # Ids, token counts, truncation flag and loss per row, measured on the embedded model's shards (zstd).
 ROW_OVERHEAD_BYTES = 40
@@ -108,8 +109,11 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def free_disk_bytes(folder: Path) -> int:
-    """Free bytes on the file system that holds ``folder`` (or its nearest existing parent)."""
+def free_disk_bytes(folder: Path) -> int | None:
+    """Free bytes on the file system that holds ``folder`` (or its nearest existing parent); None on an
+    object store, which has no such limit."""
+    if is_remote(folder):
+        return None
     folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -126,11 +130,11 @@ def require_capacity(what: str, disk_bytes: int, folder: Path, memory_bytes: int
     available memory; returns the estimate (for the asset's metadata)."""
     free_disk = free_disk_bytes(folder) if free_disk is None else free_disk
     free_memory = available_memory_bytes() if free_memory is None else free_memory
-    if disk_bytes > free_disk:
+    if free_disk is not None and disk_bytes > free_disk:
         raise CapacityError(f"{what} needs ~{gib(disk_bytes)} of disk, {folder} has {gib(free_disk)} free: "
                             "free space, point store_dir elsewhere, or use a compact store ([forward_store])")
     if memory_bytes > free_memory:
         raise CapacityError(f"{what} needs ~{gib(memory_bytes)} of memory, {gib(free_memory)} is available: "
                             "use smaller shards (it_pool's shard_size), a smaller batch_tokens or a compact store")
-    return {"estimated_disk_bytes": int(disk_bytes), "free_disk_bytes": int(free_disk),
+    return {"estimated_disk_bytes": int(disk_bytes), "free_disk_bytes": None if free_disk is None else int(free_disk),
             "estimated_memory_bytes": int(memory_bytes), "available_memory_bytes": int(free_memory)}

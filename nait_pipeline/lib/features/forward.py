@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import PoolStore, write_features
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.lake import read_metadata, read_schema, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView, shard_input_version
 from nait_pipeline.lib.models.model_io import ModelInfo
@@ -32,7 +31,7 @@ TARGET_ASSET = FeatureAsset("target_activations", CAPABILITY)
 
 def require_store_columns(path, needed: Sequence[str], what: str) -> None:
     """Fail naming the asset to materialize when a store lacks a feature a method reads."""
-    names = set(pq.read_schema(path).names)
+    names = set(read_schema(path).names)
     missing = [n for n in needed if n not in names]
     if missing:
         raise MethodInputError(f"{what} needs feature(s) {missing}, which {path.name} does not hold: "
@@ -102,13 +101,13 @@ def featurize_into(destination: Path, model: ModelInfo, rows: Sequence[dict], id
     version = sha256_json(identity)[:16]
     columns = ["example_id", "n_tokens", "truncated", "response_loss"]
     if destination.exists() and read_metadata(destination).get("store_version") == version:
-        return StoreRun(destination, version, True, pq.read_table(destination, columns=columns))
+        return StoreRun(destination, version, True, read_table(destination, columns=columns))
     lm, template = load_model()
     started = time.perf_counter()
     features = featurize(lm, template, rows, spec, ids, progress=progress)
     write_features(destination, list(ids), features, {**identity, "store_version": version, "stats": features.stats})
     stats = {**features.stats, "wall_seconds": round(time.perf_counter() - started, 3)}
-    return StoreRun(destination, version, False, pq.read_table(destination, columns=columns), stats)
+    return StoreRun(destination, version, False, read_table(destination, columns=columns), stats)
 
 
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):

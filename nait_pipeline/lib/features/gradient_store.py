@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.gradients import read_gradient_stores
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector, check_same_projection
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.lake import read_metadata, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 
@@ -102,7 +101,7 @@ def load_target_gradients(layout: LakeLayout, capability: str, params=None) -> t
         if s.metadata["adapter_version"] != warmup["adapter_version"]:
             raise MethodInputError(f"{TARGET_ASSET.name}[{capability}] were computed with another warmup adapter: "
                                    "re-materialize them")
-    task_of = dict(zip(*(pq.read_table(layout.target_selection(capability), columns=["example_id", "task"])
+    task_of = dict(zip(*(read_table(layout.target_selection(capability), columns=["example_id", "task"])
                          .column(c).to_pylist() for c in ("example_id", "task"))))
     ids = stored[0].ids
     order = sorted(range(len(ids)), key=lambda i: (task_of.get(ids[i], capability), ids[i]))

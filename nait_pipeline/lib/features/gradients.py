@@ -36,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.featurize import plan_batches
 from nait_pipeline.lib.features.projection import RademacherProjector
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import atomic_dir, read_metadata, write_parquet
+from nait_pipeline.lib.io.lake import atomic_dir, read_metadata, read_table, write_parquet
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
 from nait_pipeline.lib.models.train import IGNORE_INDEX, collate, train_epochs
 
@@ -438,7 +437,7 @@ def read_gradient_stores(paths: Sequence[Path]) -> StoredGradients:
         if any(meta.get(k) != metadata.get(k) for k in key):
             raise GradientInputError(f"{path} was made with another model, adapter, checkpoint or projection than "
                                      f"{paths[0]}")
-        table = pq.read_table(path, memory_map=True)
+        table = read_table(path, memory_map=True)
         column = table.column("gradient").combine_chunks()
         raw = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * column.type.byte_width,
                             offset=column.offset * column.type.byte_width)

@@ -15,6 +15,7 @@ import numpy as np
 
 from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.models.template import ChatTemplate
+from nait_pipeline.lib.io.lake import read_table
 
 
 def common_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
@@ -56,7 +57,6 @@ def prefix_table(layout, model, template: ChatTemplate, record: ModelInfo, max_l
     """Measure the prefix every rendered pool and in-domain prompt of the lake starts with, run it through
     ``model`` once, and return (the per-layer table to store, its metadata, the first states)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.hashing import sha256_json
     from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
@@ -64,7 +64,7 @@ def prefix_table(layout, model, template: ChatTemplate, record: ModelInfo, max_l
     rows = PoolView.open(layout).kept(EXAMPLE_COLUMNS).to_pylist()
     for path in sorted(layout.target_selection("_").parent.glob("*.parquet")):
         rows += [{"instruction": r["prompt"], "input": "", "output": ""}
-                 for r in pq.read_table(path, columns=["prompt"]).to_pylist()]
+                 for r in read_table(path, columns=["prompt"]).to_pylist()]
     tokens = prompt_tokens(template, rows, max_length=max_length)
     length = common_prefix_length(tokens)
     sums, first = prefix_states(model, tokens[0][:length] if tokens else [])

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.kinds import FeatureAsset, FeatureKind, MethodInputError
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.lake import read_metadata, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 
@@ -41,8 +40,8 @@ def read_trajectory_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalar
         raise MethodInputError(f"{TRAJECTORIES_ASSET.name} was computed on pool version {meta['pool_version']}, the "
                                f"pool is now {pool_version}: re-materialize {TRAJECTORIES_ASSET.name} and "
                                f"{CLUSTERS_ASSET.name}")
-    trajectories = pq.read_table(layout.selector_trajectories)
-    clusters = pq.read_table(layout.selector_clusters, columns=["example_id", "cluster"])
+    trajectories = read_table(layout.selector_trajectories)
+    clusters = read_table(layout.selector_clusters, columns=["example_id", "cluster"])
     cluster_meta = read_metadata(layout.selector_clusters)
     ids = trajectories.column("example_id").to_pylist()
     if cluster_meta.get("trajectories_version") != meta["store_version"] or \

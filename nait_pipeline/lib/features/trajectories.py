@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, plan_batches
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import atomic_dir, write_parquet
+from nait_pipeline.lib.io.lake import atomic_dir, read_table, write_parquet
 from nait_pipeline.lib.models.template import ChatTemplate, TokenizedExample
 from nait_pipeline.lib.models.train import collate, train_epochs
 
@@ -154,7 +153,7 @@ class _RunDir:
         return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
 
     def read_perplexities(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        table = pq.read_table(self.perplexity_path(epoch))
+        table = read_table(self.perplexity_path(epoch))
         return table.column("perplexity").to_numpy(), table.column("response_tokens").to_numpy()
 
 
@@ -264,7 +263,7 @@ def train_selector(model_dir: Path, model_id: str, rows: Sequence[dict], ids: Se
 def _collect(run: _RunDir, identity: dict, ids: Sequence[str], config: SelectorConfig, reused: int, train_tokens: int,
              train_seconds: float, eval_tokens: int, eval_seconds: float) -> Trajectories:
     columns = [run.read_perplexities(e) for e in range(config.epochs + 1)]
-    if any(table_ids != list(ids) for table_ids in (pq.read_table(run.perplexity_path(e), columns=["example_id"])
+    if any(table_ids != list(ids) for table_ids in (read_table(run.perplexity_path(e), columns=["example_id"])
                                                     .column("example_id").to_pylist()
                                                     for e in range(config.epochs + 1))):
         raise TrajectoryInputError(f"{run.root} holds perplexities of other rows: delete it and rerun")

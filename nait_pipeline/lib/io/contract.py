@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from nait_pipeline.lib.io.lake import write_parquet
+from nait_pipeline.lib.io.lake import read_schema, write_parquet
 
 # Pool rows as ingested: every row read is kept, a duplicate, sampled out, or quarantined.
 POOL_SCHEMA = pa.schema(
@@ -306,11 +306,10 @@ EMPTY_FILE = "_schema.parquet"
 def ensure_contract_tables(lake_dir: Path) -> list[Path]:
     """Create the schema-only file of each globbed table where it is missing or of an older schema
     (its columns are what a view binds when no data file has them yet)."""
-    import pyarrow.parquet as pq
 
     written = []
     for name, schema in GLOBBED_FOLDERS.items():
         path = lake_dir / name / EMPTY_FILE
-        if not path.exists() or not pq.read_schema(path).remove_metadata().equals(schema):
+        if not path.exists() or not read_schema(path).remove_metadata().equals(schema):
             written.append(write_parquet(schema.empty_table(), path))
     return written

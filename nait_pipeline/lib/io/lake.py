@@ -1,7 +1,10 @@
-"""The Parquet lake: atomic writes (temp file + rename) and reads.
+"""The Parquet lake: atomic writes and reads, on a local folder or an object store.
 
-A reader never sees a half-written file: data goes to a temporary file in the same folder,
-is flushed to disk, then renamed over the destination in one step.
+A reader never sees a half-written file. Locally, data goes to a temporary file in the same folder,
+is flushed to disk, then renamed over the destination in one step. On an object store (a ``UPath``
+on :mod:`storage`'s manifest filesystem) the temporary file is local and is then published as an
+immutable object plus a conditionally-put manifest. Reads go through :func:`read_table`,
+:func:`parquet_file` and :func:`read_schema`, which accept either kind of path.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nait_pipeline.lib.io import storage
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -26,7 +31,18 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``destination``; rename it into place on success."""
+    """Yield a temporary path next to ``destination``; rename it into place on success.
+
+    On an object store the temporary file is local and is published on success; the manifest's version
+    seen *now* is the one the publication must replace, so a writer that raced this one is refused.
+    """
+    if storage.is_remote(destination):
+        found = destination.fs.read_manifest(destination.path)
+        with tempfile.TemporaryDirectory(prefix="nait-publish-") as folder:
+            tmp = Path(folder) / destination.name
+            yield tmp
+            destination.fs.publish_file(destination.path, tmp, found[1] if found else None)
+        return
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix + ".tmp", dir=destination.parent)
     os.close(fd)
@@ -44,6 +60,8 @@ def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
 @contextmanager
 def atomic_dir(destination: Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``destination``; swap it into place on success."""
+    if storage.is_remote(destination):
+        raise ValueError(f"{destination}: folders of checkpoints are kept on local disk, not in an object store")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
     try:
@@ -79,9 +97,42 @@ def write_json(value: object, destination: Path) -> Path:
     return destination
 
 
+def _source(path) -> tuple[object, dict]:
+    """What pyarrow needs to open a lake path: the path itself, or its key and filesystem."""
+    if storage.is_remote(path):
+        source, options = path.fs.open_published(path.path)
+        return (pa.BufferReader(source) if isinstance(source, bytes) else source), options
+    return path, {}
+
+
+def read_table(path, **kwargs) -> pa.Table:
+    where, fs = _source(path)
+    return pq.read_table(where, **fs, **kwargs)
+
+
+def parquet_file(path, **kwargs) -> pq.ParquetFile:
+    where, fs = _source(path)
+    return pq.ParquetFile(where, **fs, **kwargs)
+
+
+def read_schema(path) -> pa.Schema:
+    where, fs = _source(path)
+    return pq.read_schema(where, **fs)
+
+
+def file_identity(path) -> tuple:
+    """Changes whenever the file at ``path`` is replaced: (inode, mtime, size) locally, the published
+    object's content hash on an object store."""
+    if storage.is_remote(path):
+        info = path.fs.info(path.path)
+        return (info["object"], info["size"])
+    stat = path.stat()
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 def read_metadata(path: Path) -> dict[str, object]:
     """The JSON key-value metadata written by :func:`write_parquet`."""
-    raw = pq.read_schema(path).metadata or {}
+    raw = read_schema(path).metadata or {}
     out: dict[str, object] = {}
     for key, value in raw.items():
         name = key.decode()

@@ -8,7 +8,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class LakeLayout:
+    """``root``: the lake (a local folder or an object store's ``UPath``). ``scratch``: a local folder for the
+    training runs' checkpoint folders when the lake is on an object store (they are rewritten in place
+    while a run trains and resumes); None keeps them in the lake."""
+
     root: Path
+    scratch: Path | None = None
 
     @property
     def model_record(self) -> Path:
@@ -56,7 +61,7 @@ class LakeLayout:
     @property
     def selector_run(self) -> Path:
         """Learning Percentage's selector training: per-epoch perplexities and the newest checkpoint."""
-        return self.root / "features" / "selector" / "run"
+        return (self.scratch or self.root) / "features" / "selector" / "run"
 
     @property
     def selector_trajectories(self) -> Path:
@@ -69,7 +74,7 @@ class LakeLayout:
     @property
     def warmup_run(self) -> Path:
         """The gradient methods' LoRA warmup: one checkpoint (adapter + Adam moments) per epoch."""
-        return self.root / "features" / "gradients" / "warmup"
+        return (self.scratch or self.root) / "features" / "gradients" / "warmup"
 
     @property
     def warmup_record(self) -> Path:

@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.hashing import sha256_lines
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.lake import file_identity, read_metadata, read_schema, read_table
 
 KEPT = ("status", "=", "kept")
 INDEX_COLUMNS = ("example_id", "content_hash", "shard", "source")
@@ -45,10 +44,10 @@ class PoolView:
     def open(cls, layout) -> PoolView:
         path = layout.pool_examples
         try:
-            stat = path.stat()
+            identity = file_identity(path)
         except FileNotFoundError:
             raise PoolMissingError(f"{path} is missing: materialize it_pool first") from None
-        return _cached_view(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return _cached_view(path, identity)
 
     def kept(self, columns: Sequence[str], shard: str | None = None) -> pa.Table:
         """Columns of the kept rows (of one shard, if given), in table order."""
@@ -57,14 +56,14 @@ class PoolView:
 
     def _read(self, columns: Sequence[str], filters: list) -> pa.Table:
         absent = [c for c in columns if c in LATER_COLUMNS and c not in self.column_names]
-        table = pq.read_table(self.path, columns=[c for c in columns if c not in absent], filters=filters)
+        table = read_table(self.path, columns=[c for c in columns if c not in absent], filters=filters)
         for name in absent:
             table = table.add_column(list(columns).index(name), name, pa.nulls(len(table), LATER_COLUMNS[name]))
         return table
 
     @functools.cached_property
     def column_names(self) -> list[str]:
-        return pq.read_schema(self.path).names
+        return read_schema(self.path).names
 
     @functools.cached_property
     def index(self) -> pa.Table:
@@ -147,5 +146,5 @@ def shard_input_version(ids: Sequence[str], content_hashes: Sequence[str]) -> st
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_view(path: str, inode: int, mtime_ns: int, size: int) -> PoolView:
-    return PoolView(Path(path))
+def _cached_view(path: Path, identity: tuple) -> PoolView:
+    return PoolView(path)

@@ -3,22 +3,33 @@
 ``nait_settings.toml`` at the project root (or the file ``NAIT_SETTINGS`` names) is read by the CLI,
 ``dagster dev``, the sensors and CI alike, so every shell sees the same data folder, store, model and
 pool sample; ``scripts/setup.sh`` writes it. An environment variable (``NAIT_DATA_DIR``,
-``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``) overrides the file's value for one command.
-Relative paths in the file are relative to the project root.
+``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``, ``NAIT_LOCAL_DIR``, ``NAIT_S3_ENDPOINT``)
+overrides the file's value for one command. Relative paths in the file are relative to the project root.
+
+``store_dir`` may be an object store, ``s3://bucket/prefix``: the lake then lives there (see
+``lib/io/storage.py``), while the DuckDB warehouse, fine-tuned models and training checkpoints stay in
+``[object_store] local_dir`` on this machine. Credentials come from the AWS environment (variables, a
+profile or an instance role), never from this file.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nait_pipeline.lib.io import storage
+from nait_pipeline.lib.io.storage import is_object_store_uri
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
-KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses"}
+KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses",
+              "object_store"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
 FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
+OBJECT_STORE_KEYS = {"endpoint_url", "local_dir"}
 
 
 def settings_path() -> Path:
@@ -35,10 +46,11 @@ def read_settings_file(path: Path | None = None) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML ({exc})") from exc
     unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS) + \
-        sorted(set(values.get("forward_store", {})) - FORWARD_STORE_KEYS)
+        sorted(set(values.get("forward_store", {})) - FORWARD_STORE_KEYS) + \
+        sorted(set(values.get("object_store", {})) - OBJECT_STORE_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; known: "
-                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS)}")
+                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS | OBJECT_STORE_KEYS)}")
     return values
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 
@@ -61,13 +73,14 @@ class Settings:
     """Where inputs are read from and outputs written to.
 
     data_dir:    input folder with ``pools/`` and ``targets/`` (layout of ../shared/data).
-    store_dir:   output folder: the Parquet lake (``lake/``), ``warehouse.duckdb`` and ``models/``.
+    store_dir:   output folder: the Parquet lake (``lake/``), ``warehouse.duckdb`` and ``models/``; or an
+                 object store URI ``s3://bucket/prefix`` holding the lake (the rest goes to ``local_dir``).
     model:       a local Hugging Face model directory; ``None`` means the embedded SmolLM2-135M.
     pool_sample: seeded per-pool row limit; ``None`` means the whole pool.
     """
 
     data_dir: Path
-    store_dir: Path
+    store_dir: Path | str
     model: str | None
     pool_sample: int | None
     featurize_new_shards: bool = False  # the unfeaturized_pool_shards sensor starts running
@@ -79,6 +92,10 @@ class Settings:
     store_float_width: str = "auto"
     # Pool name -> license id for published subsets' cards (`nait-pipeline publish`), beside the shared pools'.
     licenses: dict = field(default_factory=dict)
+    # An object store's endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or AWS itself) and the local
+    # folder for what cannot live in one (the DuckDB file, models, checkpoints); unused for a local store.
+    endpoint_url: str | None = None
+    local_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -93,9 +110,13 @@ class Settings:
 
         automation = file.get("automation", {})
         forward_store = file.get("forward_store", {})
+        object_store = file.get("object_store", {})
+        store = os.environ.get("NAIT_STORE_DIR") or file.get("store_dir")
+        local = os.environ.get("NAIT_LOCAL_DIR") or object_store.get("local_dir")
         return cls(
             data_dir=path("NAIT_DATA_DIR", "data_dir", PROJECT_ROOT / "data"),
-            store_dir=path("NAIT_STORE_DIR", "store_dir", PROJECT_ROOT / "data" / "store"),
+            store_dir=store if store and is_object_store_uri(store) else
+            path("NAIT_STORE_DIR", "store_dir", PROJECT_ROOT / "data" / "store"),
             model=os.environ.get("NAIT_MODEL") or file.get("model") or None,
             pool_sample=_optional_positive_int("NAIT_POOL_SAMPLE", file.get("pool_sample")),
             featurize_new_shards=bool(automation.get("featurize_new_shards", False)),
@@ -105,16 +126,46 @@ class Settings:
             store_seed=int(forward_store.get("seed", 0)),
             store_float_width=str(forward_store.get("float_width", "auto")),
             licenses={str(k): str(v) for k, v in file.get("licenses", {}).items()},
+            endpoint_url=os.environ.get("NAIT_S3_ENDPOINT") or object_store.get("endpoint_url") or None,
+            local_dir=_resolved(Path(local).expanduser()) if local else None,
         )
 
     @property
-    def lake_dir(self) -> Path:
-        return self.store_dir / "lake"
+    def on_object_store(self) -> bool:
+        return is_object_store_uri(self.store_dir)
+
+    @property
+    def work_dir(self) -> Path:
+        """This machine's folder: the store itself, or ``local_dir`` when the lake is on an object store."""
+        if not self.on_object_store:
+            return Path(self.store_dir)
+        return self.local_dir or PROJECT_ROOT / "data" / "store_local"
+
+    @property
+    def lake_dir(self):
+        """The lake: a local folder, or a ``UPath`` on the object store (checked when first asked for)."""
+        return lake_root(str(self.store_dir), self.endpoint_url)
+
+    @property
+    def layout(self):
+        from nait_pipeline.lib.io.layout import LakeLayout
+
+        return LakeLayout(self.lake_dir, self.work_dir / "lake" if self.on_object_store else None)
 
     @property
     def warehouse_path(self) -> Path:
-        return self.store_dir / "warehouse.duckdb"
+        return self.work_dir / "warehouse.duckdb"
 
     @property
     def models_dir(self) -> Path:
-        return self.store_dir / "models"
+        return self.work_dir / "models"
+
+
+def _resolved(path: Path) -> Path:
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
+@functools.lru_cache(maxsize=8)
+def lake_root(store: str, endpoint_url: str | None):
+    """Cached: an object store's bucket and conditional puts are checked once per process."""
+    return storage.lake_root(store, endpoint_url)

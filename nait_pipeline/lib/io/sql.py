@@ -4,19 +4,29 @@ Values in queries are bound as parameters. The one exception is the lake's locat
 view definitions: DuckDB cannot bind parameters in DDL, and a view must carry its path so that an
 analyst opening the file read-only sees the data. That path is inserted as an escaped string
 literal at the single ``{{lake}}`` token, never by formatting arbitrary SQL.
+
+On an object store the warehouse is the single committer of what SQL sees: each ``{{lake}} || '<path
+or glob>'`` becomes the list of the immutable objects the manifests publish at build time, so a view
+never reads a file half-replaced, and a file published later appears at the next build. The file keeps
+the store's endpoint; :func:`connect_read_only` reads it back and gives DuckDB the S3 filesystem
+(credentials from the AWS environment).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from nait_pipeline.lib.io.hashing import sha256_tree
 from nait_pipeline.lib.io.settings import PROJECT_ROOT
+from nait_pipeline.lib.io.storage import is_remote
 
 SQL_DIR = PROJECT_ROOT / "sql"
 LAKE_TOKEN = "{{lake}}"
+LAKE_REFERENCE = re.compile(r"\{\{lake\}\} \|\| '([^']*)'")
+STORE_TABLE = "nait_object_store"  # one row: the endpoint of the object store the views read
 # Example values for the named queries that take parameters: documentation and a smoke test.
 QUERY_EXAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "top_subset_examples": {"method": "nait", "capability": "math", "k": 20},
@@ -51,8 +61,21 @@ def sql_version(sql_dir: Path = SQL_DIR) -> str:
 
 
 def render_views(lake_dir: Path, sql_dir: Path = SQL_DIR) -> list[tuple[str, str]]:
+    if is_remote(lake_dir):
+        def published(match: re.Match) -> str:
+            return "[" + ", ".join(sql_literal(uri) for uri in published_objects(lake_dir, match.group(1))) + "]"
+
+        return [(path.name, LAKE_REFERENCE.sub(published, path.read_text())) for path in view_files(sql_dir)]
     lake = sql_literal(str(lake_dir.resolve()))
     return [(path.name, path.read_text().replace(LAKE_TOKEN, lake)) for path in view_files(sql_dir)]
+
+
+def published_objects(lake_dir, pattern: str) -> list[str]:
+    """The object URIs the manifests publish for a path or glob below the lake (sorted by logical name)."""
+    fs = lake_dir.fs
+    names = sorted(fs.glob(lake_dir.path + pattern)) if any(c in pattern for c in "*?[") else \
+        [lake_dir.path + pattern]
+    return [fs.uri(fs.object_key(name)) for name in names]
 
 
 def build_warehouse(db_path: Path, lake_dir: Path, sql_dir: Path = SQL_DIR) -> list[str]:
@@ -69,6 +92,9 @@ def build_warehouse(db_path: Path, lake_dir: Path, sql_dir: Path = SQL_DIR) -> l
     os.unlink(tmp_name)  # DuckDB must create the file itself
     try:
         with duckdb.connect(tmp_name) as con:
+            if is_remote(lake_dir):
+                con.register_filesystem(lake_dir.fs.s3)
+                con.execute(f"CREATE TABLE {STORE_TABLE} AS SELECT ? AS endpoint_url", [lake_dir.fs.endpoint_url])
             for file_name, text in render_views(lake_dir, sql_dir):
                 try:
                     con.execute(text)
@@ -92,7 +118,12 @@ def connect_read_only(db_path: Path):
 
     if not db_path.exists():
         raise FileNotFoundError(f"no warehouse at {db_path}: materialize the `warehouse` asset first")
-    return duckdb.connect(str(db_path), read_only=True)
+    con = duckdb.connect(str(db_path), read_only=True)
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [STORE_TABLE]).fetchone()[0]:
+        from nait_pipeline.lib.io.storage import s3_filesystem
+
+        con.register_filesystem(s3_filesystem(con.execute(f"SELECT endpoint_url FROM {STORE_TABLE}").fetchone()[0]))
+    return con
 
 
 def run_query(db_path: Path, name: str, params: dict[str, object] | list | None = None):

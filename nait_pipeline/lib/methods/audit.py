@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_json, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, read_table, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.data.conversation import example_record
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView
@@ -44,7 +43,7 @@ def subset_rows(layout: LakeLayout, subset_version: str, allow_changed: bool = F
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.parquet") if not p.name.startswith("_"))
         raise FileNotFoundError(f"no subset {subset_version!r}; available: {available}")
-    subset = pq.read_table(path).sort_by("rank")
+    subset = read_table(path).sort_by("rank")
     if "content_hash" not in subset.column_names:  # written before content hashes were recorded
         subset = subset.append_column("content_hash", pa.nulls(len(subset), pa.string()))
     pool = PoolView.open(layout).kept(["example_id", *EXAMPLE_COLUMNS, "source", "content_hash"])
@@ -101,14 +100,14 @@ def dump_selection(layout: LakeLayout, subset_version: str, out_dir: Path, templ
 
     if not layout.lineage(subset_version).exists():
         raise FileNotFoundError(f"no lineage for subset {subset_version!r}: see `nait-pipeline subsets`")
-    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    lineage = read_table(layout.lineage(subset_version)).to_pylist()[0]
     method = get_method(lineage["method"])
     if method.dump is not None:
         return method.dump(layout, subset_version, out_dir, template)
     params = json.loads(lineage["params_json"])
     scorer = method.scorer
     dump = Dump(out_dir)
-    subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
+    subset = read_table(layout.subset(subset_version)).sort_by("rank")
     versions = params.get("score_versions") or {}
     notes: dict = {}
     if scorer is None:
@@ -149,14 +148,14 @@ def _dump_store_inputs(dump: Dump, layout: LakeLayout, scorer, versions: dict[st
     for name, values in stored.items():
         dump.array(f"pool_{name}.npy", np.asarray(values), f"{name} of every pool example, from the store")
     for capability in versions:
-        table = pq.read_table(layout.scores(scorer.name, capability), columns=["example_id", "score"])
+        table = read_table(layout.scores(scorer.name, capability), columns=["example_id", "score"])
         if table.column("example_id").to_pylist() != store.ids:
             raise ValueError(f"{scorer.name} scores for {capability} no longer match the pool store")
         dump.array(f"scores_{capability}.npy", table.column("score").to_numpy(zero_copy_only=False),
                    f"[N] {scorer.name} score per pool example for {capability} (NaN: no score defined)")
         matrix_path = layout.score_matrix(scorer.name, capability)
         if matrix_path.exists():
-            with np.load(matrix_path) as matrix:
+            with matrix_path.open("rb") as handle, np.load(handle) as matrix:
                 dump.array(f"score_matrix_{capability}.npy", matrix["matrix"],
                            f"[N, m] score of each pool example against each {capability} in-domain example "
                            "(transpose for a queries-by-pool layout)")

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.data.decontamination import read_contaminated
 from nait_pipeline.lib.features.reduction import check_same_reduction
@@ -22,7 +21,7 @@ from nait_pipeline.lib.io.contract import (
     SUBSET_EXPLANATIONS_SCHEMA,
 )
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, read_table, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.base import (
@@ -106,7 +105,7 @@ def _load_matrix(layout: LakeLayout, scorer: Scorer, versions: dict[str, str]):
         path = layout.score_matrix(scorer.name, capability)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize {scorer.name}_scores[{capability}]")
-        with np.load(path) as stored:
+        with path.open("rb") as handle, np.load(handle) as stored:
             if str(stored["score_version"]) != versions[capability]:
                 raise MethodInputError(f"{path.name} is from another score version than the stored scores: "
                                        f"re-materialize {scorer.name}_scores[{capability}]")
@@ -137,7 +136,7 @@ def selection_input(layout: LakeLayout, method: Method, capabilities: list[str])
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: materialize {scorer.name}_scores"
                                     + (f"[{capability}]" if scorer.targeted else "") + " first")
-        table = pq.read_table(path, columns=["example_id", "score", *scorer.group_columns])
+        table = read_table(path, columns=["example_id", "score", *scorer.group_columns])
         meta = read_metadata(path)
         if meta["pool_version"] != pool_version:
             raise MethodInputError(f"{scorer.name}_scores[{capability}] was computed on pool version "
@@ -253,7 +252,7 @@ def run_selection(layout: LakeLayout, method: Method, params, capabilities: list
     now = datetime.now(timezone.utc)
     before = {}
     if layout.current_subsets(method.name).exists():
-        before = {(r["capability"], r["slot"]): r for r in pq.read_table(layout.current_subsets(method.name)).to_pylist()}
+        before = {(r["capability"], r["slot"]): r for r in read_table(layout.current_subsets(method.name)).to_pylist()}
 
     def previous(w: dict) -> str | None:
         old = before.get((w["capability"], w["slot"]))

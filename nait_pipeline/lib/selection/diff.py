@@ -11,10 +11,10 @@ import json
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.io.contract import SUBSET_DIFFS_SCHEMA
 from nait_pipeline.lib.io.layout import LakeLayout
+from nait_pipeline.lib.io.lake import read_table
 
 LINEAGE_INPUTS = ("pool_version", "model_id", "template_hash", "code_commit")
 
@@ -23,7 +23,7 @@ def _subset(layout: LakeLayout, version: str) -> dict[str, tuple[int, str | None
     path = layout.subset(version)
     if not path.exists():
         raise FileNotFoundError(f"no subset {version!r} in {path.parent}")
-    table = pq.read_table(path)
+    table = read_table(path)
     hashes = table.column("content_hash").to_pylist() if "content_hash" in table.column_names else [None] * len(table)
     return {i: (r, h) for i, r, h in zip(table.column("example_id").to_pylist(), table.column("rank").to_pylist(), hashes)}
 
@@ -46,7 +46,7 @@ def _lineage(layout: LakeLayout, version: str) -> dict:
     path = layout.lineage(version)
     if not path.exists():
         raise FileNotFoundError(f"no lineage for subset {version!r}")
-    return pq.read_table(path).to_pylist()[0]
+    return read_table(path).to_pylist()[0]
 
 
 def _flat(prefix: str, value, out: dict) -> dict:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from nait_pipeline.lib.data.text import ngram_hashes, word_ids
 from nait_pipeline.lib.io.contract import NEAR_DUPLICATES_SCHEMA as SCHEMA
+from nait_pipeline.lib.io.lake import read_table
 
 ASSET = "pool_near_duplicates"
 SHINGLE = 5
@@ -227,7 +228,6 @@ def duplicate_share(selected: Iterable[str], groups: dict[str, str]) -> float:
 def read_groups(layout, pool_version: str) -> tuple[dict[str, str], str] | None:
     """(example id -> near-duplicate group, the clustering's version), checked to be of ``pool_version``;
     None where the pool was not clustered."""
-    import pyarrow.parquet as pq
 
     from nait_pipeline.lib.io.lake import read_metadata
 
@@ -239,6 +239,6 @@ def read_groups(layout, pool_version: str) -> tuple[dict[str, str], str] | None:
     if clustered != pool_version:
         raise ValueError(f"{ASSET} was built on pool version {clustered}, the pool is now {pool_version}: "
                          f"re-materialize {ASSET}")
-    table = pq.read_table(path, columns=["example_id", "group"])
+    table = read_table(path, columns=["example_id", "group"])
     return (dict(zip(table.column("example_id").to_pylist(), table.column("group").to_pylist())),
             meta["near_duplicates_version"])

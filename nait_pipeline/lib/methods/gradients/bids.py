@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.methods.gradients import bids_math
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, MethodInputError, SelectionInput
 from nait_pipeline.lib.methods.gradients.gradient_pool import SCORER
 from nait_pipeline.lib.methods.gradients.less import floor_budget
+from nait_pipeline.lib.io.lake import read_table
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class BidsParams:
 
 
 def _tasks(inp: SelectionInput, capability: str, target_ids: list[str]) -> list[str]:
-    table = pq.read_table(inp.layout.target_selection(capability), columns=["example_id", "task"])
+    table = read_table(inp.layout.target_selection(capability), columns=["example_id", "task"])
     task_of = dict(zip(table.column("example_id").to_pylist(), table.column("task").to_pylist()))
     return [f"{capability}/{task_of.get(t, capability)}" for t in target_ids]
 

@@ -39,7 +39,7 @@ def read_graph(layout: LakeLayout, features_version: str) -> tuple[np.ndarray, d
     path = layout.gradient_graph
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: materialize {GRADIENT_GRAPH.pool_assets[0].name} first")
-    with np.load(path) as stored:
+    with path.open("rb") as handle, np.load(handle) as stored:
         meta = {"features_version": str(stored["features_version"]), "kind": str(stored["kind"]),
                 "k": int(stored["neighbours"].shape[1])}
         if meta["features_version"] != features_version:

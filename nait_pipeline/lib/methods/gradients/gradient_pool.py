@@ -92,7 +92,7 @@ def dump_gradient_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilit
                        f"{capability} target SGD gradient features at checkpoint {epoch}, subtasks contiguous")
         dump.json(f"target_ids_{capability}.json", target.ids, f"{capability} target ids, row order of its files")
         dump.json(f"target_subtasks_{capability}.json", target.subtasks, f"the subtask of each {capability} target row")
-        with np.load(layout.score_matrix(SCORER_NAME, capability)) as stored:
+        with layout.score_matrix(SCORER_NAME, capability).open("rb") as handle, np.load(handle) as stored:
             dump.array(f"score_matrix_{capability}.npy", stored["matrix"],
                        f"[N, m] LESS influence of each pool row on each {capability} target row (BIDS's input)")
     weights = " ".join(f"{w:.10g}" for w in pool.weights)

@@ -15,13 +15,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features, row_blocks, to_float32
 from nait_pipeline.lib.features.forward import FORWARD, TEMPLATE_PREFIX
 from nait_pipeline.lib.features.reduction import Reducer
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.lake import read_metadata, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.methods.nait import nait_c_math as nc
 from nait_pipeline.lib.methods.base import ALL, Chosen, Method, Scored, Scorer, SelectionInput
@@ -62,7 +61,7 @@ def load_prefix(layout: LakeLayout) -> tuple[nc.PrefixStates, dict]:
     path = layout.template_prefix
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: materialize template_prefix first")
-    table = pq.read_table(path)
+    table = read_table(path)
     meta = read_metadata(path)
     stack = lambda name: np.stack(table.column(name).to_numpy(zero_copy_only=False)).astype(np.float32)  # noqa: E731
     return nc.PrefixStates(length=int(meta["prefix_tokens"]), sums=stack("prefix_sum"), first=stack("first_state")), meta

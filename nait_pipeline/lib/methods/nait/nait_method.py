@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nait_pipeline.lib.features.feature_store import read_features
 from nait_pipeline.lib.features.forward import FORWARD, read_pool_store
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import read_metadata, write_json, write_parquet
+from nait_pipeline.lib.io.lake import read_metadata, read_table, write_json, write_parquet
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.nait import nait_math as nait
@@ -49,7 +48,7 @@ def load_directions(layout: LakeLayout, capability: str) -> tuple[np.ndarray, di
     path = layout.directions(capability)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: materialize capability_directions[{capability}] first")
-    table = pq.read_table(path)
+    table = read_table(path)
     meta = read_metadata(path)
     vectors = np.stack(table.column("direction").to_numpy(zero_copy_only=False)).astype(np.float32)
     return vectors, {**meta, "version": meta["directions_version"]}
@@ -168,7 +167,7 @@ SCORER = Scorer(
 
 def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, template) -> Path:
     """Dump the arrays behind a NAIT subset: features, directions, scores, ids and rendered texts."""
-    lineage = pq.read_table(layout.lineage(subset_version)).to_pylist()[0]
+    lineage = read_table(layout.lineage(subset_version)).to_pylist()[0]
     if lineage["method"] != "nait":
         raise ValueError(f"{subset_version} was made by {lineage['method']!r}; dump supports NAIT subsets")
     params = json.loads(lineage["params_json"])
@@ -181,7 +180,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
             raise ValueError(f"{subset_version} was selected from {capability} score version "
                              f"{params['score_versions'][capability]}, but the lake now holds {current}: "
                              "dump a subset made from the current scores (re-materialize nait_subsets)")
-    score_tables = {c: pq.read_table(layout.scores("nait", c)) for c in capabilities}
+    score_tables = {c: read_table(layout.scores("nait", c)) for c in capabilities}
     pool_ids = score_tables[capabilities[0]].column("example_id").to_pylist()
     pool = PoolView.open(layout)
     store = read_features([layout.pool_activations(s) for s in pool.shards], scalars=("n_tokens", "truncated"))
@@ -197,7 +196,7 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
         dump.array(f"layer_projections_{capability}.npy",
                    np.stack(table.column("layer_projections").to_numpy(zero_copy_only=False)),
                    f"[N, L] a_l . v_l per layer for {capability}; scores = sum over the layers in params")
-        directions = pq.read_table(layout.directions(capability))
+        directions = read_table(layout.directions(capability))
         dump.array(f"directions_{capability}.npy",
                    np.stack(directions.column("direction").to_numpy(zero_copy_only=False)).astype(np.float32),
                    f"[L, d] unit direction per layer for {capability} (PC1 of the drift, sign fixed by its mean)")
@@ -209,13 +208,13 @@ def dump_nait_selection(layout: LakeLayout, subset_version: str, out_dir: Path, 
                    f"[n, L, d] token means of the {capability} in-domain set")
         dump.array(f"target_first_token_{capability}.npy", target.vectors["first_token"],
                    f"[n, L, d] first-token states of the {capability} in-domain set")
-        targets = pq.read_table(layout.target_selection(capability)).to_pylist()
+        targets = read_table(layout.target_selection(capability)).to_pylist()
         dump.jsonl(f"target_texts_{capability}.jsonl", [
             dict(zip(("prompt_text", "response_text"), template.render(t["prompt"], "", t["answer"])),
                  example_id=t["example_id"]) for t in targets],
             f"the {capability} in-domain examples exactly as rendered for the model")
 
-    subset = pq.read_table(layout.subset(subset_version)).sort_by("rank")
+    subset = read_table(layout.subset(subset_version)).sort_by("rank")
     dump.json("selected_ids.json", subset.column("example_id").to_pylist(), "selected ids, rank 1 first")
     dump.array("selected_scores.npy", subset.column("score").to_numpy(), "the score each selected id was ranked by")
     texts = []

@@ -1,0 +1,108 @@
+"""The set-up run on a lake in S3 against the same run on a local folder: same subsets?
+
+Starts a real S3 API on 127.0.0.1 (moto in server mode, dummy credentials, a fresh bucket), then runs
+``nait-pipeline materialize`` on the embedded model twice with the same settings, once with
+``store_dir`` a local folder and once with ``store_dir = s3://<bucket>/store``, and compares every
+method's current subsets (versions and ranked ids) and the warehouse's answer to a named query. Prints a
+table and writes ``bench/results/object_store_parity.json``.
+
+    .venv/bin/python bench/object_store_parity.py [--sample 30] [--methods nait nait_c rds_round_robin ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_METHODS = ["nait", "nait_c", "rds_round_robin", "perplexity_top", "random", "length"]
+
+
+def run_setup(store: str, local: Path, env: dict, sample: int, methods: list[str], log: Path) -> float:
+    settings = local / "nait_settings.toml"
+    settings.write_text(f'data_dir = "{env["NAIT_DATA_DIR"]}"\nstore_dir = "{store}"\npool_sample = {sample}\n'
+                        f'[object_store]\nlocal_dir = "{local}"\n' + (f'endpoint_url = "{env["ENDPOINT"]}"\n'
+                                                                     if store.startswith("s3://") else ""))
+    run_env = {**env, "NAIT_SETTINGS": str(settings), "DAGSTER_HOME": str(local / "dagster_home")}
+    (local / "dagster_home").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-m", "nait_pipeline.cli", "materialize", "--methods", *methods],
+                       cwd=ROOT, env=run_env, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - started
+
+
+def subsets(store: str, local: Path, endpoint: str | None, methods: list[str]) -> dict:
+    from nait_pipeline.lib.io.lake import read_table
+    from nait_pipeline.lib.io.settings import Settings
+
+    settings = Settings(data_dir=local, store_dir=store if store.startswith("s3://") else Path(store), model=None,
+                        pool_sample=None, endpoint_url=endpoint, local_dir=local)
+    layout = settings.layout
+    out = {}
+    for method in methods:
+        for row in read_table(layout.current_subsets(method)).to_pylist():
+            version = row["subset_version"]
+            out[version] = read_table(layout.subset(version)).sort_by("rank").column("example_id").to_pylist()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=int, default=30, help="pool_sample of both runs")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from moto.server import ThreadedMotoServer
+
+    from nait_pipeline.lib.io.storage import s3_filesystem
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    bucket = f"parity-{uuid.uuid4().hex[:12]}"
+    s3_filesystem(endpoint).mkdir(bucket)
+    data_dir = os.environ.get("NAIT_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    env = {**os.environ, "NAIT_DATA_DIR": data_dir, "ENDPOINT": endpoint}
+    env.pop("NAIT_STORE_DIR", None)
+    env.pop("NAIT_POOL_SAMPLE", None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nait-parity-") as scratch:
+            scratch = Path(scratch)
+            (scratch / "file").mkdir()
+            (scratch / "s3").mkdir()
+            stores = {"file": str(scratch / "file" / "store"), "s3": f"s3://{bucket}/store"}
+            seconds = {}
+            for name, store in stores.items():
+                seconds[name] = run_setup(store, scratch / name, env, args.sample, args.methods,
+                                          scratch / f"{name}.log")
+                print(f"{name}: materialize in {seconds[name]:.0f} s", flush=True)
+            local = subsets(stores["file"], scratch / "file", None, args.methods)
+            remote = subsets(stores["s3"], scratch / "s3", endpoint, args.methods)
+            objects = len(s3_filesystem(endpoint).find(f"{bucket}/store/lake/_objects"))
+    finally:
+        server.stop()
+    same = local == remote
+    print(f"| store | materialize | subsets |\n|---|---|---|\n| local folder | {seconds['file']:.0f} s | {len(local)} |\n"
+          f"| s3 (moto on 127.0.0.1) | {seconds['s3']:.0f} s | {len(remote)} |")
+    print(f"identical subsets (versions and ranked ids): {same}; objects in the bucket: {objects}")
+    result = {"sample": args.sample, "methods": args.methods, "seconds": seconds, "subsets": len(local),
+              "identical": same, "objects": objects,
+              "differing": sorted(set(local) ^ set(remote)) + sorted(v for v in local if remote.get(v) != local[v])}
+    out = ROOT / "bench" / "results" / "object_store_parity.json"
+    out.write_text(json.dumps(result, indent=2))
+    if not same:
+        raise SystemExit(f"subsets differ: {result['differing'][:5]}")
+
+
+if __name__ == "__main__":
+    main()
