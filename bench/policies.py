@@ -9,7 +9,14 @@ around 30 of the centres. Per pool size N, each stage as the pipeline runs it:
 - LESS:   the [N, m] influence matrix (blocked float32 products) and the per-subtask mean, max over subtasks;
 - BIDS:   column z-scores and the balanced greedy (pointer form) for floor(5 % N) rows;
 - G2IS:   the kNN graph (a FAISS inverted-file index, nprobe 4: the exact graph is O(N^2 D), ~10 h at 1 M on this CPU) and the
-          walk for int(1 % N) rows from the target rows' principal components.
+          walk for int(1 % N) rows from the target rows' principal components;
+- LP:     per-cluster selection (``select_per_cluster``, lp_low at 10 %) over clusters of 52 rows (the official
+          1,000 clusters for Alpaca's 52k), on seeded learning percentages;
+- k-center: farthest-first traversal (``greedy_k_center``) on unit rows of the embedded model's RDS+ width
+          (576): ``KCENTER_PICKS`` picks timed, the whole 10 % budget projected from the time per pick (each
+          pick is a pass over [N, d]: O(k N d), hours at 1 M; timing every pick would take that long).
+
+``--stages`` picks some of them (less, bids and g2is run together on one gradient store; lp and kcenter need none).
 
 Prints a table (seconds, peak RSS growth, scaling exponent from the smallest to the largest N) and writes
 bench/results/policies.json. Peak memory is the process's high-water mark after each stage: stages run
@@ -43,15 +50,47 @@ def synthetic(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator, b
     return rows
 
 
-def run(n: int, dim: int, m: int, k: int) -> dict:
+KCENTER_PICKS, KCENTER_WIDTH, LP_CLUSTER_ROWS = 200, 576, 52
+STAGES = ("less", "bids", "g2is", "lp", "kcenter")
+
+
+def run_lp_kcenter(n: int, stages: list[str]) -> dict:
+    from nait_pipeline.lib.methods.baselines.kcenter import greedy_k_center
+    from nait_pipeline.lib.methods.lp import lp_math
+
+    rng = np.random.default_rng(0)
+    timings = {}
+    if "lp" in stages:
+        ids = [f"pool-{i:07d}" for i in range(n)]
+        clusters = rng.integers(0, max(1, n // LP_CLUSTER_ROWS), n)
+        lp = rng.uniform(0, 1, n)
+        started = time.perf_counter()
+        chosen = lp_math.select_per_cluster(ids, lp, clusters, np.zeros(n, bool), 10.0, "low")
+        timings["lp_s"] = round(time.perf_counter() - started, 2)
+        timings["lp_rows"] = len(chosen)
+    if "kcenter" in stages:
+        points = rng.standard_normal((n, KCENTER_WIDTH), dtype=np.float32)
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        started = time.perf_counter()
+        greedy_k_center(points, KCENTER_PICKS, 0)
+        per_pick = (time.perf_counter() - started) / KCENTER_PICKS
+        timings["kcenter_s_per_pick"] = round(per_pick, 4)
+        timings["kcenter_projected_s"] = round(per_pick * math.ceil(0.1 * n))
+        timings["kcenter_peak_mb"] = peak_rss_mb()
+    return timings
+
+
+def run(n: int, dim: int, m: int, k: int, stages: list[str]) -> dict:
     from nait_pipeline.lib.methods.gradients import bids_math, g2is_math, less_math
 
+    timings = {"rows": n, **run_lp_kcenter(n, stages)}
+    if not {"less", "bids", "g2is"} & set(stages):
+        return timings
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, dim)).astype(np.float32) / math.sqrt(dim) * 3
     pool = synthetic(n, dim, centres, rng)
     targets = synthetic(m, dim, centres[:30], rng)
     subtasks = [f"task{j % 10}" for j in range(m)]
-    timings = {"rows": n}
 
     started = time.perf_counter()
     matrix = less_math.instance_matrix([pool], [targets], [1.0])
@@ -88,6 +127,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--targets", type=int, default=300)
     parser.add_argument("--k", type=int, default=64, help="graph neighbours per row")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     args = parser.parse_args()
 
     import torch
@@ -95,9 +135,10 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         print(f"N = {n:,} ...", flush=True)
-        rows.append(run(n, args.dim, args.targets, args.k))
+        rows.append(run(n, args.dim, args.targets, args.k, args.stages))
         print(json.dumps(rows[-1]), flush=True)
-    stages = ["less_s", "bids_s", "g2is_graph_s", "g2is_walk_s"]
+    stages = [s for s in ("less_s", "bids_s", "g2is_graph_s", "g2is_walk_s", "lp_s", "kcenter_projected_s")
+              if all(s in row for row in rows)]
     lines = [f"synthetic gradient store: dim {args.dim}, {args.targets} target rows, graph k={args.k} "
              f"(FAISS IVF, nprobe 4), {torch.get_num_threads()} threads",
              f"{'rows':>10}" + "".join(f"{s[:-2]:>14}" for s in stages) + f"{'peak RSS MB':>13}"]

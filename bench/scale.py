@@ -19,13 +19,20 @@ page cache (24 GiB here) is read warm, as the build left it; a larger one (1M ro
 would: the raw read beside each stage is read the same way, so the ratio compares like with like.
 
 - raw read: every shard file's bytes, in 64 MiB reads (the floor for any reader of the store);
-- NAIT, NAIT-C, RDS+: ``score_capability`` (the store read shard by shard, the scores written);
+- NAIT, NAIT-C, RDS+: ``score_capability`` (the store read shard by shard, the scores written); NAIT-C
+  three times: first on a lake where no shard's pool moments are kept yet (the first capability's cost),
+  then with them kept (any later capability's), then also without the nearest in-domain rows
+  (``nearest_targets = 0``: one read of the store);
 - select: ``run_selection`` for NAIT (top 10 %), RDS+ round-robin over the 256 in-domain rows, RDS+ top-B;
-- SQL: the warehouse views built, then ``top_subset_examples`` (the subset joined with the pool's text).
+- SQL: the warehouse views built, then ``top_subset_examples`` (the subset joined with the pool's text);
+- gradients (with the first config only: the kind is 1,024-d at any model width): a warmup record with 4
+  checkpoints and one gradient store file per shard and checkpoint (float32 unit rows, 16 KiB per row), a
+  256-row target set in 4 subtasks; its raw read, LESS's scorer (the [N, 256] influence matrix and the
+  capability score) and the LESS and BIDS policies on it.
 
-Prints a table (seconds, peak RSS, the ratio to the raw read, the growth exponent from the smallest to the
-largest size) and writes bench/results/scale.json. The gradient methods' policies at the same sizes are
-``bench/policies.py``.
+Prints a table (seconds, peak RSS, the ratio to the raw read of the same kind, the growth exponent from the
+smallest to the largest size) and writes bench/results/scale.json. G2IS's graph and walk at the same sizes
+are ``bench/policies.py``.
 """
 
 from __future__ import annotations
@@ -43,14 +50,21 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = {"embedded": (30, 576), "wide_compact": (8, 4096)}
 SHARD, TARGETS, CAPABILITY = 2048, 256, "math"
-STAGES = ("raw read", "nait", "nait_c", "rds", "select nait", "select rds_round_robin", "select rds_top_b", "sql top-k")
+STAGES = ("raw read", "nait", "nait_c", "nait_c moments kept", "nait_c moments kept, no nearest", "rds", "select nait", "select rds_round_robin", "select rds_top_b", "sql top-k",
+          "raw read gradients", "less", "select less", "select bids")
+GRADIENT_STAGES = ("raw read gradients", "less", "select less", "select bids")
+CHECKPOINTS, GRADIENT_DIM = 4, 1024  # LESS's default warmup (4 epochs) and projection width
+
+
+def gradient_bytes(rows: int) -> int:
+    return rows * CHECKPOINTS * GRADIENT_DIM * 4
 
 
 def lake_bytes(rows: int, layers: int, width: int) -> int:
     return rows * (layers * width * 2 + width * 4 + 64)
 
 
-def build(root: Path, rows: int, layers: int, width: int) -> None:
+def build(root: Path, rows: int, layers: int, width: int, gradients: bool) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -111,10 +125,59 @@ def build(root: Path, rows: int, layers: int, width: int) -> None:
                   {"prefix_tokens": 4, "prefix_text": "<s>", "prefix_version": "p", "model_id": "scale@0",
                    "template_hash": "t"})
     write_directions(layout, CAPABILITY)
+    if gradients:
+        build_gradients(layout, ids, shards, hashes, rng)
     write_json(ModelInfo(model_id="scale@0", path="unused", architecture="synthetic", num_layers=layers,
                          hidden_size=width, vocab_size=0, template_hash="t", has_chat_template=True).as_dict(),
                layout.model_record)
     ensure_contract_tables(layout.root)
+
+
+def build_gradients(layout, ids: list[str], shards: list[str], hashes: list[str], rng) -> None:
+    """The gradient kind in its real format: a warmup record with CHECKPOINTS checkpoints, one store file per
+    shard and checkpoint (unit float32 rows of GRADIENT_DIM), the capability's target gradients in 4 subtasks."""
+    import numpy as np
+    import pyarrow as pa
+
+    from nait_pipeline.lib.features import gradients as gr
+    from nait_pipeline.lib.io.contract import TARGET_SCHEMA
+    from nait_pipeline.lib.io.lake import write_json, write_parquet
+    from nait_pipeline.lib.io.pool_view import shard_input_version
+
+    epochs = list(range(1, CHECKPOINTS + 1))
+    rates = [2e-5 * (1 - e / (CHECKPOINTS + 1)) for e in epochs]
+    write_json({"adapter_version": "bench", "model_id": "scale@0", "model_path": "unused", "template_hash": "t",
+                "config": gr.WarmupConfig(epochs=CHECKPOINTS).as_dict(), "warmup_rows": 0,
+                "checkpoints": [{"epoch": e, "mean_lr": r} for e, r in zip(epochs, rates)],
+                "weights": [r / sum(rates) for r in rates]}, layout.warmup_record)
+    projection = {"kind": "rademacher", "seed": 0, "dim": GRADIENT_DIM, "num_params": 10**6, "version": "1"}
+
+    def unit(values):
+        return (values / np.linalg.norm(values, axis=1, keepdims=True)).astype(np.float32)
+
+    def write(path, row_ids, vectors, preconditioning, epoch, input_version):
+        identity = gr.store_identity("scale@0", "t", "bench", epoch, projection, preconditioning, 512, input_version)
+        features = gr.GradientFeatures(ids=row_ids, vectors=vectors, zero_gradient=np.zeros(len(row_ids), bool),
+                                       n_tokens=np.full(len(row_ids), 200), seconds=1.0)
+        gr.write_gradient_store(path, features, {**identity, "store_version": gr.store_version(identity),
+                                                 "stats": {"seconds": 1.0, "tokens": 200 * len(row_ids)}})
+
+    base = unit(rng.standard_normal((SHARD, GRADIENT_DIM), dtype=np.float32))
+    for epoch in epochs:
+        for number, shard in enumerate(shards):
+            start = number * SHARD
+            n = min(SHARD, len(ids) - start)
+            vectors = unit(np.roll(base[:n], number + epoch, axis=1))  # a different row set per shard, same cost
+            write(layout.pool_gradients(shard, epoch), ids[start:start + n], vectors, "adam", epoch,
+                  shard_input_version(ids[start:start + n], hashes[start:start + n]))
+    target_ids = [f"{CAPABILITY}-{i}" for i in range(TARGETS)]
+    write_parquet(pa.Table.from_pylist([dict(
+        example_id=t, capability=CAPABILITY, task=f"{CAPABILITY}/task{i % 4}", split="dev", file="bench",
+        prompt=f"prompt {t}", answer=f"answer {t}", extra_json="{}") for i, t in enumerate(target_ids)],
+        schema=TARGET_SCHEMA), layout.target_selection(CAPABILITY))
+    for epoch in epochs:
+        write(layout.target_gradients(CAPABILITY, epoch), target_ids,
+              unit(rng.standard_normal((TARGETS, GRADIENT_DIM), dtype=np.float32)), "sgd", epoch, "bench-targets")
 
 
 def stage(root: Path, what: str) -> dict:
@@ -128,16 +191,22 @@ def stage(root: Path, what: str) -> dict:
     layout = LakeLayout(root / "lake")
     started = time.perf_counter()
     result = None
-    if what == "raw read":
+    if what in ("raw read", "raw read gradients"):
         buffer = bytearray(64 * 2**20)
         result = 0
-        for shard in PoolView.open(layout).shards:
-            with open(layout.pool_activations(shard), "rb", buffering=0) as handle:
+        shards = PoolView.open(layout).shards
+        files = ([layout.pool_activations(s) for s in shards] if what == "raw read" else
+                 [layout.pool_gradients(s, e) for s in shards for e in range(1, CHECKPOINTS + 1)])
+        for path in files:
+            with open(path, "rb", buffering=0) as handle:
                 while count := handle.readinto(buffer):
                     result += count
-    elif what in ("nait", "nait_c", "rds"):
-        scorer = scorers()[what]
-        result = len(score_capability(layout, scorer, CAPABILITY, scorer.params()).table)
+    elif what in ("nait", "nait_c", "rds", "less") or what.startswith("nait_c "):
+        # "nait_c" runs first on a lake without kept moments (the first capability computes them); the next
+        # stages find them kept, as any later capability does.
+        scorer = scorers()[what.split()[0]]
+        params = scorer.params(nearest_targets=0) if what.endswith("no nearest") else scorer.params()
+        result = len(score_capability(layout, scorer, CAPABILITY, params).table)
     elif what.startswith("select "):
         method = METHODS[what.split()[1]]
         records = run_selection(layout, method, method.params(), [CAPABILITY], ModelInfo.read(layout))
@@ -190,7 +259,9 @@ def main() -> None:
         layers, width = CONFIGS[config]
         for rows in args.sizes:
             root = Path(args.dir) / f"{config}-{rows}"
-            need = lake_bytes(rows, layers, width)
+            # The gradient kind is the same at any model width (1,024-d projections): built with the first config.
+            gradients = config == args.configs[0] and any(s in GRADIENT_STAGES for s in args.stages)
+            need = lake_bytes(rows, layers, width) + (gradient_bytes(rows) if gradients else 0)
             free = shutil.disk_usage(Path(args.dir).parent if not Path(args.dir).exists() else args.dir).free
             if need > 0.8 * free:
                 print(f"{config} {rows:,}: skipped, the lake needs {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
@@ -199,10 +270,10 @@ def main() -> None:
                 continue
             shutil.rmtree(root, ignore_errors=True)
             started = time.perf_counter()
-            build(root, rows, layers, width)
+            build(root, rows, layers, width, gradients)
             print(f"{config} {rows:,}: lake built in {time.perf_counter() - started:.0f} s "
                   f"({sum(p.stat().st_size for p in (root / 'lake').rglob('*.parquet')) / 2**30:.1f} GiB)", flush=True)
-            for what in args.stages:
+            for what in [s for s in args.stages if gradients or s not in GRADIENT_STAGES]:
                 done = subprocess.run([sys.executable, __file__, "--child", str(root), what], capture_output=True,
                                       text=True)
                 if done.returncode:
@@ -230,12 +301,13 @@ def print_table(results: list[dict]) -> None:
             cells, by_size = [], {}
             for n in sizes:
                 record = next((r for r in done if (r["config"], r["rows"], r["stage"]) == (config, n, what)), None)
-                raw = next((r for r in done if (r["config"], r["rows"], r["stage"]) == (config, n, "raw read")), None)
+                raw_stage = "raw read gradients" if what in GRADIENT_STAGES else "raw read"
+                raw = next((r for r in done if (r["config"], r["rows"], r["stage"]) == (config, n, raw_stage)), None)
                 by_size[n] = record
                 if record is None:
                     cells.append("-")
                     continue
-                ratio = f", {record['seconds'] / raw['seconds']:.2f}x" if raw and what != "raw read" else ""
+                ratio = f", {record['seconds'] / raw['seconds']:.2f}x" if raw and what != raw_stage else ""
                 cells.append(f"{record['seconds']:.1f} ({record['peak_rss_mb']:,}{ratio})")
             exponent = growth(by_size[sizes[0]], by_size[sizes[-1]]) if len(sizes) > 1 else None
             print(f"| {what} | " + " | ".join(cells) + f" | {exponent if exponent is not None else '-'} |")

@@ -58,11 +58,14 @@ def _texts(k: int, response_words: int) -> dict:
 
 
 def build(root: Path, n_pool: int = 40, shard_size: int = 16, layers: int = 3, width: int = 8,
-          n_targets: int = 6, seed: int = 0) -> LakeLayout:
+          n_targets: int = 6, seed: int = 0, interleaved: bool = False) -> LakeLayout:
+    """``interleaved``: row i goes to shard i mod the shard count, so no shard is a run of ids (as rows landing
+    over time are not); otherwise shards are consecutive runs of ``shard_size`` ids."""
     rng = np.random.default_rng(seed)
     layout = LakeLayout(root)
     ids = [f"pool-{i:06d}" for i in range(n_pool)]
-    shards = [f"p0-s{i // shard_size:04d}" for i in range(n_pool)]
+    n_shards = -(-n_pool // shard_size)
+    shards = [f"p0-s{(i % n_shards if interleaved else i // shard_size):04d}" for i in range(n_pool)]
     features = _features(rng, n_pool, layers, width)
     features.response_loss[7] = np.nan  # truncation left this row no response token: it has no perplexity
     # Response texts as long as the stored response token counts, as in a real store; every third row is a
@@ -135,7 +138,7 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
     has no response token: a zero gradient), target rows in two tasks per capability, and G2IS's graph."""
     from nait_pipeline.lib.features import gradients as gr
     from nait_pipeline.lib.io.contract import TARGET_SCHEMA
-    from nait_pipeline.lib.methods.gradients import g2is_math, less_math
+    from nait_pipeline.lib.methods.gradients import g2is_math
     from nait_pipeline.lib.features.gradient_store import read_gradient_pool
 
     epochs, rates = [1, 2], [2e-5, 1e-5]
@@ -177,6 +180,6 @@ def _gradient_store(rng: np.random.Generator, layout: LakeLayout, ids: list[str]
                   unit(centre + rng.normal(0, 0.5, size=(n_targets, dim))), "sgd", epoch, f"targets-{capability}")
     pool, _ = read_gradient_pool(layout)
     with atomic_path(layout.gradient_graph, ".npz") as tmp, open(tmp, "wb") as handle:
-        features = less_math.combined_features(pool.checkpoints, pool.weights)
+        features = pool.combined()
         np.savez(handle, neighbours=g2is_math.knn_graph(features, 8), pool_ids=np.array(pool.ids),
                  features_version=np.array(pool.metadata["features_version"]), kind=np.array("exact"))

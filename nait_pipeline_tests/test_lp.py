@@ -173,3 +173,12 @@ def test_lp_scores_refuse_trajectories_of_another_pool_version(tmp_path):
     write_parquet(table.replace_schema_metadata(None), layout.selector_trajectories, {**meta, "pool_version": "old"})
     with pytest.raises(MethodInputError, match="re-materialize selector_trajectories"):
         score_capability(layout, scorers()["lp"], "all", scorers()["lp"].params())
+
+
+def test_cluster_members_group_rows_as_a_scan_per_cluster_does():
+    rng = np.random.default_rng(4)
+    clusters = rng.choice([7, -1, 3, 40, 12], size=500)  # labels neither contiguous nor starting at 0
+    expected = [np.flatnonzero(clusters == c) for c in np.unique(clusters)]
+    got = lp.cluster_members(clusters)
+    assert len(got) == len(expected) and all(np.array_equal(g, e) for g, e in zip(got, expected))
+    assert lp.cluster_members(np.array([], np.int64)) == []

@@ -5,6 +5,7 @@ model on the content tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,9 +143,22 @@ class ArrayPool:
     scalars: dict
     metadata: dict
 
-    def blocks(self, name: str):
-        for start in range(0, len(self.ids), 64):
-            yield getattr(self, name)[start:start + 64]
+    """A pool store held in memory, in 64-row shards with no store version (so no moments are kept)."""
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(f"shard{k}.parquet") for k in range(-(-len(self.ids) // 64))]
+
+    @property
+    def shard_metadata(self) -> list[dict]:
+        return [{} for _ in self.paths]
+
+    def shard_rows(self, number: int) -> slice:
+        return slice(number * 64, min(len(self.ids), (number + 1) * 64))
+
+    def blocks(self, name: str, shards=None):
+        for number in range(len(self.paths)) if shards is None else shards:
+            yield getattr(self, name)[self.shard_rows(number)]
 
 
 def _planted(seed: int = 0):
@@ -230,3 +244,67 @@ def test_prefix_removal_matches_a_direct_forward_on_content_tokens(model_dir):
         direct = torch.stack([h[0, length:].mean(0) for h in states]).double().numpy()
         np.testing.assert_allclose(cleaned[row][~massive], direct[~massive], rtol=1e-3, atol=2e-3)
         np.testing.assert_allclose(cleaned[row][massive], direct[massive], rtol=2e-2, atol=0.5)
+
+
+def test_pool_moments_are_kept_per_shard_and_reused_by_the_next_capability(tmp_path, monkeypatch):
+    """The first capability computes each shard's moments and keeps them; the next one reads none of them
+    again (PoolMoments.add is never called) and its scores equal a run that kept nothing."""
+    from nait_pipeline.lib.io.lake import read_metadata, read_table, write_parquet
+    from nait_pipeline.lib.io.pool_view import PoolView
+    from nait_pipeline.lib.methods import scorers
+    from nait_pipeline.lib.methods.run import score_capability
+    from nait_pipeline_tests import synthetic_lake
+
+    layout = synthetic_lake.build(tmp_path / "lake", n_pool=48, shard_size=16)
+    scorer = scorers()["nait_c"]
+    shards = PoolView.open(layout).shards
+    first = score_capability(layout, scorer, "math", scorer.params()).table
+    assert all(layout.pool_moments(s).exists() for s in shards) and len(shards) == 3
+    added = []
+    monkeypatch.setattr(nc.PoolMoments, "add", lambda self, *a: added.append(1))
+    second = score_capability(layout, scorer, "code", scorer.params()).table
+    assert added == []
+    monkeypatch.undo()
+    for path in layout.root.glob("features/pool_moments/*.npz"):
+        path.unlink()
+    uncached = score_capability(layout, scorer, "code", scorer.params()).table
+    assert second.column("score").to_pylist() == uncached.column("score").to_pylist()
+    assert second.column("nearest_targets").to_pylist() == uncached.column("nearest_targets").to_pylist()
+    assert first.column("example_id").to_pylist() == second.column("example_id").to_pylist()
+    # A shard re-featurized (another store version) has its moments computed again, the others are reused.
+    path = layout.pool_activations(shards[1])
+    meta = read_metadata(path)
+    write_parquet(read_table(path), path, {**meta, "store_version": "refeaturized"})
+    added_rows = []
+    original_add = nc.PoolMoments.add
+    monkeypatch.setattr(nc.PoolMoments, "add", lambda self, clean, n: (added_rows.append(len(clean)),
+                                                                       original_add(self, clean, n)))
+    again = score_capability(layout, scorer, "code", scorer.params()).table
+    assert added_rows == [16]
+    assert again.column("score").to_pylist() == uncached.column("score").to_pylist()
+
+
+def test_nearest_targets_zero_skips_the_explanation_and_keeps_the_scores(tmp_path):
+    from nait_pipeline.lib.methods import scorers
+    from nait_pipeline.lib.methods.run import score_capability
+    from nait_pipeline_tests import synthetic_lake
+
+    layout = synthetic_lake.build(tmp_path / "lake")
+    scorer = scorers()["nait_c"]
+    full = score_capability(layout, scorer, "math", scorer.params()).table
+    bare = score_capability(layout, scorer, "math", scorer.params(nearest_targets=0)).table
+    assert bare.column("score").to_pylist() == full.column("score").to_pylist()
+    assert set(map(len, bare.column("nearest_targets").to_pylist())) == {0}
+    assert set(map(len, full.column("nearest_targets").to_pylist())) == {3}
+
+
+def test_top_columns_equal_a_stable_sort_of_every_column_even_with_ties():
+    from nait_pipeline.lib.methods.nait.nait_c_method import _top_columns
+
+    rng = np.random.default_rng(3)
+    similarity = rng.integers(0, 4, size=(200, 12)).astype(np.float32)  # many ties, also at the k-th place
+    for k in (1, 3, 12):
+        top, values = _top_columns(similarity, k)
+        expected = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(top, expected)
+        assert np.array_equal(values, np.take_along_axis(similarity, expected, 1))

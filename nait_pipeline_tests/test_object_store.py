@@ -4,6 +4,7 @@ method selecting the same subsets from a lake on S3 as from a local folder."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -214,6 +215,15 @@ def test_the_warehouse_reads_an_s3_lake_read_only(s3_store, s3_endpoint, tmp_pat
     assert table.num_rows == 0  # no subsets yet: the query runs against the S3 views all the same
     with sql.connect_read_only(settings.warehouse_path) as con:
         assert con.execute("SELECT count(*) FROM scores WHERE method = 'x'").fetchone()[0] == 1
+    # `nait-pipeline query` with a settings file naming the S3 store: the analyst's path, read-only.
+    settings_file = tmp_path / "nait_settings.toml"
+    settings_file.write_text(f'data_dir = "{tmp_path}"\nstore_dir = "{s3_store}"\n'
+                             f'[object_store]\nendpoint_url = "{s3_endpoint}"\nlocal_dir = "{tmp_path}"\n')
+    done = subprocess.run([sys.executable, "-m", "nait_pipeline.cli", "query", "top_subset_examples", "--param",
+                           "method=nait", "--param", "capability=math", "--param", "k=3"], capture_output=True, text=True,
+                          env={**os.environ, "NAIT_SETTINGS": str(settings_file)})
+    assert done.returncode == 0, done.stderr
+    assert "shape: (0," in done.stdout
 
 
 def test_the_s3_extra_pins_are_what_is_installed():

@@ -24,7 +24,7 @@ from nait_pipeline.lib.io.lake import read_metadata, read_table, write_json
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS
-from nait_pipeline.lib.methods.gradients import g2is_math, less_math
+from nait_pipeline.lib.methods.gradients import g2is_math
 from nait_pipeline.lib.methods.gradients.gradient_pool import warmup_rows
 
 WarmupAdapterConfig = config_class("WarmupAdapterConfig", gr.WarmupConfig)
@@ -194,7 +194,7 @@ def gradient_graph(context: dg.AssetExecutionContext, config: GradientGraphConfi
     (learning-rate-weighted, all checkpoints) gradient features, most similar first, self excluded."""
     layout = pipeline.layout
     pool, _ = read_gradient_pool(layout)
-    features = less_math.combined_features(pool.checkpoints, pool.weights)
+    features = pool.combined()
     started = time.perf_counter()
     if config.kind == "exact":
         neighbours = g2is_math.knn_graph(features, config.k, progress=_console_progress("kNN graph", context))

@@ -107,16 +107,18 @@ class StoredFeatures:
     metadata: dict
 
 
-def _check_same_store(paths: Sequence[Path]) -> dict:
+def _check_same_store(paths: Sequence[Path]) -> list[dict]:
+    """Each file's metadata, checked to share model, template, featurizer and reduction with the first."""
     if not paths:
         raise ValueError("no feature files to read")
-    metadata = read_metadata(paths[0])
+    metadata = [read_metadata(paths[0])]
     key = ("model_id", "template_hash", "featurizer")
     for path in paths[1:]:
         other = read_metadata(path)
-        check_same_reduction(metadata.get("reduction"), other.get("reduction"), paths[0].name, path.name)
-        if any(other.get(k) != metadata.get(k) for k in key):
+        check_same_reduction(metadata[0].get("reduction"), other.get("reduction"), paths[0].name, path.name)
+        if any(other.get(k) != metadata[0].get(k) for k in key):
             raise ValueError(f"{path} was made with another model, template or featurizer than {paths[0]}")
+        metadata.append(other)
     return metadata
 
 
@@ -129,7 +131,7 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
                   scalars: Sequence[str] = ()) -> StoredFeatures:
     """Read and concatenate stores (in the given order) as float32, checking they share model and
     template. For whole pools prefer :class:`PoolStore`, which reads shard by shard."""
-    metadata = _check_same_store(paths)
+    metadata = _check_same_store(paths)[0]
     tables = [read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
     dtypes = [read_metadata(path).get("vector_dtypes") or {} for path in paths]
     table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
@@ -163,17 +165,24 @@ class PoolStore:
 
     def __init__(self, paths: Sequence[Path], scalars: Sequence[str] = ()):
         self.paths = list(paths)
-        self.metadata = _check_same_store(self.paths)
+        self.shard_metadata = _check_same_store(self.paths)
+        self.metadata = self.shard_metadata[0]
         tables = [read_table(path, columns=["example_id", *scalars]) for path in self.paths]
         table = pa.concat_tables(tables)
         self.ids: list[str] = table.column("example_id").to_pylist()
         self.scalars = {name: table.column(name).to_numpy(zero_copy_only=False) for name in scalars}
         self.shard_sizes = [len(t) for t in tables]
+        self.shard_starts = np.cumsum([0, *self.shard_sizes])[:-1].tolist()
 
-    def blocks(self, name: str) -> Iterator[np.ndarray]:
-        """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]. A reader
-        thread loads the next shard while the caller computes on this one, so a store read from disk costs the
-        larger of reading and computing, not their sum."""
+    def shard_rows(self, number: int) -> slice:
+        """The rows of the pool (of ``ids``, ``scalars``) shard ``number`` holds."""
+        return slice(self.shard_starts[number], self.shard_starts[number] + self.shard_sizes[number])
+
+    def blocks(self, name: str, shards: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]; only the
+        shards numbered in ``shards`` when given, in that order. A reader thread loads the next shard while the
+        caller computes on this one, so a store read from disk costs the larger of reading and computing, not
+        their sum."""
         from concurrent.futures import ThreadPoolExecutor
 
         def load(number: int) -> np.ndarray:
@@ -182,11 +191,12 @@ class PoolStore:
             values = _column_values(table, name, read_metadata(path).get("vector_dtypes") or {})
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
 
+        order = list(range(len(self.paths)) if shards is None else shards)
         with ThreadPoolExecutor(1, thread_name_prefix="store-reader") as reader:
-            pending = reader.submit(load, 0) if self.paths else None
-            for number in range(len(self.paths)):
+            pending = reader.submit(load, order[0]) if order else None
+            for position in range(len(order)):
                 block = pending.result()
-                pending = reader.submit(load, number + 1) if number + 1 < len(self.paths) else None
+                pending = reader.submit(load, order[position + 1]) if position + 1 < len(order) else None
                 yield block
 
     def vector(self, name: str) -> np.ndarray:

@@ -6,14 +6,13 @@ pool rows and of the current warmup adapter; priced from the stats every store f
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nait_pipeline.lib.features import gradients as gr
-from nait_pipeline.lib.features.gradients import read_gradient_stores
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector, check_same_projection
 from nait_pipeline.lib.io.hashing import sha256_json
@@ -32,51 +31,111 @@ def read_warmup(layout: LakeLayout) -> dict:
     return json.loads(layout.warmup_record.read_text())
 
 
+def combined_features(per_checkpoint: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """[n, C * dim] float32: ``concat_c sqrt(w_c) * f_c`` (dot products = the weighted cosine sum)."""
+    if len(per_checkpoint) != len(weights):
+        raise MethodInputError(f"{len(per_checkpoint)} checkpoint matrices but {len(weights)} weights")
+    return np.concatenate([np.sqrt(w, dtype=np.float32) * f.astype(np.float32)
+                           for f, w in zip(per_checkpoint, weights)], axis=1)
+
+
 @dataclass
 class GradientPool:
+    """The pool's gradient store over every warmup checkpoint, opened lazily: ids (in id order, as every scorer
+    writes its rows), the zero-gradient flags, the checkpoint weights and the identity at once; the vectors
+    shard by shard (:meth:`blocks`). At 1M rows, 1,024-d and 4 checkpoints the vectors are 16 GB: LESS's scorer
+    streams them into its [N, m] matrix, and only G2IS's graph and walk hold them whole (:meth:`combined`)."""
+
     ids: list[str]
-    checkpoints: list[np.ndarray]  # per checkpoint [N, dim] unit rows
     weights: list[float]
     zero_gradient: np.ndarray  # [N] bool
     metadata: dict
+    shard_paths: list[list[Path]]  # per shard, its store at each checkpoint
+    shard_positions: list[np.ndarray]  # per shard, the index in ``ids`` of each of its rows
+    dim: int
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """Per shard: the positions of its rows in ``ids`` and its [n, dim] float32 vectors at each checkpoint."""
+        for paths, positions in zip(self.shard_paths, self.shard_positions):
+            yield positions, [self._vectors(path, positions) for path in paths]
+
+    def checkpoint(self, number: int) -> np.ndarray:
+        """[N, dim] float32 at one checkpoint (the dump writes them one at a time)."""
+        out = np.empty((len(self.ids), self.dim), np.float32)
+        for paths, positions in zip(self.shard_paths, self.shard_positions):
+            out[positions] = self._vectors(paths[number], positions)
+        return out
+
+    def combined(self) -> np.ndarray:
+        """[N, C * dim] float32 ``concat_c sqrt(w_c) * f_c`` (G2IS), filled shard by shard into one array."""
+        out = np.empty((len(self.ids), len(self.weights) * self.dim), np.float32)
+        for positions, per_checkpoint in self.blocks():
+            out[positions] = combined_features(per_checkpoint, self.weights)
+        return out
+
+    def _vectors(self, path: Path, positions: np.ndarray) -> np.ndarray:
+        stored = gr.read_gradient_stores([path])
+        if [self.ids[p] for p in positions] != stored.ids:
+            raise MethodInputError(f"{path} holds other rows than when the store was opened (rewritten meanwhile?): "
+                                   "rerun")
+        return stored.vectors
 
 
 def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars: Sequence[str] = (),
                        needed_by: str = "") -> tuple[GradientPool, str]:
-    """Every kept shard's pool gradients at every warmup checkpoint, checked to be of the current pool
-    rows and of the current warmup adapter (the store has one vector per row: ``vectors`` is unused)."""
+    """The pool's gradient store at every warmup checkpoint, opened (ids, flags, identity; the vectors on
+    demand) and checked to be of the current pool rows, of the current warmup adapter and of one model,
+    template and projection (the store has one vector per row: ``vectors`` is unused)."""
     warmup = read_warmup(layout)
     pool = PoolView.open(layout)
-    shards = pool.shards
-    per_checkpoint, versions = [], []
-    for checkpoint in warmup["checkpoints"]:
-        epoch = checkpoint["epoch"]
+    epochs = [checkpoint["epoch"] for checkpoint in warmup["checkpoints"]]
+    for epoch in epochs:
         stale = pool.stale_shards(lambda shard, e=epoch: layout.pool_gradients(shard, e))
         if stale:
             raise MethodInputError(f"{POOL_ASSET.name} is missing or out of date for shard(s) {stale[:5]} at "
                                    f"checkpoint {epoch}: materialize {POOL_ASSET.name} for them")
-        stored = read_gradient_stores([layout.pool_gradients(shard, epoch) for shard in shards])
-        if stored.metadata["adapter_version"] != warmup["adapter_version"]:
-            raise MethodInputError(f"{POOL_ASSET.name} at checkpoint {epoch} were computed with another warmup "
-                                   f"adapter: re-materialize {POOL_ASSET.name}")
-        per_checkpoint.append(stored)
-        versions.append(sha256_json([read_metadata(layout.pool_gradients(s, epoch))["store_version"] for s in shards]))
-    first = per_checkpoint[0]
-    for stored in per_checkpoint[1:]:
-        if stored.ids != first.ids:
-            raise MethodInputError(f"{POOL_ASSET.name} of different checkpoints cover different rows")
-        check_same_projection(stored.metadata["projection"], first.metadata["projection"], POOL_ASSET.name)
-    # Rows in id order, as every scorer writes them.
-    order = np.argsort(np.asarray(first.ids, dtype=object), kind="stable")
-    zero = np.zeros(len(first.ids), bool)
-    for stored in per_checkpoint:
-        zero |= stored.zero_gradient
+    shard_paths = [[layout.pool_gradients(shard, epoch) for epoch in epochs] for shard in pool.shards]
+    if not shard_paths:
+        raise MethodInputError(f"the pool has no shard: nothing for {needed_by or 'the gradient methods'} to read")
+    first = read_metadata(shard_paths[0][0])
+    ids, zero, sizes, versions = [], [], [], [[] for _ in epochs]
+    for paths in shard_paths:
+        shard_ids, flags = None, None
+        for number, path in enumerate(paths):
+            meta = read_metadata(path)
+            if meta["adapter_version"] != warmup["adapter_version"]:
+                raise MethodInputError(f"{POOL_ASSET.name} at checkpoint {epochs[number]} were computed with another "
+                                       f"warmup adapter ({path}): re-materialize {POOL_ASSET.name}")
+            check_same_projection(meta["projection"], first["projection"], POOL_ASSET.name)
+            if any(meta.get(k) != first.get(k) for k in ("model_id", "template_hash", "preconditioning", "dim")):
+                raise MethodInputError(f"{path} was made with another model, template or preconditioning than "
+                                       f"{shard_paths[0][0]}: re-materialize {POOL_ASSET.name}")
+            versions[number].append(meta["store_version"])
+            table = read_table(path, columns=["example_id", "zero_gradient"])
+            these = table.column("example_id").to_pylist()
+            zero_here = table.column("zero_gradient").to_numpy(zero_copy_only=False)
+            if shard_ids is None:
+                shard_ids, flags = these, zero_here
+            elif these != shard_ids:
+                raise MethodInputError(f"{POOL_ASSET.name} of different checkpoints cover different rows: {path} "
+                                       f"and {paths[0]}")
+            else:
+                flags = flags | zero_here
+        ids += shard_ids
+        zero.append(flags)
+        sizes.append(len(shard_ids))
+    # Rows in id order, as every scorer writes them; each shard's rows go to their places.
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    position = np.empty(len(ids), np.int64)
+    position[order] = np.arange(len(ids))
+    bounds = np.cumsum([0, *sizes])
     return GradientPool(
-        ids=[first.ids[i] for i in order], checkpoints=[s.vectors[order] for s in per_checkpoint],
-        weights=list(warmup["weights"]), zero_gradient=zero[order],
-        metadata={"model_id": first.metadata["model_id"], "template_hash": first.metadata["template_hash"],
-                  "projection": first.metadata["projection"], "adapter_version": warmup["adapter_version"],
-                  "features_version": sha256_json(versions)[:16]},
+        ids=[ids[i] for i in order], weights=list(warmup["weights"]), zero_gradient=np.concatenate(zero)[order],
+        metadata={"model_id": first["model_id"], "template_hash": first["template_hash"],
+                  "projection": first["projection"], "adapter_version": warmup["adapter_version"],
+                  "features_version": sha256_json([sha256_json(v) for v in versions])[:16]},
+        shard_paths=shard_paths, shard_positions=[position[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        dim=int(first["dim"]),
     ), pool.version
 
 
@@ -96,7 +155,7 @@ def load_target_gradients(layout: LakeLayout, capability: str, params=None) -> t
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{missing[0]} is missing: materialize {TARGET_ASSET.name}[{capability}] first")
-    stored = [read_gradient_stores([p]) for p in paths]
+    stored = [gr.read_gradient_stores([p]) for p in paths]
     for s in stored:
         if s.metadata["adapter_version"] != warmup["adapter_version"]:
             raise MethodInputError(f"{TARGET_ASSET.name}[{capability}] were computed with another warmup adapter: "

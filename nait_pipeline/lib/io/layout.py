@@ -53,6 +53,10 @@ class LakeLayout:
     def target_activations(self, capability: str) -> Path:
         return self.root / "features" / "target_activations" / f"{capability}.parquet"
 
+    def pool_moments(self, shard: str) -> Path:
+        """NAIT-C's per-shard sums of the cleaned pool features (capability-independent, reused by each)."""
+        return self.root / "features" / "pool_moments" / f"{shard}.npz"
+
     @property
     def template_prefix(self) -> Path:
         """The constant template prefix every rendered example starts with: its length and per-layer states."""

@@ -40,8 +40,12 @@ def _select(inp: SelectionInput, params: BidsParams) -> list[Chosen]:
     for capability in inp.scores:
         matrix, target_ids = inp.matrix(capability)
         # z-scores over the rows that have a gradient; rows without one are never picked.
-        z = np.zeros(matrix.shape, np.float32)
-        z[scored] = bids_math.column_zscore(matrix[scored], target_ids)
+        if scored.all():
+            z = bids_math.column_zscore(matrix, target_ids)
+        else:
+            z = np.zeros(matrix.shape, np.float32)
+            z[scored] = bids_math.column_zscore(matrix[scored], target_ids)
+        del matrix
         if params.columns == "task":
             z, _ = bids_math.task_columns(z, _tasks(inp, capability, target_ids))
         normalised[capability] = z
@@ -55,7 +59,8 @@ def _select(inp: SelectionInput, params: BidsParams) -> list[Chosen]:
                        "target_columns": int(z.shape[1]), "score_versions": versions}, r, expected_size=k)
 
     out = [chosen(c, z, {c: inp.score_versions[c]}) for c, z in normalised.items()]
-    return out + [chosen(ALL, np.concatenate([normalised[c] for c in sorted(normalised)], axis=1),
+    columns = [normalised[c] for c in sorted(normalised)]
+    return out + [chosen(ALL, columns[0] if len(columns) == 1 else np.concatenate(columns, axis=1),
                          inp.score_versions)]
 
 

@@ -53,7 +53,7 @@ def _select(inp: SelectionInput, params: G2isParams) -> list[Chosen]:
     # The walk runs on the whole graph; rows that are not candidates (left out by the runner) are never taken.
     index, not_candidate = inp.positions(pool.ids, "pool_gradients (against less_scores)")
     to_input = {int(row): position for position, row in enumerate(index)}
-    features = less_math.combined_features(pool.checkpoints, pool.weights)
+    features = pool.combined()
     graph, graph_meta = read_graph(inp.layout, pool.metadata["features_version"])
     targets = {c: less_math.combined_features(load_target_gradients(inp.layout, c)[0].checkpoints, pool.weights)
                for c in inp.scores}
@@ -86,7 +86,7 @@ def dump_walk_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilities:
     (the capability's target rows, or every capability's stacked in name order for ``all``) and
     ``g2is/graph.npy`` [N, k]."""
     pool, _ = read_gradient_pool(layout)
-    features = less_math.combined_features(pool.checkpoints, pool.weights)
+    features = pool.combined()
     stacked = np.concatenate([less_math.combined_features(load_target_gradients(layout, c)[0].checkpoints, pool.weights)
                               for c in capabilities])
     graph, graph_meta = read_graph(layout, pool.metadata["features_version"])

@@ -52,9 +52,11 @@ class LessScoreParams:
 
 def _score(pool: GradientPool, target: TargetGradients, params: LessScoreParams) -> Scored:
     check_same_projection(pool.metadata["projection"], target.projection, "pool and target gradients")
-    if len(target.checkpoints) != len(pool.checkpoints):
+    if len(target.checkpoints) != len(pool.weights):
         raise MethodInputError("pool and target gradients cover different checkpoints")
-    matrix = less_math.instance_matrix(pool.checkpoints, target.checkpoints, pool.weights)
+    matrix = np.empty((len(pool.ids), len(target.ids)), np.float32)
+    for positions, per_checkpoint in pool.blocks():  # shard by shard: only the [N, m] matrix is whole
+        matrix[positions] = less_math.instance_matrix(per_checkpoint, target.checkpoints, pool.weights)
     score, best, names = less_math.subtask_scores(matrix, target.subtasks)
     return Scored(scores=score, matrix=matrix, matrix_ids=list(target.ids), unscored=pool.zero_gradient,
                   columns={"best_subtask": [names[b] for b in best]},
@@ -80,8 +82,9 @@ def dump_gradient_inputs(dump: Dump, layout: LakeLayout, params: dict, capabilit
     dump.jsonl("train.jsonl", [{"id": i, **example_record(r)} for i, r in zip(pool.ids, rows)],
                "the pool rows (triples, or `messages` for conversations), pool_ids.json order")
     dump.array("pool_zero_gradient.npy", pool.zero_gradient, "[N] bool: rows without a response token (never picked)")
-    for epoch, vectors in zip(epochs, pool.checkpoints):
-        torch_file(dump, f"less/ckpt{epoch}/pool.pt", vectors, f"pool Adam gradient features at checkpoint {epoch}")
+    for number, epoch in enumerate(epochs):
+        torch_file(dump, f"less/ckpt{epoch}/pool.pt", pool.checkpoint(number),
+                   f"pool Adam gradient features at checkpoint {epoch}")
     subtasks = {}
     for capability in capabilities:
         target, _ = load_target_gradients(layout, capability)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nait_pipeline.lib.features.gradient_store import combined_features  # noqa: F401  (G2IS's features, built with the store)
+
 
 class LessInputError(ValueError):
     """Checkpoint lists, weights or subtask labels that do not fit together."""
@@ -74,11 +76,3 @@ def official_blocks(subtasks: Sequence[str]) -> bool:
         return False
     size = len(subtasks) // len(names)
     return all(subtasks[k * size : (k + 1) * size] == [name] * size for k, name in enumerate(names))
-
-
-def combined_features(per_checkpoint: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """[n, C * dim] float32: ``concat_c sqrt(w_c) * f_c`` (dot products = the weighted cosine sum)."""
-    if len(per_checkpoint) != len(weights):
-        raise LessInputError(f"{len(per_checkpoint)} checkpoint matrices but {len(weights)} weights")
-    return np.concatenate([np.sqrt(w, dtype=np.float32) * f.astype(np.float32)
-                           for f, w in zip(per_checkpoint, weights)], axis=1)

@@ -67,6 +67,15 @@ def chunks_per_cluster(percentage: float) -> int:
     return max(1, round(100 / percentage))
 
 
+def cluster_members(clusters: np.ndarray) -> list[np.ndarray]:
+    """Each cluster's row indices (ascending), clusters in ascending order: one stable sort, where a scan of
+    every row per cluster was O(N x clusters) (19k clusters at 1M rows by the official 1 per 52 rows)."""
+    clusters = np.asarray(clusters)
+    order = np.argsort(clusters, kind="stable")
+    starts = np.flatnonzero(np.r_[True, clusters[order][1:] != clusters[order][:-1]]) if len(order) else []
+    return np.split(order, starts[1:]) if len(order) else []
+
+
 def select_per_cluster(ids: Sequence[str], lp: np.ndarray, clusters: np.ndarray, no_response: np.ndarray,
                        percentage: float, part: str = "low") -> list[int]:
     """Indices of the chosen rows: per cluster (in ascending cluster order), the rows sorted by
@@ -78,8 +87,7 @@ def select_per_cluster(ids: Sequence[str], lp: np.ndarray, clusters: np.ndarray,
     q = chunks_per_cluster(percentage)
     which = {"low": 0, "mid": q // 2, "high": q - 1}[part]
     chosen: list[int] = []
-    for cluster in np.unique(clusters):
-        members = np.flatnonzero(clusters == cluster)
+    for members in cluster_members(clusters):
         ordered = sorted(members.tolist(), key=lambda i: (bool(no_response[i]), float(lp[i]), ids[i]))
         chosen += [int(i) for i in np.array_split(np.array(ordered, np.int64), q)[which]]
     return chosen
@@ -91,8 +99,7 @@ def stratified_random(ids: Sequence[str], clusters: np.ndarray, percentage: floa
 
     q = chunks_per_cluster(percentage)
     chosen: list[int] = []
-    for cluster in np.unique(clusters):
-        members = np.flatnonzero(clusters == cluster)
+    for members in cluster_members(clusters):
         member_ids = [ids[i] for i in members]
         order = seeded_random(member_ids, len(member_ids), seed)
         chosen += [int(members[i]) for i in np.array_split(np.array(order, np.int64), q)[0]]

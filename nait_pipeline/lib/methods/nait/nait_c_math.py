@@ -36,6 +36,9 @@ from nait_pipeline.lib.features.reduction import massive_dims  # noqa: F401  (st
 
 DIRECTIONS = ("contrastive", "lda", "pca")
 LENGTH_CORR_MAX = 0.5
+# Rows widened to float32 at a time: a chunk stays in cache for the products that follow, where widening a
+# whole shard wrote (and page-faulted) hundreds of MB first. Same numbers: every row is computed alone.
+CHUNK_ROWS = 256
 
 
 class NaitCInputError(ValueError):
@@ -70,7 +73,9 @@ def clean_means(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: PrefixStat
 
 class PoolMoments:
     """Per layer and dimension: mean and SD of the cleaned pool features, and their correlation with 1/K,
-    accumulated shard by shard (float64)."""
+    accumulated shard by shard (float64). Sums, so a shard's moments are kept and added to others'."""
+
+    FIELDS = ("n", "sum", "sumsq", "sum_x_inv", "sum_inv", "sumsq_inv")
 
     def __init__(self, layers: int, width: int):
         self.n = 0
@@ -79,6 +84,24 @@ class PoolMoments:
         self.sum_x_inv = np.zeros((layers, width))
         self.sum_inv = 0.0
         self.sumsq_inv = 0.0
+
+    def merge(self, other: PoolMoments) -> None:
+        if other.sum.shape != self.sum.shape:
+            raise NaitCInputError(f"moments of {other.sum.shape} features cannot be added to {self.sum.shape}")
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(getattr(self, name)) for name in self.FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> PoolMoments:
+        moments = cls(*arrays["sum"].shape)
+        moments.n = int(arrays["n"])
+        moments.sum_inv, moments.sumsq_inv = float(arrays["sum_inv"]), float(arrays["sumsq_inv"])
+        for name in ("sum", "sumsq", "sum_x_inv"):
+            setattr(moments, name, np.array(arrays[name], np.float64))
+        return moments
 
     def add(self, clean: np.ndarray, n_tokens: np.ndarray) -> None:
         x = clean.astype(np.float64, copy=False).reshape(len(clean), -1)
@@ -155,9 +178,14 @@ def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: Pre
     offset = -(weights * standardise.mean[None]).sum(-1)  # [F, L]
     a, b = _prefix_coefficients(n_tokens, prefix, len(layer_mean))
     prefix_term = np.zeros_like(offset) if prefix is None else (weights * prefix.sums[None]).sum(-1)  # [F, L]
-    m = to_float32(layer_mean)
-    raw = np.matmul(m.transpose(1, 0, 2), weights.astype(np.float32).transpose(1, 2, 0)).transpose(1, 2, 0)
-    out = raw * a[:, None, None].astype(np.float32)
+    import torch
+
+    w = torch.from_numpy(weights.astype(np.float32))
+    out = np.empty((len(layer_mean), len(w), layer_mean.shape[1]), np.float32)
+    for start in range(0, len(layer_mean), CHUNK_ROWS):
+        m = torch.from_numpy(to_float32(layer_mean[start : start + CHUNK_ROWS]))
+        out[start : start + CHUNK_ROWS] = torch.einsum("nld,fld->nfl", m, w).numpy()  # batched GEMMs per layer
+    out *= a[:, None, None].astype(np.float32)
     out += (b[:, None, None] * prefix_term[None] + offset[None]).astype(np.float32)
     return out
 
@@ -222,10 +250,11 @@ def _ledoit_wolf_solve(sample: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def length_matched_auc(target_scores: np.ndarray, target_lengths: np.ndarray, pool_scores: np.ndarray,
-                       pool_lengths: np.ndarray, tolerance: float = 0.15) -> float:
+                       pool_lengths: np.ndarray, tolerance: float = 0.15, pool_order: np.ndarray | None = None) -> float:
     """Mean over in-domain rows of P(pool score < its score) + 0.5 P(equal), each row compared only
-    with pool rows whose length is within ±tolerance of its own. NaN when no row has a comparator."""
-    order = np.argsort(pool_lengths, kind="stable")
+    with pool rows whose length is within ±tolerance of its own. NaN when no row has a comparator.
+    ``pool_order``: the pool rows by length (a stable argsort), when the caller asks for many layers."""
+    order = np.argsort(pool_lengths, kind="stable") if pool_order is None else pool_order
     lengths = np.asarray(pool_lengths)[order]
     scores = np.asarray(pool_scores)[order]
     values = []
