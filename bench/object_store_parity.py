@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,8 +35,11 @@ def run_setup(store: str, local: Path, env: dict, sample: int, methods: list[str
     (local / "dagster_home").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-m", "nait_pipeline.cli", "materialize", "--methods", *methods],
-                       cwd=ROOT, env=run_env, stdout=out, stderr=subprocess.STDOUT, check=True)
+        done = subprocess.run([sys.executable, "-m", "nait_pipeline.cli", "materialize", "--methods", *methods],
+                              cwd=ROOT, env=run_env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(log.read_text().splitlines()[-40:])
+        raise SystemExit(f"materialize on {store} failed (exit {done.returncode}); the end of its log:\n{tail}")
     return time.perf_counter() - started
 
 
@@ -58,12 +62,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=30, help="pool_sample of both runs")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--stores", nargs="+", default=["file", "s3"], choices=["file", "s3"],
+                        help="run only these (one alone: to see that it completes; the comparison needs both)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from moto.server import ThreadedMotoServer
 
     from nait_pipeline.lib.io.storage import s3_filesystem
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per S3 request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -81,11 +88,14 @@ def main() -> None:
             (scratch / "file").mkdir()
             (scratch / "s3").mkdir()
             stores = {"file": str(scratch / "file" / "store"), "s3": f"s3://{bucket}/store"}
+            stores = {name: stores[name] for name in args.stores}
             seconds = {}
             for name, store in stores.items():
                 seconds[name] = run_setup(store, scratch / name, env, args.sample, args.methods,
                                           scratch / f"{name}.log")
                 print(f"{name}: materialize in {seconds[name]:.0f} s", flush=True)
+            if len(stores) < 2:
+                return
             local = subsets(stores["file"], scratch / "file", None, args.methods)
             remote = subsets(stores["s3"], scratch / "s3", endpoint, args.methods)
             objects = len(s3_filesystem(endpoint).find(f"{bucket}/store/lake/_objects"))

@@ -137,20 +137,23 @@ def main() -> None:
         print(f"N = {n:,} ...", flush=True)
         rows.append(run(n, args.dim, args.targets, args.k, args.stages))
         print(json.dumps(rows[-1]), flush=True)
+    def width(stage: str) -> int:
+        return max(14, len(stage))
+
     stages = [s for s in ("less_s", "bids_s", "g2is_graph_s", "g2is_walk_s", "lp_s", "kcenter_projected_s")
               if all(s in row for row in rows)]
     lines = [f"synthetic gradient store: dim {args.dim}, {args.targets} target rows, graph k={args.k} "
              f"(FAISS IVF, nprobe 4), {torch.get_num_threads()} threads",
-             f"{'rows':>10}" + "".join(f"{s[:-2]:>14}" for s in stages) + f"{'peak RSS MB':>13}"]
+             f"{'rows':>10}" + "".join(f"{s[:-2]:>{width(s)}}" for s in stages) + f"{'peak RSS MB':>13}"]
     for row in rows:
-        lines.append(f"{row['rows']:>10,}" + "".join(f"{row[s]:>14.1f}" for s in stages) +
+        lines.append(f"{row['rows']:>10,}" + "".join(f"{row[s]:>{width(s)}.1f}" for s in stages) +
                      f"{max(row[k] for k in row if k.endswith('_peak_mb')):>13,}")
     growth = {}
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         ratio = last["rows"] / first["rows"]
         growth = {s: round(math.log(max(last[s], 1e-3) / max(first[s], 1e-3)) / math.log(ratio), 2) for s in stages}
-        lines.append(f"{'growth':>10}" + "".join(f"{'N^' + str(growth[s]):>14}" for s in stages))
+        lines.append(f"{'growth':>10}" + "".join(f"{'N^' + str(growth[s]):>{width(s)}}" for s in stages))
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "policies.json").write_text(json.dumps({"args": vars(args), "rows": rows, "growth": growth,

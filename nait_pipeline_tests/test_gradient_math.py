@@ -235,3 +235,14 @@ def test_the_faiss_graph_finds_nearly_every_exact_neighbour():
     assert (approximate >= 0).all() and not (approximate == np.arange(300)[:, None]).any()
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approximate.tolist(), exact.tolist())])
     assert recall >= 0.99
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bids_column_zscores_in_blocks_are_the_whole_matrix_formula_bit_for_bit(dtype):
+    rng = np.random.default_rng(5)
+    matrix = (rng.normal(size=(3000, 37)) * 3 + 1).astype(dtype)
+    whole = ((matrix - matrix.mean(axis=0, dtype=np.float64)) / matrix.std(axis=0, dtype=np.float64)).astype(np.float32)
+    assert np.array_equal(bids_math.column_zscore(matrix, [str(j) for j in range(37)], block_columns=5), whole)
+    matrix[:, [3, 30]] = 1.0
+    with pytest.raises(bids_math.BidsInputError, match=r"\['3', '30'\]"):
+        bids_math.column_zscore(matrix, [str(j) for j in range(37)], block_columns=5)

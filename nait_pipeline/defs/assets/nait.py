@@ -66,7 +66,6 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: LakeResource) -
     shared token prefix), and one forward of it: per layer the sum of its states and its first state.
     NAIT-C removes that sum from the stored token means exactly and masks the first token's massive
     dimensions. A template without a common start gives an empty prefix (reported), not an assumed one."""
-    from pathlib import Path
 
     from nait_pipeline.defs.assets.features import cached_model
     from nait_pipeline.lib.features import prefix as pf
@@ -85,6 +84,6 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: LakeResource) -
         metadata={"prefix_tokens": length, "prefix_text": dg.MetadataValue.md(f"```\n{text}\n```"),
                   "rows_checked": rows_checked, "max_first_token_magnitude": float(np.abs(first).max()) if length else 0.0,
                   "massive_dims_per_layer": dg.MetadataValue.json(massive.sum(1).tolist()),
-                  "path": path_value(Path(layout.template_prefix)), "prefix_version": version},
+                  "path": path_value(layout.template_prefix), "prefix_version": version},
         data_version=dg.DataVersion(version),
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -115,7 +114,7 @@ def _pool_moments(pool: PoolStore, target: dict, params: NaitCScoreParams, n_tok
     kept) and, for the LDA direction, a seeded sample of cleaned rows (which reads the shards holding it)."""
     prefix: nc.PrefixStates = target["prefix"]
     cache: MomentCache | None = target.get("moment_cache")
-    shards = [Path(path).stem for path in pool.paths]
+    shards = [path.stem for path in pool.paths]
     versions = [meta.get("store_version") for meta in pool.shard_metadata]
     kept = [cache.get(shard, version, params.clean) if cache else None for shard, version in zip(shards, versions)]
     sample_rows = np.zeros(len(pool.ids), bool)
