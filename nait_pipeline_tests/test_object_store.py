@@ -148,6 +148,22 @@ def test_faults_name_the_uri(s3_endpoint, s3_store):
         storage.lake_root("s3://", s3_endpoint)
 
 
+def test_credentials_the_store_rejects_are_named_with_the_uri(s3_endpoint, s3_store):
+    """Expired or unknown credentials are refused by S3 (403 / ExpiredToken): moto with IAM authentication on
+    rejects the dummy keys, at start-up and on a read of a lake that was readable a moment ago."""
+    from moto.core.authorization import enable_iam_authentication
+
+    lake = storage.lake_root(s3_store, s3_endpoint)
+    write_parquet(pa.table({"x": [1]}), lake / "t.parquet")
+    bucket = s3_store[len("s3://"):].split("/")[0]
+    storage.LakeFileSystem.clear_instance_cache()
+    with enable_iam_authentication():
+        with pytest.raises(storage.StorageError, match=rf"s3://{bucket}.*access denied.*credentials"):
+            storage.lake_root(s3_store, s3_endpoint)
+        with pytest.raises(storage.StorageError, match=rf"s3://{bucket}/store/lake/.*access denied"):
+            read_table(lake / "t.parquet")
+
+
 RUN_CONFIG = {"g2is_subsets": {"config": {"budget_ratio": 0.1}}}
 
 
