@@ -89,10 +89,10 @@ def dagster_dev(model_dir, tmp_path_factory):
         yield {"port": port, "env": env, "home": home, "store": store, "data": data, "log": work / "dagster_dev.log",
                "runs_after_setup": runs_after_setup}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # idle, dagster dev exits in ~2 s
         try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a run still winding down kept it alive: do not leave it behind
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a sensor's run still winding down kept it alive: do not leave it behind
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
