@@ -131,9 +131,10 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
                   scalars: Sequence[str] = ()) -> StoredFeatures:
     """Read and concatenate stores (in the given order) as float32, checking they share model and
     template. For whole pools prefer :class:`PoolStore`, which reads shard by shard."""
-    metadata = _check_same_store(paths)[0]
+    every = _check_same_store(paths)
+    metadata = every[0]
     tables = [read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
-    dtypes = [read_metadata(path).get("vector_dtypes") or {} for path in paths]
+    dtypes = [meta.get("vector_dtypes") or {} for meta in every]
     table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
     out_vectors = {}
     for name in vectors:

@@ -24,7 +24,6 @@ from the settings file's secrets, which it does not hold.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from fsspec import AbstractFileSystem, register_implementation
+
+from nait_pipeline.lib.io.hashing import sha256_file
 
 PROTOCOL = "naitlake"
 OBJECTS = "_objects"
@@ -221,8 +222,8 @@ class LakeFileSystem(AbstractFileSystem):
 
     def _open(self, path, mode="rb", **kwargs):
         if mode != "rb":
-            raise NotImplementedError(f"{PROTOCOL}: lake files are published whole through "
-                                      "nait_pipeline.lib.io.lake.atomic_path, not opened for writing")
+            raise io.UnsupportedOperation(f"{PROTOCOL}: lake files are published whole through "
+                                          "nait_pipeline.lib.io.lake.atomic_path, not opened for writing")
         source, options = self.open_published(path)
         if isinstance(source, bytes):
             return io.BytesIO(source)
@@ -271,14 +272,13 @@ class LakeFileSystem(AbstractFileSystem):
                 self.rm_file(p)
 
     # --- publication ------------------------------------------------------------------------------------
-    def publish_file(self, path: str, local_file: Path, expected_etag: str | None | object) -> str:
+    def publish_file(self, path: str, local_file: Path, expected_etag: str | None) -> str:
         """Upload ``local_file`` as the object of ``path`` and publish it (see the module docstring).
 
-        ``expected_etag``: the manifest's etag when the write began (None: the file did not exist);
-        ``ANY`` replaces whatever is there (still one conditional put: it never tears a manifest).
+        ``expected_etag``: the manifest's etag when the write began (None: the file did not exist).
         """
         path = self._strip_protocol(path)
-        digest = _sha256(local_file)
+        digest = sha256_file(local_file)
         name = path.rsplit("/", 1)[-1]
         object_key = f"{self.root}/{OBJECTS}/{digest[:32]}/{name}"
         if not self.s3.exists(object_key):
@@ -289,14 +289,11 @@ class LakeFileSystem(AbstractFileSystem):
                                "published_at": time.time()}, sort_keys=True).encode()
         key = self.manifest_key(path)
         bucket, rest = key.split("/", 1)
-        if expected_etag is ANY:
-            current = self.read_manifest(path)
-            expected_etag = current[1] if current else None
         condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
         try:
             self._call("publish", key, self.s3.call_s3, "put_object", Bucket=bucket, Key=rest, Body=manifest,
                        **condition)
-        except (OSError, Exception) as exc:
+        except Exception as exc:
             if not _is_precondition_failure(exc):
                 raise
             winner = self.read_manifest(path)
@@ -335,17 +332,6 @@ class LakeFileSystem(AbstractFileSystem):
                     "two writers could both publish the same lake file. Use a store that supports "
                     "conditional writes (AWS S3, MinIO >= 2024-11, Ceph RGW >= 18, R2, GCS's XML API)")
             _VERIFIED.add(self.root)
-
-
-ANY = object()
-
-
-def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 register_implementation(PROTOCOL, LakeFileSystem, clobber=True)
