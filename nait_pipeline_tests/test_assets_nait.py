@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nait_pipeline.defs.assets import features as features_module
+from nait_pipeline.lib.features import forward as forward_module
 from nait_pipeline.defs.assets.features import pool_activations, target_activations
 from nait_pipeline.defs.assets.loop import comparison, evaluation, finetuned_model
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
@@ -119,7 +119,7 @@ def test_scoring_reads_the_store_and_never_runs_the_model(pipeline, monkeypatch)
 
     before = pq.read_table(layout.scores("nait", "reasoning")).column("score").to_numpy()
     (layout.root / "scores" / "nait__reasoning.parquet").unlink()
-    monkeypatch.setattr(features_module, "cached_model", no_model)
+    monkeypatch.setattr(forward_module, "cached_model", no_model)
     result = run(instance, resource, ["capability_directions", "nait_scores"], "reasoning")
     meta = result.asset_materializations_for_node("nait_scores")[0].metadata
     assert meta["row_count"].value == 24

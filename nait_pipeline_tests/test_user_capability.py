@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from nait_pipeline.defs.assets import features as features_module
+from nait_pipeline.lib.features import forward as forward_module
 from nait_pipeline.defs.assets.features import target_activations
 from nait_pipeline.defs.assets.methods import score_assets, subset_assets
 from nait_pipeline.defs.assets.model import base_model
@@ -56,7 +56,7 @@ def test_a_new_capability_is_selected_from_the_stored_pool_features_alone(tmp_pa
     def no_model(*_args, **_kwargs):
         raise AssertionError("a new capability must be scored without running the model over the pool")
 
-    monkeypatch.setattr(features_module, "cached_model", no_model)
+    monkeypatch.setattr(forward_module, "cached_model", no_model)
     resource = LakeResource(data_dir=str(store), store_dir=str(store))
     assets = [capability_directions, *score_assets, *subset_assets]
     capabilities = [*synthetic_lake.CAPABILITIES, "legal"]

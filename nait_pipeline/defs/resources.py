@@ -4,6 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from nait_pipeline.lib.execution.executors import ShardExecutor
 from nait_pipeline.lib.features.reduction import StoreReduction, resolve
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
@@ -29,6 +30,12 @@ class LakeResource(dg.ConfigurableResource):
     licenses: dict[str, str] = {}
     endpoint_url: str | None = None
     local_dir: str | None = None
+    executor: str = "local"
+    ray_address: str = ""
+    ray_workers: int = 2
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = -1.0
+    ray_max_retries: int = 2
 
     @property
     def settings(self) -> Settings:
@@ -49,6 +56,10 @@ class LakeResource(dg.ConfigurableResource):
     def base_model(self) -> ModelInfo:
         """The base model the lake is built with (`base_model`'s record)."""
         return ModelInfo.read(self.layout)
+
+    def shard_executor(self) -> ShardExecutor:
+        """Where pool shards are featurized (settings `executor` and `[ray]`)."""
+        return ShardExecutor.from_settings(self.settings)
 
     def store_reduction(self, model: ModelInfo) -> StoreReduction:
         """What the forward store keeps per row for this model (settings `[forward_store]`): one setting

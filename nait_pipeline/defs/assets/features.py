@@ -1,6 +1,5 @@
 """Activation stores: one forward pass per example over pool shards and target sets."""
 
-import functools
 import warnings
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import pyarrow.compute as pc
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import LakeResource
+from nait_pipeline.lib.execution.shard_tasks import FORWARD, ShardOutcome, ShardTask, verify_outcome
 from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.features import capacity, forward
 from nait_pipeline.lib.features.reduction import StoreReduction
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.io.lake import read_table
@@ -33,21 +32,12 @@ class FeaturizerConfig(dg.Config):
     hidden_states: str = fz.HF_OUTPUT
     """hf_output (HF output_hidden_states; last layer after the final norm) | prenorm_last."""
 
-    def spec(self, keep_last_token: bool, reduction: StoreReduction) -> fz.FeaturizerSpec:
+    def spec(self, keep_last_token: bool, reduction: StoreReduction, device: str | None = None) -> fz.FeaturizerSpec:
+        """The featurizer's spec on ``device`` (default: this process's); its dtype follows the device."""
         return fz.FeaturizerSpec(max_length=self.max_length,
-                                 dtype=fz.resolve_dtype(self.dtype, fz.resolve_device(self.device)),
+                                 dtype=fz.resolve_dtype(self.dtype, device or fz.resolve_device(self.device)),
                                  batch_tokens=self.batch_tokens, keep_last_token=keep_last_token,
                                  hidden_states=self.hidden_states, reduction=reduction)
-
-
-@functools.lru_cache(maxsize=2)
-def cached_model(model_path: str, dtype: str, device: str):
-    """One model per process: Dagster runs many shard steps in the same process with `materialize`."""
-    from nait_pipeline.lib.models import model_io
-    from nait_pipeline.lib.models.template import ChatTemplate
-
-    model = model_io.load_causal_lm(Path(model_path), dtype=dtype, device=device)
-    return model, ChatTemplate(model_io.load_tokenizer(Path(model_path)))
 
 
 def featurize_rows(context, model: ModelInfo, rows: list[dict], ids: list[str], config: FeaturizerConfig,
@@ -65,7 +55,7 @@ def featurize_rows(context, model: ModelInfo, rows: list[dict], ids: list[str], 
             context.log.info(line)
 
     run = forward.featurize_into(destination, model, rows, ids, spec, input_version,
-                                 lambda: cached_model(model.path, spec.dtype, fz.resolve_device(config.device)),
+                                 lambda: forward.cached_model(model.path, spec.dtype, fz.resolve_device(config.device)),
                                  progress)
     if run.reused:
         context.log.info(f"{destination.name} is up to date (store version {run.version}); not recomputed")
@@ -120,19 +110,37 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
     reduction = pipeline.store_reduction(model)
     shards = context.partition_keys
     estimate = _capacity(pipeline, model, reduction, shards, config)
-    results = [_featurize_shard(context, layout, model, shard, config, reduction) for shard in shards]
+    settings, executor = pipeline.settings, pipeline.shard_executor()
+    with executor.start(settings, len(shards), context.log.info) as workers:
+        device = workers.device(config.device)
+        tasks = [ShardTask(FORWARD, shard, {"spec": config.spec(False, reduction, device), "device": device})
+                 for shard in shards]
+        outcomes = workers.run(tasks, lambda task, outcome: _verified(context, settings, task, outcome))
+    results = [_result(read_table(layout.pool_activations(o.shard), columns=forward.SUMMARY_COLUMNS),
+                       layout.pool_activations(o.shard), o.versions[0],
+                       {"reused": o.reused[0], "worker": o.worker, **o.stats}) for o in outcomes]
+    extra = {**estimate, "executor": executor.describe(), "device": device}
     if len(results) == 1:
-        return dg.MaterializeResult(metadata={**results[0].metadata, **estimate}, data_version=results[0].data_version)
+        return dg.MaterializeResult(metadata={**results[0].metadata, **extra}, data_version=results[0].data_version)
     per_shard = [{"shard": shard, "rows": r.metadata["row_count"], "reused": r.metadata["reused"],
-                  "store_version": r.metadata["store_version"]} for shard, r in zip(shards, results)]
+                  "store_version": r.metadata["store_version"], "worker": o.worker}
+                 for shard, r, o in zip(shards, results, outcomes)]
     version = sha256_json([row["store_version"] for row in per_shard])[:16]
     return dg.MaterializeResult(
         metadata={"shards": len(shards), "row_count": sum(row["rows"] for row in per_shard),
                   "recomputed_shards": sum(not row["reused"] for row in per_shard),
                   "tokens": sum(r.metadata["tokens"] for r in results),
                   "per_shard": markdown_table(pa.Table.from_pylist(per_shard), rows=len(per_shard)),
-                  "range_version": version, **estimate},
+                  "range_version": version, **extra},
         data_version=dg.DataVersion(version))
+
+
+def _verified(context, settings, task: ShardTask, outcome: ShardOutcome) -> None:
+    """A shard's files re-read and checked before its version is recorded (a worker's word is not enough)."""
+    verify_outcome(settings, task, outcome)
+    state = "up to date" if all(outcome.reused) else "written"
+    context.log.info(f"shard {task.shard}: {state} and verified (store version {outcome.versions[0]}, "
+                     f"worker {outcome.worker})")
 
 
 def _capacity(pipeline: LakeResource, model: ModelInfo, reduction: StoreReduction, shards: list[str],
@@ -150,13 +158,6 @@ def _capacity(pipeline: LakeResource, model: ModelInfo, reduction: StoreReductio
                                          f"~{per_row:,} bytes each)", new_rows * per_row, layout.root, memory)
     return {**estimate, "estimated_bytes_per_row": per_row,
             "store_setting": reduction.describe(model.num_layers)}
-
-
-def _featurize_shard(context, layout: LakeLayout, model: ModelInfo, shard: str, config: FeaturizerConfig,
-                     reduction: StoreReduction) -> dg.MaterializeResult:
-    rows, ids, input_version = forward.shard_rows(layout, shard)
-    return featurize_rows(context, model, rows, ids, config, False, layout.pool_activations(shard), input_version,
-                          reduction)
 
 
 @dg.asset(

@@ -15,9 +15,10 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import LakeResource
+from nait_pipeline.lib.execution.shard_tasks import GRADIENTS, ShardTask, verify_outcome
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
-from nait_pipeline.lib.features.forward import shard_rows, target_rows
+from nait_pipeline.lib.features.forward import target_rows
 from nait_pipeline.lib.features.gradient_store import featurize_checkpoints, read_gradient_pool
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.io.lake import read_metadata, read_table, write_json
@@ -127,16 +128,17 @@ def pool_gradients(context: dg.AssetExecutionContext, config: GradientFeaturizer
     """Per-example LoRA gradients of a pool shard's rows at every warmup checkpoint, Adam-preconditioned with
     the checkpoint's moments, cast to float16, projected (seeded Rademacher) and L2-normalised. One file per
     shard and checkpoint; a file that matches (rows, adapter, projection) is kept, so a killed run resumes."""
-    layout = pipeline.layout
-    results = []
-    for shard in context.partition_keys:
-        rows, ids, version = shard_rows(layout, shard)
-        done = _featurize(context, layout, rows, ids, version, config, "adam",
-                          lambda epoch, s=shard: layout.pool_gradients(s, epoch))
-        results.append((shard, done))
-    paths = [layout.pool_gradients(shard, r["checkpoint"]) for shard, done in results for r in done]
-    rows = [{"shard": shard, **r} for shard, done in results for r in done]
-    return _result(rows, paths, {"shards": len(results)})
+    layout, settings, executor = pipeline.layout, pipeline.settings, pipeline.shard_executor()
+    shards = context.partition_keys
+    with executor.start(settings, len(shards), context.log.info) as workers:
+        device = workers.device(config.device)
+        params = {"dim": config.dim, "seed": config.seed, "max_length": config.max_length,
+                  "batch_tokens": config.batch_tokens, "batch_rows": config.batch_rows or None, "device": device}
+        outcomes = workers.run([ShardTask(GRADIENTS, shard, params) for shard in shards],
+                               lambda task, outcome: verify_outcome(settings, task, outcome))
+    paths = [layout.pool_gradients(o.shard, r["checkpoint"]) for o in outcomes for r in o.stats["checkpoints"]]
+    rows = [{"shard": o.shard, "worker": o.worker, **r} for o in outcomes for r in o.stats["checkpoints"]]
+    return _result(rows, paths, {"shards": len(shards), "executor": executor.describe(), "device": device})
 
 
 class TargetGradientConfig(GradientFeaturizerConfig):

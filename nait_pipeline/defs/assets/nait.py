@@ -67,8 +67,8 @@ def template_prefix(context: dg.AssetExecutionContext, pipeline: LakeResource) -
     NAIT-C removes that sum from the stored token means exactly and masks the first token's massive
     dimensions. A template without a common start gives an empty prefix (reported), not an assumed one."""
 
-    from nait_pipeline.defs.assets.features import cached_model
     from nait_pipeline.lib.features import prefix as pf
+    from nait_pipeline.lib.features.forward import cached_model
 
     layout = pipeline.layout
     record = pipeline.base_model()

@@ -9,6 +9,7 @@ file whose identity matches and computes only the others, so a killed backfill r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, Fe
 from nait_pipeline.lib.io.lake import read_metadata, read_schema, read_table
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import EXAMPLE_COLUMNS, PoolView, shard_input_version
+from nait_pipeline.lib.io.storage import PublishConflict
 from nait_pipeline.lib.models.model_io import ModelInfo
 
+SUMMARY_COLUMNS = ["example_id", "n_tokens", "truncated", "response_loss"]  # what a run's metadata reports
 POOL_ASSET = FeatureAsset("pool_activations", SHARD)
 TARGET_ASSET = FeatureAsset("target_activations", CAPABILITY)
 
@@ -99,15 +102,30 @@ def featurize_into(destination: Path, model: ModelInfo, rows: Sequence[dict], id
     (``load_model() -> (model, template)`` is only called when something must be computed)."""
     identity = store_identity(model, spec, input_version)
     version = sha256_json(identity)[:16]
-    columns = ["example_id", "n_tokens", "truncated", "response_loss"]
     if destination.exists() and read_metadata(destination).get("store_version") == version:
-        return StoreRun(destination, version, True, read_table(destination, columns=columns))
+        return StoreRun(destination, version, True, read_table(destination, columns=SUMMARY_COLUMNS))
     lm, template = load_model()
     started = time.perf_counter()
     features = featurize(lm, template, rows, spec, ids, progress=progress)
-    write_features(destination, list(ids), features, {**identity, "store_version": version, "stats": features.stats})
+    try:
+        write_features(destination, list(ids), features, {**identity, "store_version": version,
+                                                          "stats": features.stats})
+    except PublishConflict:
+        # Another run published this shard meanwhile: the same store is as good as ours, another one is not.
+        if read_metadata(destination).get("store_version") != version:
+            raise
     stats = {**features.stats, "wall_seconds": round(time.perf_counter() - started, 3)}
-    return StoreRun(destination, version, False, read_table(destination, columns=columns), stats)
+    return StoreRun(destination, version, False, read_table(destination, columns=SUMMARY_COLUMNS), stats)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(model_path: str, dtype: str, device: str):
+    """One model per process: a run's shard steps, and a Ray worker's shards, load it once."""
+    from nait_pipeline.lib.models import model_io
+    from nait_pipeline.lib.models.template import ChatTemplate
+
+    model = model_io.load_causal_lm(Path(model_path), dtype=dtype, device=device)
+    return model, ChatTemplate(model_io.load_tokenizer(Path(model_path)))
 
 
 def _cost_files(layout: LakeLayout, capabilities: Sequence[str]):

@@ -3,7 +3,8 @@
 ``nait_settings.toml`` at the project root (or the file ``NAIT_SETTINGS`` names) is read by the CLI,
 ``dagster dev``, the sensors and CI alike, so every shell sees the same data folder, store, model and
 pool sample; ``scripts/setup.sh`` writes it. An environment variable (``NAIT_DATA_DIR``,
-``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``, ``NAIT_LOCAL_DIR``, ``NAIT_S3_ENDPOINT``)
+``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``, ``NAIT_LOCAL_DIR``, ``NAIT_S3_ENDPOINT``,
+``NAIT_EXECUTOR``, ``NAIT_RAY_ADDRESS``)
 overrides the file's value for one command. Relative paths in the file are relative to the project root.
 
 ``store_dir`` may be an object store, ``s3://bucket/prefix``: the lake then lives there (see
@@ -26,10 +27,12 @@ from nait_pipeline.lib.io.storage import is_object_store_uri
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
 KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses",
-              "object_store"}
+              "object_store", "executor", "ray"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
 FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
 OBJECT_STORE_KEYS = {"endpoint_url", "local_dir"}
+RAY_KEYS = {"address", "workers", "cpus_per_worker", "gpus_per_worker", "max_retries"}
+EXECUTORS = ("local", "ray")
 
 
 def settings_path() -> Path:
@@ -47,10 +50,11 @@ def read_settings_file(path: Path | None = None) -> dict:
         raise ValueError(f"{path}: not valid TOML ({exc})") from exc
     unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS) + \
         sorted(set(values.get("forward_store", {})) - FORWARD_STORE_KEYS) + \
-        sorted(set(values.get("object_store", {})) - OBJECT_STORE_KEYS)
+        sorted(set(values.get("object_store", {})) - OBJECT_STORE_KEYS) + \
+        sorted(set(values.get("ray", {})) - RAY_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; known: "
-                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS | OBJECT_STORE_KEYS)}")
+                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS | OBJECT_STORE_KEYS | RAY_KEYS)}")
     return values
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 
@@ -96,6 +100,18 @@ class Settings:
     # folder for what cannot live in one (the DuckDB file, models, checkpoints); unused for a local store.
     endpoint_url: str | None = None
     local_dir: Path | None = None
+    # Where pool shards are featurized (lib/execution): in the run's own process, or on Ray workers. An empty
+    # ray_address starts (or joins) a Ray on this machine; "auto" or "ray://host:10001" joins a cluster.
+    executor: str = "local"
+    ray_address: str = ""
+    ray_workers: int = 2
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = -1.0  # -1: one GPU per worker where the cluster has GPUs, else none
+    ray_max_retries: int = 2  # a worker lost mid-shard is restarted and its shard retried this many times
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -111,6 +127,7 @@ class Settings:
         automation = file.get("automation", {})
         forward_store = file.get("forward_store", {})
         object_store = file.get("object_store", {})
+        ray = file.get("ray", {})
         store = os.environ.get("NAIT_STORE_DIR") or file.get("store_dir")
         local = os.environ.get("NAIT_LOCAL_DIR") or object_store.get("local_dir")
         return cls(
@@ -128,6 +145,12 @@ class Settings:
             licenses={str(k): str(v) for k, v in file.get("licenses", {}).items()},
             endpoint_url=os.environ.get("NAIT_S3_ENDPOINT") or object_store.get("endpoint_url") or None,
             local_dir=_resolved(Path(local).expanduser()) if local else None,
+            executor=os.environ.get("NAIT_EXECUTOR") or str(file.get("executor", "local")),
+            ray_address=os.environ.get("NAIT_RAY_ADDRESS") or str(ray.get("address", "")),
+            ray_workers=int(ray.get("workers", 2)),
+            ray_cpus_per_worker=float(ray.get("cpus_per_worker", 1.0)),
+            ray_gpus_per_worker=float(ray.get("gpus_per_worker", -1.0)),
+            ray_max_retries=int(ray.get("max_retries", 2)),
         )
 
     @property

@@ -1,0 +1,1 @@
+"""Where pool shards are featurized: in the run's own process, or on Ray workers (``executor`` setting)."""

@@ -1,0 +1,184 @@
+"""Executors for shard tasks: the run's own process (``local``, the default) or a pool of Ray workers.
+
+Both are used the same way::
+
+    with executor.start(settings, n_tasks) as workers:
+        device = workers.device("auto")         # where the shards will run: "cpu" or "cuda"
+        outcomes = workers.run(tasks, on_done)  # on_done(task, outcome) verifies each shard as it lands
+
+A Ray worker is an actor that loads the model once (``forward.cached_model``) and keeps it across the
+shards it is handed; each asks for ``cpus_per_worker`` CPUs and, where the cluster has GPUs, one GPU
+(``num_gpus``), falling back to CPU torch where a logical GPU has no device behind it. A worker lost
+mid-shard (killed, OOM, node gone) is restarted and its shard retried ``max_retries`` times; past that the
+run fails naming the shard and the cause. Nothing a worker writes is visible before the lake's atomic
+publication, so a retried or abandoned shard leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from nait_pipeline.lib.execution.shard_tasks import ShardOutcome, ShardTask, run_task
+from nait_pipeline.lib.features.featurize import resolve_device
+from nait_pipeline.lib.io.settings import Settings
+
+OnDone = Callable[[ShardTask, ShardOutcome], None]
+
+
+class ShardFailedError(RuntimeError):
+    """A shard could not be featurized (its worker raised, or was lost more often than retries allow)."""
+
+
+class ExecutorUnavailableError(RuntimeError):
+    """The configured executor cannot be used (Ray not installed, or its cluster not reachable)."""
+
+
+class LocalWorkers:
+    """Every shard in this process, one after the other (the model is cached per process)."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None] | None) -> None:
+        self.settings, self.log = settings, log
+
+    def device(self, requested: str) -> str:
+        return resolve_device(requested)
+
+    def run(self, tasks: Sequence[ShardTask], on_done: OnDone) -> list[ShardOutcome]:
+        outcomes = []
+        for task in tasks:
+            outcome = run_task(self.settings, task, self.log)
+            on_done(task, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+
+class ShardWorker:
+    """The Ray actor's body: one per worker process, holding the settings (and, once loaded, the model)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def device(self, requested: str) -> str:
+        return resolve_device(requested)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, task: ShardTask) -> ShardOutcome:
+        return run_task(self.settings, task)
+
+
+# Forwarded to the workers of a Ray this process starts itself (same machine): the store's credentials and
+# settings. A cluster's workers get theirs from their own environment (a Kubernetes secret), never from here.
+FORWARDED_ENV_PREFIXES = ("AWS_", "NAIT_", "HF_")
+
+
+class RayWorkers:
+    def __init__(self, settings: Settings, actors: list, ray_module, max_retries: int) -> None:
+        self.settings, self.actors, self.ray, self.max_retries = settings, actors, ray_module, max_retries
+
+    def device(self, requested: str) -> str:
+        """The workers' device; they must agree, since a store's dtype follows it."""
+        devices = set(self.ray.get([actor.device.remote(requested) for actor in self.actors]))
+        if len(devices) > 1:
+            raise ExecutorUnavailableError(f"Ray workers resolved different devices {sorted(devices)}: set "
+                                           "[ray] gpus_per_worker so that every worker gets a GPU, or none")
+        return devices.pop()
+
+    def pids(self) -> list[int]:
+        return self.ray.get([actor.pid.remote() for actor in self.actors])
+
+    def run(self, tasks: Sequence[ShardTask], on_done: OnDone) -> list[ShardOutcome]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue, pending, outcomes = deque(tasks), {}, {}
+        for actor in self.actors:
+            if queue:
+                task = queue.popleft()
+                pending[actor.run.remote(task)] = (actor, task)
+        while pending:
+            (ref,), _ = self.ray.wait(list(pending), num_returns=1)
+            actor, task = pending.pop(ref)
+            try:
+                outcome = self.ray.get(ref)
+            except RayTaskError as exc:
+                raise ShardFailedError(f"shard {task.shard}: {type(exc.cause).__name__}: {exc.cause}") from exc
+            except RayActorError as exc:
+                raise ShardFailedError(f"shard {task.shard}: its Ray worker was lost {self.max_retries + 1} "
+                                       f"time(s) (killed, out of memory or its node gone): {exc}") from exc
+            on_done(task, outcome)
+            outcomes[task.shard] = outcome
+            if queue:
+                task = queue.popleft()
+                pending[actor.run.remote(task)] = (actor, task)
+        return [outcomes[task.shard] for task in tasks]
+
+
+class ShardExecutor:
+    """What the ``executor`` setting names, with its Ray options."""
+
+    def __init__(self, kind: str = "local", address: str = "", workers: int = 2, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = -1.0, max_retries: int = 2) -> None:
+        if kind not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', got {kind!r}")
+        if workers < 1:
+            raise ValueError(f"[ray] workers must be at least 1, got {workers}")
+        self.kind, self.address, self.workers = kind, address, workers
+        self.cpus_per_worker, self.gpus_per_worker, self.max_retries = cpus_per_worker, gpus_per_worker, max_retries
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ShardExecutor:
+        return cls(settings.executor, settings.ray_address, settings.ray_workers, settings.ray_cpus_per_worker,
+                   settings.ray_gpus_per_worker, settings.ray_max_retries)
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return "local (this process)"
+        return (f"ray ({self.address or 'this machine'}, {self.workers} worker(s) x {self.cpus_per_worker:g} CPU"
+                f"{'' if self.gpus_per_worker == 0 else ', GPU where the cluster has them'})")
+
+    @contextmanager
+    def start(self, settings: Settings, n_tasks: int,
+              log: Callable[[str], None] | None = None) -> Iterator[LocalWorkers | RayWorkers]:
+        if self.kind == "local":
+            yield LocalWorkers(settings, log)
+            return
+        ray = self._connect()
+        gpus = self._gpus_per_worker(ray)
+        options = {"num_cpus": self.cpus_per_worker, "num_gpus": gpus, "max_restarts": self.max_retries,
+                   "max_task_retries": self.max_retries}
+        if not self.address:
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+            options["runtime_env"] = {"env_vars": env}
+        actor_class = ray.remote(ShardWorker)
+        actors = [actor_class.options(**options).remote(settings) for _ in range(max(1, min(self.workers, n_tasks)))]
+        if log is not None:
+            log(f"{len(actors)} Ray worker(s), {self.cpus_per_worker:g} CPU and {gpus:g} GPU each")
+        try:
+            yield RayWorkers(settings, actors, ray, self.max_retries)
+        finally:
+            for actor in actors:  # frees their GPUs and memory for the next run
+                ray.kill(actor)
+
+    def _connect(self):
+        try:
+            import ray
+        except ImportError as exc:
+            raise ExecutorUnavailableError("executor = \"ray\" needs Ray: pip install 'nait_pipeline[ray]'") from exc
+        if ray.is_initialized():
+            return ray
+        try:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=True)
+            else:  # a Ray on this machine, started for this process (or joined, when one runs here already)
+                ray.init(include_dashboard=False, log_to_driver=True)
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            raise ExecutorUnavailableError(f"Ray at {self.address or 'this machine'} is not reachable: {exc}") from exc
+        return ray
+
+    def _gpus_per_worker(self, ray) -> float:
+        if self.gpus_per_worker >= 0:
+            return self.gpus_per_worker
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
