@@ -76,3 +76,15 @@ def lake_store(request, tmp_path):
         return str(tmp_path / "store"), None, tmp_path / "store"
     endpoint = request.getfixturevalue("s3_endpoint")
     return request.getfixturevalue("s3_store"), endpoint, tmp_path / "local"
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A Ray on this machine for the session: 2 CPUs and one logical GPU (Ray schedules it without hardware;
+    the workers fall back to CPU torch), no dashboard, a small object store."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
