@@ -1,12 +1,14 @@
-"""The set-up run on a lake in S3 against the same run on a local folder: same subsets?
+"""The set-up run on a lake in S3, or featurized by Ray workers, against the same run on a local folder in
+one process: same subsets?
 
 Starts a real S3 API on 127.0.0.1 (moto in server mode, dummy credentials, a fresh bucket), then runs
-``nait-pipeline materialize`` on the embedded model twice with the same settings, once with
-``store_dir`` a local folder and once with ``store_dir = s3://<bucket>/store``, and compares every
-method's current subsets (versions and ranked ids) and the warehouse's answer to a named query. Prints a
-table and writes ``bench/results/object_store_parity.json``.
+``nait-pipeline materialize`` on the embedded model once per store with the same settings: ``file`` (a
+local folder, the local executor), ``s3`` (``store_dir = s3://<bucket>/store``) and ``ray`` (a local folder
+with ``executor = "ray"``: pool shards featurized by two workers of a Ray started on this machine), and
+compares every method's current subsets (versions and ranked ids) with the ``file`` run's. Prints a table
+and writes ``bench/results/object_store_parity.json`` (``ray_parity.json`` for ``--stores file ray``).
 
-    .venv/bin/python bench/object_store_parity.py [--sample 30] [--methods nait nait_c rds_round_robin ...]
+    .venv/bin/python bench/object_store_parity.py [--sample 30] [--stores file s3 ray] [--methods nait ...]
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = ["nait", "nait_c", "rds_round_robin", "perplexity_top", "random", "length"]
 
 
-def run_setup(store: str, local: Path, env: dict, sample: int, methods: list[str], log: Path) -> float:
+def run_setup(store: str, local: Path, env: dict, sample: int, methods: list[str], log: Path,
+              executor: str = "local") -> float:
     settings = local / "nait_settings.toml"
     settings.write_text(f'data_dir = "{env["NAIT_DATA_DIR"]}"\nstore_dir = "{store}"\npool_sample = {sample}\n'
+                        f'executor = "{executor}"\n'
                         f'[object_store]\nlocal_dir = "{local}"\n' + (f'endpoint_url = "{env["ENDPOINT"]}"\n'
                                                                      if store.startswith("s3://") else ""))
     run_env = {**env, "NAIT_SETTINGS": str(settings), "DAGSTER_HOME": str(local / "dagster_home")}
@@ -62,8 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=30, help="pool_sample of both runs")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
-    parser.add_argument("--stores", nargs="+", default=["file", "s3"], choices=["file", "s3"],
-                        help="run only these (one alone: to see that it completes; the comparison needs both)")
+    parser.add_argument("--stores", nargs="+", default=["file", "s3"], choices=["file", "s3", "ray"],
+                        help="run only these (one alone: to see that it completes; each is compared with file)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from moto.server import ThreadedMotoServer
@@ -85,33 +89,38 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="nait-parity-") as scratch:
             scratch = Path(scratch)
-            (scratch / "file").mkdir()
-            (scratch / "s3").mkdir()
-            stores = {"file": str(scratch / "file" / "store"), "s3": f"s3://{bucket}/store"}
+            for name in args.stores:
+                (scratch / name).mkdir()
+            stores = {"file": str(scratch / "file" / "store"), "s3": f"s3://{bucket}/store",
+                      "ray": str(scratch / "ray" / "store")}
             stores = {name: stores[name] for name in args.stores}
-            seconds = {}
+            seconds, found = {}, {}
             for name, store in stores.items():
                 seconds[name] = run_setup(store, scratch / name, env, args.sample, args.methods,
-                                          scratch / f"{name}.log")
+                                          scratch / f"{name}.log", "ray" if name == "ray" else "local")
                 print(f"{name}: materialize in {seconds[name]:.0f} s", flush=True)
-            if len(stores) < 2:
-                return
-            local = subsets(stores["file"], scratch / "file", None, args.methods)
-            remote = subsets(stores["s3"], scratch / "s3", endpoint, args.methods)
-            objects = len(s3_filesystem(endpoint).find(f"{bucket}/store/lake/_objects"))
+                found[name] = subsets(store, scratch / name, endpoint if name == "s3" else None, args.methods)
+            objects = len(s3_filesystem(endpoint).find(f"{bucket}/store/lake/_objects")) if "s3" in stores else 0
     finally:
         server.stop()
-    same = local == remote
-    print(f"| store | materialize | subsets |\n|---|---|---|\n| local folder | {seconds['file']:.0f} s | {len(local)} |\n"
-          f"| s3 (moto on 127.0.0.1) | {seconds['s3']:.0f} s | {len(remote)} |")
-    print(f"identical subsets (versions and ranked ids): {same}; objects in the bucket: {objects}")
+    if "file" not in found or len(found) < 2:
+        return
+    local = found["file"]
+    label = {"file": "local folder", "s3": "s3 (moto on 127.0.0.1)", "ray": "local folder, executor = ray"}
+    print("| store | materialize | subsets | identical to the local folder's |\n|---|---|---|---|")
+    for name in found:
+        print(f"| {label[name]} | {seconds[name]:.0f} s | {len(found[name])} | {found[name] == local} |")
+    differing = {name: sorted(set(local) ^ set(other)) + sorted(v for v in local if other.get(v) != local[v])
+                 for name, other in found.items() if name != "file"}
+    print(f"objects in the bucket: {objects}" if objects else "")
     result = {"sample": args.sample, "methods": args.methods, "seconds": seconds, "subsets": len(local),
-              "identical": same, "objects": objects,
-              "differing": sorted(set(local) ^ set(remote)) + sorted(v for v in local if remote.get(v) != local[v])}
-    out = ROOT / "bench" / "results" / "object_store_parity.json"
+              "identical": {name: not diff for name, diff in differing.items()}, "objects": objects,
+              "differing": differing}
+    out = ROOT / "bench" / "results" / ("ray_parity.json" if list(found) == ["file", "ray"]
+                                        else "object_store_parity.json")
     out.write_text(json.dumps(result, indent=2))
-    if not same:
-        raise SystemExit(f"subsets differ: {result['differing'][:5]}")
+    if any(differing.values()):
+        raise SystemExit(f"subsets differ: { {k: v[:5] for k, v in differing.items() if v} }")
 
 
 if __name__ == "__main__":

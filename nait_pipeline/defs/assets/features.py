@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import LakeResource
+from nait_pipeline.lib.execution.k8s import PodShape, step_pod_tags
 from nait_pipeline.lib.execution.shard_tasks import FORWARD, ShardOutcome, ShardTask, verify_outcome
 from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.features import capacity, forward
@@ -95,6 +96,7 @@ SHARDS_PER_RUN = 8
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
     deps=["it_pool", "base_model"],
     pool="cpu_heavy",
+    op_tags=step_pod_tags(PodShape(gpus=1)),  # a step pod on Kubernetes: one GPU
 )
 def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig,
                      pipeline: LakeResource) -> dg.MaterializeResult:

@@ -15,6 +15,7 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.plots import bar_plot
 from nait_pipeline.defs.resources import LakeResource
+from nait_pipeline.lib.execution.k8s import PodShape, step_pod_tags
 from nait_pipeline.lib.execution.shard_tasks import GRADIENTS, ShardTask, verify_outcome
 from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.featurize import resolve_device
@@ -122,6 +123,7 @@ def _result(per_checkpoint: list[dict], paths: list, extra: dict) -> dg.Material
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
     deps=["it_pool", "warmup_adapter"],
     pool="cpu_heavy",
+    op_tags=step_pod_tags(PodShape(gpus=1)),  # a step pod on Kubernetes: one GPU
 )
 def pool_gradients(context: dg.AssetExecutionContext, config: GradientFeaturizerConfig,
                    pipeline: LakeResource) -> dg.MaterializeResult:

@@ -4,7 +4,7 @@
 ``dagster dev``, the sensors and CI alike, so every shell sees the same data folder, store, model and
 pool sample; ``scripts/setup.sh`` writes it. An environment variable (``NAIT_DATA_DIR``,
 ``NAIT_STORE_DIR``, ``NAIT_MODEL``, ``NAIT_POOL_SAMPLE``, ``NAIT_LOCAL_DIR``, ``NAIT_S3_ENDPOINT``,
-``NAIT_EXECUTOR``, ``NAIT_RAY_ADDRESS``)
+``NAIT_EXECUTOR``, ``NAIT_RAY_ADDRESS``, ``NAIT_RAY_WORKERS``)
 overrides the file's value for one command. Relative paths in the file are relative to the project root.
 
 ``store_dir`` may be an object store, ``s3://bucket/prefix``: the lake then lives there (see
@@ -27,11 +27,12 @@ from nait_pipeline.lib.io.storage import is_object_store_uri
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
 KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses",
-              "object_store", "executor", "ray"}
+              "object_store", "executor", "ray", "kubernetes"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
 FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
 OBJECT_STORE_KEYS = {"endpoint_url", "local_dir"}
 RAY_KEYS = {"address", "workers", "cpus_per_worker", "gpus_per_worker", "max_retries"}
+KUBERNETES_KEYS = {"run_gpus", "cpu_per_gpu", "memory_gib_per_gpu"}
 EXECUTORS = ("local", "ray")
 
 
@@ -51,10 +52,10 @@ def read_settings_file(path: Path | None = None) -> dict:
     unknown = sorted(set(values) - KNOWN_KEYS) + sorted(set(values.get("automation", {})) - AUTOMATION_KEYS) + \
         sorted(set(values.get("forward_store", {})) - FORWARD_STORE_KEYS) + \
         sorted(set(values.get("object_store", {})) - OBJECT_STORE_KEYS) + \
-        sorted(set(values.get("ray", {})) - RAY_KEYS)
+        sorted(set(values.get("ray", {})) - RAY_KEYS) + sorted(set(values.get("kubernetes", {})) - KUBERNETES_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: "
-                         f"{sorted(KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS | OBJECT_STORE_KEYS | RAY_KEYS)}")
+        known = KNOWN_KEYS | AUTOMATION_KEYS | FORWARD_STORE_KEYS | OBJECT_STORE_KEYS | RAY_KEYS | KUBERNETES_KEYS
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return values
 CAPABILITIES = ("math", "code", "reasoning", "knowledge", "multilingual")
 
@@ -108,6 +109,11 @@ class Settings:
     ray_cpus_per_worker: float = 1.0
     ray_gpus_per_worker: float = -1.0  # -1: one GPU per worker where the cluster has GPUs, else none
     ray_max_retries: int = 2  # a worker lost mid-shard is restarted and its shard retried this many times
+    # A featurization run's pod on Kubernetes (lib/execution/k8s.py): its GPUs (a Ray inside it, one worker per
+    # GPU), CPU and memory per GPU. A step pod's shape is in the featurization assets' op tags (one GPU).
+    k8s_run_gpus: int = 1
+    k8s_cpu_per_gpu: int = 8
+    k8s_memory_gib_per_gpu: int = 64
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -128,6 +134,7 @@ class Settings:
         forward_store = file.get("forward_store", {})
         object_store = file.get("object_store", {})
         ray = file.get("ray", {})
+        kubernetes = file.get("kubernetes", {})
         store = os.environ.get("NAIT_STORE_DIR") or file.get("store_dir")
         local = os.environ.get("NAIT_LOCAL_DIR") or object_store.get("local_dir")
         return cls(
@@ -147,10 +154,13 @@ class Settings:
             local_dir=_resolved(Path(local).expanduser()) if local else None,
             executor=os.environ.get("NAIT_EXECUTOR") or str(file.get("executor", "local")),
             ray_address=os.environ.get("NAIT_RAY_ADDRESS") or str(ray.get("address", "")),
-            ray_workers=int(ray.get("workers", 2)),
+            ray_workers=int(os.environ.get("NAIT_RAY_WORKERS") or ray.get("workers", 2)),
             ray_cpus_per_worker=float(ray.get("cpus_per_worker", 1.0)),
             ray_gpus_per_worker=float(ray.get("gpus_per_worker", -1.0)),
             ray_max_retries=int(ray.get("max_retries", 2)),
+            k8s_run_gpus=int(kubernetes.get("run_gpus", 1)),
+            k8s_cpu_per_gpu=int(kubernetes.get("cpu_per_gpu", 8)),
+            k8s_memory_gib_per_gpu=int(kubernetes.get("memory_gib_per_gpu", 64)),
         )
 
     @property
