@@ -139,3 +139,96 @@ def test_stores_of_the_list_layout_are_read_and_migrated_with_the_same_values(tm
     assert pa.types.is_fixed_size_binary(pq.read_schema(old).field("layer_mean").type)
     blocks = list(PoolStore([old]).blocks("first_token"))
     np.testing.assert_array_equal(blocks[0].astype(np.float32), features.first_token.astype(np.float16).astype(np.float32))
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def reference_layer_features(model, token_rows: list[list[int]]) -> dict[str, np.ndarray]:
+    """Every layer's token mean, first and last state from ``output_hidden_states``, one row at a time."""
+    means, firsts, lasts = [], [], []
+    for ids in token_rows:
+        with torch.no_grad():
+            stacked = torch.stack(model.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+                                  .hidden_states[1:], 1)[0]  # [L, T, d], the last layer after the final norm
+        means.append(stacked.mean(1).numpy())
+        firsts.append(stacked[:, 0].numpy())
+        lasts.append(stacked[:, -1].numpy())
+    return {"layer_mean": np.stack(means), "first_token": np.stack(firsts), "last_token": np.stack(lasts)}
+
+
+class TokenRows:
+    """A template stand-in that feeds fixed token ids (the hooks are what is under test, not the template)."""
+
+    class tokenizer:  # noqa: N801 - mirrors the attribute the featurizer reads
+        pad_token_id = 0
+
+    def __init__(self, rows: list[list[int]]):
+        self.rows = rows
+
+    def tokenize_row(self, row, max_length):
+        from nait_pipeline.lib.models.template import TokenizedExample
+
+        ids = self.rows[row["index"]]
+        return TokenizedExample(input_ids=ids, response_start=len(ids) // 2, full_length=len(ids), truncated=False)
+
+
+def test_layer_hooks_give_what_output_hidden_states_gives():
+    model = tiny_llama()
+    rng = np.random.default_rng(0)
+    token_rows = [rng.integers(1, 128, size=n).tolist() for n in (5, 9, 3, 12, 7)]
+    rows, ids = [{"index": i} for i in range(len(token_rows))], [f"r{i}" for i in range(len(token_rows))]
+    spec = fz.FeaturizerSpec(dtype="float32", keep_last_token=True, batch_tokens=64)
+    features = fz.featurize(model, TokenRows(token_rows), rows, spec, ids)  # batched, padded
+    expected = reference_layer_features(model, token_rows)
+    for name, values in expected.items():
+        np.testing.assert_allclose(getattr(features, name), values, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert features.stats["device"] == "cpu" and features.stats["batch_tokens"] == 64
+    # prenorm_last: the last layer's own states, which the final norm maps, token by token, onto HF's entry.
+    prenorm = fz.featurize(model, TokenRows(token_rows), rows,
+                           fz.FeaturizerSpec(dtype="float32", keep_last_token=True, hidden_states=fz.PRENORM_LAST),
+                           ids)
+    np.testing.assert_array_equal(prenorm.layer_mean[:, :-1], features.layer_mean[:, :-1])
+    with torch.no_grad():
+        normed = model.model.norm(torch.from_numpy(prenorm.last_token[:, -1])).numpy()
+    np.testing.assert_allclose(normed, expected["last_token"][:, -1], rtol=1e-5, atol=1e-6)
+    assert np.abs(prenorm.last_token[:, -1] - expected["last_token"][:, -1]).max() > 1e-2
+
+
+def test_a_layer_subset_is_reduced_from_the_hooked_layers_alone():
+    from nait_pipeline.lib.features.reduction import StoreReduction
+
+    model = tiny_llama()
+    token_rows = [[5, 6, 7, 8], [9, 10, 11]]
+    rows, ids = [{"index": 0}, {"index": 1}], ["a", "b"]
+    full = fz.featurize(model, TokenRows(token_rows), rows, fz.FeaturizerSpec(dtype="float32"), ids)
+    subset = fz.featurize(model, TokenRows(token_rows), rows,
+                          fz.FeaturizerSpec(dtype="float32", reduction=StoreReduction(layers=(2, 4))), ids)
+    np.testing.assert_array_equal(subset.layer_mean, full.layer_mean[:, [1, 3]])
+    assert subset.layers == [2, 4]
+
+
+def test_the_token_budget_is_sized_from_the_device():
+    config = tiny_llama().config
+    assert fz.resolve_batch_tokens(4096, config, "cuda", "bfloat16") == 4096  # given: kept
+    assert fz.resolve_batch_tokens(0, config, "cpu", "float32") == fz.CPU_BATCH_TOKENS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the GPU path is compared with the CPU path")
+def test_the_gpu_path_matches_the_cpu_path():
+    model = tiny_llama()
+    token_rows = [[5, 6, 7, 8, 9], [9, 10, 11]]
+    rows, ids = [{"index": 0}, {"index": 1}], ["a", "b"]
+    spec = fz.FeaturizerSpec(dtype="float32", keep_last_token=True, batch_tokens=0)
+    cpu = fz.featurize(model, TokenRows(token_rows), rows, spec, ids)
+    gpu = fz.featurize(model.to("cuda"), TokenRows(token_rows), rows, spec, ids)
+    assert gpu.stats["device"] == "cuda" and gpu.stats["batch_tokens"] >= 512
+    for name in ("layer_mean", "first_token", "last_token", "rds_embedding"):
+        np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=1e-4, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(gpu.response_loss, cpu.response_loss, rtol=1e-4)

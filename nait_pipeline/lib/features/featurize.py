@@ -33,7 +33,7 @@ PRENORM_LAST = "prenorm_last"  # the last decoder layer's own output, before the
 class FeaturizerSpec:
     max_length: int = 512
     dtype: str = "auto"  # resolved by resolve_dtype before use
-    batch_tokens: int = 2048  # padded tokens per forward batch (2k measured fastest on 2 CPU cores)
+    batch_tokens: int = 2048  # padded tokens per forward batch (0: sized from the device, resolve_batch_tokens)
     max_batch_size: int = 64
     keep_last_token: bool = False  # target sets: also the last-token and first-token states (NAIT's drifts)
     hidden_states: str = HF_OUTPUT
@@ -130,34 +130,85 @@ def featurize(
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
     if next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
-    pad_id = template.tokenizer.pad_token_id if template.tokenizer.pad_token_id is not None else 0
-    captured: dict[str, torch.Tensor] = {}
-    hook = None
-    if spec.hidden_states == PRENORM_LAST:
-        hook = model.model.layers[-1].register_forward_hook(
-            lambda _m, _i, output: captured.__setitem__("last", output[0] if isinstance(output, tuple) else output)
-        )
-    elif spec.hidden_states != HF_OUTPUT:
+    if spec.hidden_states not in (HF_OUTPUT, PRENORM_LAST):
         raise ValueError(f"hidden_states must be {HF_OUTPUT!r} or {PRENORM_LAST!r}, got {spec.hidden_states!r}")
-
+    pad_id = template.tokenizer.pad_token_id if template.tokenizer.pad_token_id is not None else 0
+    batch_tokens = resolve_batch_tokens(spec.batch_tokens, config, device.type, dtype_name)
+    capture = LayerReductions(model, reducer.layers, spec.hidden_states == PRENORM_LAST)
     started = time.perf_counter()
     done = tokens_done = 0
     try:
         with torch.inference_mode():
-            for batch in plan_batches(out.n_tokens.tolist(), spec.batch_tokens, spec.max_batch_size):
-                _run_batch(model, tokens, batch, out, pad_id, device, captured, reducer)
+            for batch in plan_batches(out.n_tokens.tolist(), batch_tokens, spec.max_batch_size):
+                _run_batch(model, tokens, batch, out, pad_id, device, capture, reducer)
                 done += len(batch)
                 tokens_done += int(out.n_tokens[batch].sum())
                 if progress is not None:
                     progress(done, n, tokens_done)
     finally:
-        if hook is not None:
-            hook.remove()
+        capture.remove()
     elapsed = time.perf_counter() - started
-    out.stats = {"dtype": dtype_name, "examples": n, "tokens": int(out.n_tokens.sum()), "seconds": elapsed,
+    out.stats = {"dtype": dtype_name, "device": device.type, "batch_tokens": batch_tokens, "examples": n,
+                 "tokens": int(out.n_tokens.sum()), "seconds": elapsed,
                  "tokens_per_s": float(out.n_tokens.sum() / elapsed) if elapsed else math.inf}
     check_finite(out, ids)
     return out
+
+
+# Bytes per padded token a forward batch holds at once beyond the weights, per element of the model's dtype:
+# a layer's residual stream, attention and MLP activations (SDPA never forms the T x T matrix), plus the
+# float32 logits of response positions. Measured headroom is left by FREE_MEMORY_SHARE.
+FREE_MEMORY_SHARE = 0.6
+CPU_BATCH_TOKENS = 2048  # measured fastest on 2 CPU cores
+
+
+def resolve_batch_tokens(batch_tokens: int, config, device_type: str, dtype_name: str) -> int:
+    """``batch_tokens`` as given, or (0) sized from the device: 2,048 on a CPU; on a GPU the tokens whose
+    activations fit in ``FREE_MEMORY_SHARE`` of its free memory."""
+    if batch_tokens > 0:
+        return batch_tokens
+    if not device_type.startswith("cuda"):
+        return CPU_BATCH_TOKENS
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    element = 4 if dtype_name == "float32" else 2
+    intermediate = getattr(config, "intermediate_size", 4 * config.hidden_size)
+    per_token = element * (8 * config.hidden_size + 3 * intermediate) + 4 * config.vocab_size
+    return int(min(65536, max(512, FREE_MEMORY_SHARE * free // per_token)))
+
+
+class LayerReductions:
+    """Forward hooks that reduce each kept decoder layer's states as the layer produces them (masked token
+    mean, first and last token), so a batch never holds every layer's [B, T, d] states at once, as
+    ``output_hidden_states`` would. The last layer's entry is the final-normed output the model returns
+    (HF's convention), or with ``prenorm_last`` the last layer's own output, captured by its hook."""
+
+    def __init__(self, model, layers: Sequence[int], prenorm_last: bool) -> None:
+        self.num_layers = model.config.num_hidden_layers
+        self.reduced: dict[int, tuple] = {}
+        self.last_states = None
+        self.batch: tuple | None = None  # (mask [B, T], token counts [B, 1], rows, last positions) of this batch
+        hooked = [layer for layer in layers if layer < self.num_layers] + ([self.num_layers] if prenorm_last else [])
+        self.handles = [model.model.layers[layer - 1].register_forward_hook(self._hook(layer)) for layer in hooked]
+
+    def _hook(self, layer: int):
+        def capture(_module, _inputs, output) -> None:
+            states = output[0] if isinstance(output, tuple) else output
+            if layer == self.num_layers:
+                self.last_states = states
+            else:
+                self.reduced[layer] = self.reduce(states)
+        return capture
+
+    def reduce(self, states) -> tuple:
+        mask, counts, rows, last_pos = self.batch
+        states = states.float()
+        return (states * mask.unsqueeze(-1)).sum(1) / counts, states[:, 0], states[rows, last_pos]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def first_token_massive_dims(model, token_id: int) -> np.ndarray:
@@ -173,7 +224,15 @@ def first_token_massive_dims(model, token_id: int) -> np.ndarray:
     return massive_dims(first, ratio=FIRST_STATE_RATIO)
 
 
-def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, captured: dict, reducer: Reducer) -> None:
+def _to_device(tensor, device):
+    """Host -> GPU through pinned memory, asynchronously; as is on a CPU."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, capture: LayerReductions,
+               reducer: Reducer) -> None:
     import torch
 
     lengths = [len(tokens[i].input_ids) for i in batch]
@@ -184,32 +243,27 @@ def _run_batch(model, tokens, batch, out: Features, pad_id: int, device, capture
         ids = tokens[index].input_ids
         input_ids[row, : len(ids)] = torch.tensor(ids)
         mask[row, : len(ids)] = 1.0
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    result = model.model(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
-    hidden = list(result.hidden_states[1:])  # L entries, one per decoder layer
-    final_normed = result.hidden_states[-1]  # what the LM head reads
-    if "last" in captured:
-        hidden[-1] = captured.pop("last")
-    counts = mask.sum(1, keepdim=True)
+    input_ids, mask = _to_device(input_ids, device), _to_device(mask, device)
     rows = torch.arange(len(batch), device=device)
     last_pos = torch.tensor(lengths, device=device) - 1
-    means, firsts, lasts = [], [], []
-    for layer_states in hidden:
-        states = layer_states.float()
-        means.append((states * mask.unsqueeze(-1)).sum(1) / counts)
-        firsts.append(states[:, 0])
-        lasts.append(states[rows, last_pos])
+    capture.batch = (mask, mask.sum(1, keepdim=True), rows, last_pos)
+    result = model.model(input_ids=input_ids, attention_mask=mask.long(), use_cache=False)
+    final_normed = result.last_hidden_state  # what the LM head reads
+    last = capture.last_states if capture.last_states is not None else final_normed
+    capture.last_states = None
+    per_layer = [capture.reduced.pop(layer) if layer < capture.num_layers else capture.reduce(last)
+                 for layer in reducer.layers]
     index = np.asarray(batch)
-    out.layer_mean[index] = reducer.vectors(torch.stack(means, 1)).cpu().numpy()
+    out.layer_mean[index] = reducer.kept_vectors(torch.stack([p[0] for p in per_layer], 1)).cpu().numpy()
     if out.first_token is not None:
-        out.first_token[index] = reducer.vectors(torch.stack(firsts, 1)).cpu().numpy()
+        out.first_token[index] = reducer.kept_vectors(torch.stack([p[1] for p in per_layer], 1)).cpu().numpy()
     if out.last_token is not None:
-        out.last_token[index] = reducer.vectors(torch.stack(lasts, 1)).cpu().numpy()
+        out.last_token[index] = reducer.kept_vectors(torch.stack([p[2] for p in per_layer], 1)).cpu().numpy()
 
     # RDS+: weights k / sum_j j over the K real tokens (SGPT position weighting) on the last layer.
     positions = torch.arange(1, width + 1, device=device, dtype=torch.float32).unsqueeze(0) * mask
     weights = positions / positions.sum(1, keepdim=True)
-    out.rds_embedding[index] = reducer.embedding((hidden[-1].float() * weights.unsqueeze(-1)).sum(1)).cpu().numpy()
+    out.rds_embedding[index] = reducer.embedding((last.float() * weights.unsqueeze(-1)).sum(1)).cpu().numpy()
 
     for row, loss in enumerate(response_losses(model, final_normed, input_ids, [tokens[i] for i in batch])):
         out.response_loss[batch[row]] = loss

@@ -192,6 +192,12 @@ class Reducer:
         out = self._project(kept, self.masked[self.index])
         return out.cpu().numpy() if as_numpy else out
 
+    def kept_vectors(self, values):
+        """[n, L', d] states of the kept layers only (the featurizer reduces no other) -> [n, L', dim]."""
+        tensor, as_numpy = _as_tensor(values)
+        out = self._project(tensor, self.masked[self.index])
+        return out.cpu().numpy() if as_numpy else out
+
     def embedding(self, values):
         """[n, d] last-layer vectors (the RDS+ embedding) -> [n, dim], the last layer's mask applied."""
         if self.projection is None:
