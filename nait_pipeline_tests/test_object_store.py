@@ -252,3 +252,46 @@ def test_the_s3_extra_pins_are_what_is_installed():
     extra = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["s3"]
     pins = dict(requirement.split("==") for requirement in extra)
     assert pins == {name: version(name) for name in pins}
+
+
+@pytest.mark.parametrize("same_store", [True, False])
+def test_two_runs_featurizing_one_shard_at_once_leave_one_store(s3_store, s3_endpoint, tmp_path, monkeypatch,
+                                                                 same_store):
+    """The run that publishes second finds the first's manifest: the same store is taken as its own, another
+    one (here: another model) is a conflict naming the manifest."""
+    import pyarrow.parquet as pq
+
+    from nait_pipeline.lib.features import forward
+    from nait_pipeline.lib.features.featurize import FeaturizerSpec
+    from nait_pipeline.lib.models.model_io import ModelInfo
+    from nait_pipeline_tests.test_featurize import TokenRows, tiny_llama
+
+    layout = settings_for(s3_store, s3_endpoint, tmp_path).layout
+    destination = layout.pool_activations("p-0000")
+    model = ModelInfo(model_id="tiny", path="unused", architecture="LlamaForCausalLM", num_layers=4, hidden_size=32,
+                      vocab_size=128, template_hash="t", has_chat_template=False)
+    other_model = ModelInfo(**{**model.as_dict(), "model_id": "tiny-other"})
+    rows, ids, spec = [{"index": 0}, {"index": 1}], ["a", "b"], FeaturizerSpec(dtype="float32")
+    lm = tiny_llama()
+
+    def featurize(info: ModelInfo):
+        return forward.featurize_into(destination, info, rows, ids, spec, "input-1",
+                                      lambda: (lm, TokenRows([[5, 6, 7], [8, 9]])))
+
+    real_write, raced = pq.write_table, []
+
+    def write_after_the_other_run_published(table, where, **kwargs):
+        if not raced:  # this run's upload is under way when the other run publishes the same shard
+            raced.append(None)
+            raced[0] = featurize(model if same_store else other_model)
+        return real_write(table, where, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", write_after_the_other_run_published)
+    if same_store:
+        ours = featurize(model)
+        assert read_metadata(destination)["store_version"] == ours.version == raced[0].version
+    else:
+        with pytest.raises(storage.PublishConflict, match="another writer published"):
+            featurize(model)
+        assert read_metadata(destination)["store_version"] == raced[0].version  # the winner's, whole
+    assert read_table(destination, columns=["example_id"]).column("example_id").to_pylist() == ids

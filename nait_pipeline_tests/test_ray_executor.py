@@ -144,3 +144,20 @@ def test_a_shard_that_fails_names_itself_and_its_cause(local_ray, model_dir, tmp
         with pytest.raises(ShardFailedError, match=r"shard no-such-shard: ValueError: .*no rows"):
             workers.run([task], lambda *_: None)
     assert shards and not resource.layout.pool_activations("no-such-shard").exists()
+
+
+def test_a_ray_that_is_not_there_is_named_at_once(tmp_path):
+    import socket
+    import time
+
+    from nait_pipeline.lib.execution.executors import ExecutorUnavailableError
+
+    with socket.socket() as unused:  # a port nothing listens at
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    started = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ExecutorUnavailableError, match=f"Ray at {address} is not reachable"):
+            with ShardExecutor("ray", address=address).start(None, 1):
+                pass
+    assert time.perf_counter() - started < 30

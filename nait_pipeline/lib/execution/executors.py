@@ -17,6 +17,7 @@ publication, so a retried or abandoned shard leaves no partial file.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -116,6 +117,17 @@ class RayWorkers:
         return [outcomes[task.shard] for task in tasks]
 
 
+def probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at: Ray itself retries a missing head for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ExecutorUnavailableError(f"Ray at {address} is not reachable ({exc}): start the cluster, or set "
+                                       "[ray] address to its head (host:port, ray://host:10001, or auto)") from exc
+
+
 class ShardExecutor:
     """What the ``executor`` setting names, with its Ray options."""
 
@@ -167,6 +179,8 @@ class ShardExecutor:
             import ray
         except ImportError as exc:
             raise ExecutorUnavailableError("executor = \"ray\" needs Ray: pip install 'nait_pipeline[ray]'") from exc
+        if self.address and self.address != "auto":
+            probe(self.address)
         if ray.is_initialized():
             return ray
         try:
