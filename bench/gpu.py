@@ -211,10 +211,13 @@ def measure_featurizer(shape: str, device: str, rates: dict, tiny: bool) -> dict
     dtype_name = "float32" if device == "cpu" else "bfloat16"
     result = {"model": shape, "decoder_params": params, "rows": len(rows), "row_tokens": ROW_TOKENS,
               "dtype": dtype_name, "runs": []}
-    budgets = [FeaturizerSpec().batch_tokens] + ([] if tiny else [64 * ROW_TOKENS])
-    for batch_tokens in budgets:
-        spec = FeaturizerSpec(max_length=ROW_TOKENS, dtype=dtype_name, batch_tokens=batch_tokens, max_batch_size=128)
-        featurize(model, template, rows[: 2 * max(1, batch_tokens // ROW_TOKENS)], spec, ids)  # warm-up
+    # The default budget, a large fixed one, and on a GPU the budget sized from its free memory (0).
+    budgets = [FeaturizerSpec().batch_tokens] + ([] if tiny else [64 * ROW_TOKENS]) + \
+        ([0] if device.startswith("cuda") else [])
+    for requested in budgets:
+        spec = FeaturizerSpec(max_length=ROW_TOKENS, dtype=dtype_name, batch_tokens=requested, max_batch_size=128)
+        warm = featurize(model, template, rows[: 2 * max(1, (requested or 4096) // ROW_TOKENS)], spec, ids)
+        batch_tokens = warm.stats["batch_tokens"]
         reset_peak(device)
         synchronize(device)
         started = time.perf_counter()
@@ -222,10 +225,11 @@ def measure_featurizer(shape: str, device: str, rates: dict, tiny: bool) -> dict
         synchronize(device)
         seconds = time.perf_counter() - started
         tokens_per_s = float(features.n_tokens.sum()) / seconds
-        batch_rows = max(1, batch_tokens // ROW_TOKENS)
+        batch_rows = min(128, max(1, batch_tokens // ROW_TOKENS))
         decoder_rate = decoder_only_tokens_per_s(model, template, rows, batch_rows, device)
         result["runs"].append({
-            "batch_tokens": batch_tokens, "batch_rows": batch_rows, "seconds": round(seconds, 3),
+            "batch_tokens": batch_tokens, "sized_from_free_memory": requested == 0, "batch_rows": batch_rows,
+            "seconds": round(seconds, 3),
             "tokens_per_s": round(tokens_per_s), "decoder_only_tokens_per_s": round(decoder_rate),
             "featurizer_share_of_decoder_only": round(tokens_per_s / decoder_rate, 3),
             "mfu_measured": round(2 * params * tokens_per_s / rates["measured"], 4),

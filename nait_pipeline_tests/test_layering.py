@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nait_pipeline.lib as lib
 
-LAYERS = ["io", "data", "models", "features", "selection", "methods", "evaluation"]
+LAYERS = ["io", "data", "models", "features", "execution", "selection", "methods", "evaluation"]
 ROOT = Path(lib.__file__).parent
 
 
