@@ -118,6 +118,7 @@ def main() -> None:
               "differing": differing}
     out = ROOT / "bench" / "results" / ("ray_parity.json" if list(found) == ["file", "ray"]
                                         else "object_store_parity.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if any(differing.values()):
         raise SystemExit(f"subsets differ: { {k: v[:5] for k, v in differing.items() if v} }")

@@ -104,6 +104,7 @@ def main() -> None:
               f"{row['ratio']}x | {row['overhead_per_shard_s']} s |")
     print(f"identical store versions: {identical}")
     out = ROOT / "bench" / "results" / "ray_executor.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": args.rows, "shard_rows": args.shard_rows, "pool": args.pool, "cores": cores,
                                "ray_start_s": round(ray_start, 1), "identical": identical,
                                "runs": [{k: v for k, v in r.items() if k != "versions"} for r in rows]}, indent=2))

@@ -29,6 +29,10 @@ class UsageError(Exception):
     """A command line that cannot be carried out as given."""
 
 
+# The tags a range run of partitions carries (what a backfill with BackfillPolicy.multi_run sets).
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
 def _instance():
     import dagster as dg
 
@@ -48,25 +52,30 @@ def _all_assets() -> list:
     return list(defs().assets or [])
 
 
-SUMMARY_KEYS = ("row_count", "rows_read", "quarantined", "tokens", "reused", "n_pool", "score_seconds")
+SUMMARY_KEYS = ("row_count", "rows_read", "quarantined", "tokens", "reused", "n_pool", "score_seconds", "shards",
+                "recomputed_shards", "executor")
 
 
 def _summary(result) -> str:
-    """A few numbers from what a run materialized, for the one line the console shows per step."""
+    """A few numbers from what a run materialized, for the one line the console shows per step (a range
+    run records one materialization per partition, all with the range's metadata: shown once)."""
     parts = []
     for event in result.get_asset_materialization_events():
         metadata = event.materialization.metadata
         values = [f"{k}={metadata[k].value}" for k in SUMMARY_KEYS if k in metadata]
         if "subset_versions" in metadata:
             values.append(f"subsets={len(metadata['subset_versions'].value)}")
-        parts.append(f"{event.asset_key.to_user_string()}" + (f" ({', '.join(values)})" if values else ""))
+        part = f"{event.asset_key.to_user_string()}" + (f" ({', '.join(values)})" if values else "")
+        if part not in parts:
+            parts.append(part)
     return "; ".join(parts)
 
 
-def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict | None = None) -> None:
-    """Materialize each step's assets (once per partition key when the step names keys), printing one
-    line per step and a progress line for long stages. Dagster's event stream stays in the run logs
-    (`dagster dev` shows them); NAIT_VERBOSE=1 prints it here too."""
+def run_steps(steps: list[tuple[list[str], list | None]], run_config: dict | None = None) -> None:
+    """Materialize each step's assets (once per partition key when the step names keys; a (first, last)
+    pair is one run over that range of keys), printing one line per step and a progress line for long
+    stages. Dagster's event stream stays in the run logs (`dagster dev` shows them); NAIT_VERBOSE=1 prints
+    it here too."""
     import dagster as dg
 
     from nait_pipeline.defs.recovery import recover_dead_runs
@@ -85,12 +94,16 @@ def run_steps(steps: list[tuple[list[str], list[str] | None]], run_config: dict 
         ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in selection}
         keys = partition_keys or [None]
         for number, key in enumerate(keys, start=1):
-            label = f"{', '.join(selection)}" + (f" [{key}]" if key else "") + \
+            ranged = isinstance(key, tuple)
+            shown = f"{key[0]} .. {key[1]}" if ranged else key
+            label = f"{', '.join(selection)}" + (f" [{shown}]" if key else "") + \
                 (f" ({number}/{len(keys)})" if len(keys) > 1 else "")
             started = time.perf_counter()
             config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **({"ops": ops} if ops else {})}
-            result = dg.materialize(assets, selection=selection, partition_key=key, instance=instance,
-                                    resources=resources, run_config=config, raise_on_error=False)
+            tags = {RANGE_START: key[0], RANGE_END: key[1]} if ranged else None
+            result = dg.materialize(assets, selection=selection, partition_key=None if ranged else key,
+                                    instance=instance, resources=resources, run_config=config, tags=tags,
+                                    raise_on_error=False)
             if not result.success:
                 failure = next(iter(result.get_step_failure_events()), None)
                 error = failure.step_failure_data.error if failure else None
@@ -141,7 +154,19 @@ def run_plan(steps, settings: Settings, run_config: dict | None = None) -> None:
     for step in steps:
         keys = (PoolView.open(settings.layout).shards if step.partitioning == SHARD
                 else capabilities(settings) if step.partitioning == CAPABILITY else None)
+        if step.partitioning == SHARD and settings.executor == "ray":
+            keys = shard_ranges(keys)
         run_steps([(list(step.assets), keys)], run_config)
+
+
+def shard_ranges(shards: list[str]) -> list[tuple[str, str]]:
+    """Shards in runs of up to SHARDS_PER_RUN (as a backfill runs them): Ray workers then load the model once
+    per range, not once per shard."""
+    from nait_pipeline.defs.assets.features import SHARDS_PER_RUN
+    from nait_pipeline.defs.partitions import POOL_SHARDS_NAME
+    from nait_pipeline.lib.io.plan import key_ranges
+
+    return key_ranges(shards, _instance().get_dynamic_partitions(POOL_SHARDS_NAME), SHARDS_PER_RUN)
 
 
 def subsets_asset(method) -> str:

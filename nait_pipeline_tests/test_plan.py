@@ -49,3 +49,15 @@ def test_unknown_targets_cycles_and_partitionings_are_refused():
         plan(graph(Node("a", frozenset({"b"})), Node("b", frozenset({"a"}))), ["a"])
     with pytest.raises(PlanError, match="no rule for partitioning"):
         plan(graph(Node("a", frozenset(), "weekly")), ["a"])
+
+
+def test_keys_become_ranges_of_consecutive_known_keys():
+    from nait_pipeline.lib.io.plan import key_ranges
+
+    order = ["a", "b", "c", "d", "e", "f", "g"]
+    assert key_ranges(["a", "b", "c", "d", "e"], order, 2) == [("a", "b"), ("c", "d"), ("e", "e")]
+    # a key not asked for (a shard no longer in the pool) splits a range rather than joining it
+    assert key_ranges(["a", "b", "d", "e", "g"], order, 8) == [("a", "b"), ("d", "e"), ("g", "g")]
+    assert key_ranges([], order, 8) == []
+    with pytest.raises(PlanError, match=r"\['z'\]"):
+        key_ranges(["a", "z"], order, 8)

@@ -161,3 +161,26 @@ def test_a_ray_that_is_not_there_is_named_at_once(tmp_path):
             with ShardExecutor("ray", address=address).start(None, 1):
                 pass
     assert time.perf_counter() - started < 30
+
+
+def test_the_cli_hands_the_pool_to_ray_in_shard_ranges(local_ray, model_dir, tmp_path, monkeypatch, capsys):
+    """`executor = "ray"` from the CLI: the shards go in ranges (one model load per worker per range), and
+    the default one-GPU-per-worker on a one-GPU cluster places one worker instead of waiting for a second."""
+    from nait_pipeline import cli
+    from nait_pipeline.lib.features.kinds import SHARD
+    from nait_pipeline.lib.io.plan import Step
+    from nait_pipeline.lib.io.settings import Settings
+
+    data = tmp_path / "data"
+    write_pools(data)
+    for name, value in {"NAIT_DATA_DIR": data, "NAIT_STORE_DIR": tmp_path / "store", "NAIT_MODEL": model_dir,
+                        "NAIT_EXECUTOR": "ray", "DAGSTER_HOME": tmp_path / "home"}.items():
+        monkeypatch.setenv(name, str(value))
+    cli.run_steps([(["base_model", "it_pool"], None)], QUICK)
+    settings = Settings.from_env()
+    cli.run_plan([Step(("pool_activations",), SHARD)], settings)
+    out = capsys.readouterr().out
+    shards = PoolView.open(settings.layout).shards
+    assert f"pool_activations [{shards[0]} .. {shards[-1]}]: done" in out, out
+    assert "recomputed_shards=6" in out and "executor=ray" in out
+    assert all(settings.layout.pool_activations(shard).exists() for shard in shards)

@@ -164,10 +164,11 @@ class ShardExecutor:
         if not self.address:
             env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
             options["runtime_env"] = {"env_vars": env}
+        count = self._worker_count(ray, gpus, n_tasks)
         actor_class = ray.remote(ShardWorker)
-        actors = [actor_class.options(**options).remote(settings) for _ in range(max(1, min(self.workers, n_tasks)))]
+        actors = [actor_class.options(**options).remote(settings) for _ in range(count)]
         if log is not None:
-            log(f"{len(actors)} Ray worker(s), {self.cpus_per_worker:g} CPU and {gpus:g} GPU each")
+            log(f"{count} Ray worker(s), {self.cpus_per_worker:g} CPU and {gpus:g} GPU each")
         try:
             yield RayWorkers(settings, actors, ray, self.max_retries)
         finally:
@@ -191,6 +192,21 @@ class ShardExecutor:
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise ExecutorUnavailableError(f"Ray at {self.address or 'this machine'} is not reachable: {exc}") from exc
         return ray
+
+    def _worker_count(self, ray, gpus: float, n_tasks: int) -> int:
+        """``workers``, but no more than the run has shards nor than the cluster can place now (a worker that
+        cannot be placed would wait for resources that never come, and the run with it)."""
+        total = ray.cluster_resources()
+        fits = [self.workers, max(1, n_tasks), int(total.get("CPU", 0) // self.cpus_per_worker) if
+                self.cpus_per_worker else self.workers]
+        if gpus:
+            fits.append(int(total.get("GPU", 0) // gpus))
+        count = min(fits)
+        if count < 1:
+            raise ExecutorUnavailableError(f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} "
+                                           f"GPU) cannot place one worker of {self.cpus_per_worker:g} CPU and "
+                                           f"{gpus:g} GPU: lower [ray] cpus_per_worker / gpus_per_worker")
+        return count
 
     def _gpus_per_worker(self, ray) -> float:
         if self.gpus_per_worker >= 0:

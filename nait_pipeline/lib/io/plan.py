@@ -79,3 +79,25 @@ def plan(graph: Mapping[str, Node], targets: Iterable[str], done: Iterable[str] 
             if assets:
                 steps.append(Step(tuple(assets), partitioning))
     return steps
+
+
+def key_ranges(keys: Iterable[str], order: list[str], max_len: int) -> list[tuple[str, str]]:
+    """``keys`` as (first, last) ranges of consecutive entries of ``order`` (a partitions definition's keys),
+    each at most ``max_len`` long: a range run covers exactly the keys asked for, never one between them."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    wanted = set(keys)
+    unknown = sorted(wanted - set(order))
+    if unknown:
+        raise PlanError(f"partition key(s) {unknown[:5]} are not among the {len(order)} known keys")
+    ranges, current = [], []
+    for key in order:
+        if key in wanted and len(current) < max_len:
+            current.append(key)
+            continue
+        if current:
+            ranges.append((current[0], current[-1]))
+        current = [key] if key in wanted else []
+    if current:
+        ranges.append((current[0], current[-1]))
+    return ranges
