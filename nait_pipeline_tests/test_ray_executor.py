@@ -184,3 +184,26 @@ def test_the_cli_hands_the_pool_to_ray_in_shard_ranges(local_ray, model_dir, tmp
     assert f"pool_activations [{shards[0]} .. {shards[-1]}]: done" in out, out
     assert "recomputed_shards=6" in out and "executor=ray" in out
     assert all(settings.layout.pool_activations(shard).exists() for shard in shards)
+
+
+def test_a_ray_jobs_report_is_relayed_once_and_never_trusted_for_a_missing_file(tmp_path):
+    from nait_pipeline.lib.execution.ray_jobs import OUTCOME_PREFIX, RayJobWorkers, decode, encode
+    from nait_pipeline.lib.execution.shard_tasks import ShardOutcome
+    from nait_pipeline.lib.io.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", model=None, pool_sample=None)
+    task = ShardTask(FORWARD, "p0-0000", {"spec": FeaturizerSpec(dtype="float32"), "device": "cpu"})
+    assert decode(encode([settings, task])) == [settings, task]
+    logged, done = [], []
+    workers = RayJobWorkers(settings, "http://127.0.0.1:1", 2, 1.0, 0.0, 2, logged.append)
+    assert workers.device("auto") == "cpu"
+    outcomes = {}
+    line = OUTCOME_PREFIX + '{"shard": "p0-0000", "versions": ["v1"], "reused": [false], "stats": {}, "worker": "1@h"}'
+    for text in ["(ShardWorker) featurizing p0-0000", OUTCOME_PREFIX + "{not json", line, line]:
+        workers._relay(text, {task.shard: task}, outcomes, lambda t, o: done.append(o))
+    assert done == [ShardOutcome("p0-0000", ["v1"], [False], {}, "1@h")]  # the repeated line counted once
+    assert logged[0] == "(ShardWorker) featurizing p0-0000" and "unreadable shard report" in logged[1]
+    with pytest.raises(ShardFailedError, match="shard p0-0000: the Ray job succeeded but .* is missing"):
+        workers._from_files(task)
+    with pytest.raises(ValueError, match="gpus_per_worker"):
+        RayJobWorkers(settings, "http://127.0.0.1:1", 2, 1.0, -1.0, 2, None)

@@ -106,7 +106,9 @@ def pool_activations(context: dg.AssetExecutionContext, config: FeaturizerConfig
     A shard whose store already matches (same rows, model, template and featurizer) is not recomputed,
     so a killed backfill resumes where it stopped; new pool data only adds shards. A backfill runs up to
     `SHARDS_PER_RUN` shards per run; Dagster then records one data version for the whole range (the hash
-    of its shards' store versions), so a change in any shard of a range marks the range changed.
+    of its shards' store versions), so a change in any shard of a range marks the range changed. The shards
+    run on the configured executor (settings `executor`: this process, or Ray workers that keep the model
+    across shards); every shard's file is re-read and verified here before its version is recorded.
     """
     layout, model = pipeline.layout, pipeline.base_model()
     reduction = pipeline.store_reduction(model)

@@ -129,7 +129,8 @@ def pool_gradients(context: dg.AssetExecutionContext, config: GradientFeaturizer
                    pipeline: LakeResource) -> dg.MaterializeResult:
     """Per-example LoRA gradients of a pool shard's rows at every warmup checkpoint, Adam-preconditioned with
     the checkpoint's moments, cast to float16, projected (seeded Rademacher) and L2-normalised. One file per
-    shard and checkpoint; a file that matches (rows, adapter, projection) is kept, so a killed run resumes."""
+    shard and checkpoint; a file that matches (rows, adapter, projection) is kept, so a killed run resumes.
+    Shards run on the configured executor (this process or Ray workers), each verified before it is recorded."""
     layout, settings, executor = pipeline.layout, pipeline.settings, pipeline.shard_executor()
     shards = context.partition_keys
     with executor.start(settings, len(shards), context.log.info) as workers:

@@ -74,6 +74,8 @@ class ShardWorker:
 # Forwarded to the workers of a Ray this process starts itself (same machine): the store's credentials and
 # settings. A cluster's workers get theirs from their own environment (a Kubernetes secret), never from here.
 FORWARDED_ENV_PREFIXES = ("AWS_", "NAIT_", "HF_")
+# An address on the Ray Jobs API (the head's dashboard, http://head:8265): the run's shards go as one job.
+JOBS_API_SCHEMES = ("http://", "https://")
 
 
 class RayWorkers:
@@ -119,13 +121,14 @@ class RayWorkers:
 
 def probe(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on an address nothing listens at: Ray itself retries a missing head for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
     except (OSError, ValueError) as exc:
         raise ExecutorUnavailableError(f"Ray at {address} is not reachable ({exc}): start the cluster, or set "
-                                       "[ray] address to its head (host:port, ray://host:10001, or auto)") from exc
+                                       "[ray] address to its head (host:port, ray://host:10001, its Jobs API "
+                                       "http://host:8265, or auto)") from exc
 
 
 class ShardExecutor:
@@ -156,6 +159,13 @@ class ShardExecutor:
               log: Callable[[str], None] | None = None) -> Iterator[LocalWorkers | RayWorkers]:
         if self.kind == "local":
             yield LocalWorkers(settings, log)
+            return
+        if self.address.startswith(JOBS_API_SCHEMES):
+            from nait_pipeline.lib.execution.ray_jobs import RayJobWorkers
+
+            probe(self.address)
+            yield RayJobWorkers(settings, self.address, self.workers, self.cpus_per_worker, self.gpus_per_worker,
+                                self.max_retries, log)
             return
         ray = self._connect()
         gpus = self._gpus_per_worker(ray)
