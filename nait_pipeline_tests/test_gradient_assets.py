@@ -221,3 +221,27 @@ def test_a_killed_gradient_run_resumes_per_checkpoint_with_identical_results(pip
     assert resumed.asset_materializations_for_node("pool_gradients")[0].metadata["recomputed"].value == 1
     for path, vectors in zip(paths, before):
         np.testing.assert_array_equal(gr.read_gradient_stores([path]).vectors, vectors)
+
+
+def test_ray_workers_compute_the_gradient_stores_of_the_run(pipeline, local_ray):
+    """The gradient kind on the Ray executor: every shard's checkpoints recomputed by two workers (each loads
+    the LoRA model once for all its shards and checkpoints) give the same stores as the run's own process."""
+    from nait_pipeline.lib.features import gradients as gr
+
+    instance, resource, layout, _ = pipeline
+    shards = PoolView.open(layout).shards
+    paths = [layout.pool_gradients(shard, epoch) for shard in shards for epoch in (1, 2)]
+    before = {p: (read_metadata(p)["store_version"], gr.read_gradient_stores([p]).vectors.copy()) for p in paths}
+    for path in paths:
+        path.unlink()
+    on_ray = LakeResource(**{**resource.model_dump(), "executor": "ray", "ray_gpus_per_worker": 0.5})
+    tags = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
+    result = dg.materialize(ASSETS, selection=["pool_gradients"], instance=instance, tags=tags,
+                            resources={"pipeline": on_ray}, run_config={"ops": {"pool_gradients": GRADIENTS}})
+    metadata = result.asset_materializations_for_node("pool_gradients")[0].metadata
+    assert metadata["executor"].value.startswith("ray") and metadata["recomputed"].value == len(paths)
+    assert len({line.split("|")[2].strip() for line in metadata["checkpoints"].value.splitlines()[2:]}) == 2
+    for path, (version, vectors) in before.items():
+        assert read_metadata(path)["store_version"] == version
+        # One thread per worker against the run's two: the same values up to float32 summation order.
+        np.testing.assert_allclose(gr.read_gradient_stores([path]).vectors, vectors, rtol=1e-4, atol=1e-6)

@@ -25,6 +25,8 @@ without one, or any non-finite value, is an error naming the ids.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import random
@@ -192,13 +194,28 @@ def checkpoint_weights(checkpoints: Sequence[Checkpoint]) -> list[float]:
     return [c.mean_lr / total for c in checkpoints]
 
 
-def load_checkpoint_model(model_dir: Path, config: WarmupConfig, checkpoint: Checkpoint, device: str = "cpu"):
-    """The base model with the checkpoint's LoRA weights, in eval mode (no dropout), and its Adam moments."""
-    import torch
+def _lora_base(model_dir: Path, config: WarmupConfig, device: str):
+    """The base model wrapped with LoRA, loaded once per process: every checkpoint of every shard a run (or a
+    Ray worker) featurizes overwrites all its LoRA weights and nothing else."""
+    shape = (config.lora_r, config.lora_alpha, config.lora_dropout, tuple(config.lora_targets))
+    return _cached_lora_base(str(model_dir), shape, device)
 
+
+@functools.lru_cache(maxsize=1)
+def _cached_lora_base(model_dir: str, shape: tuple, device: str):
     from nait_pipeline.lib.models.model_io import load_causal_lm
 
-    model = _lora_model(load_causal_lm(model_dir, "float32", device), config)
+    r, alpha, dropout, targets = shape
+    config = WarmupConfig(lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_targets=list(targets))
+    return _lora_model(load_causal_lm(Path(model_dir), "float32", device), config)
+
+
+def load_checkpoint_model(model_dir: Path, config: WarmupConfig, checkpoint: Checkpoint, device: str = "cpu"):
+    """The base model with the checkpoint's LoRA weights, in eval mode (no dropout), and its Adam moments.
+    The model is this process's one LoRA model: it holds the latest checkpoint loaded."""
+    import torch
+
+    model = _lora_base(model_dir, config, device)
     state = torch.load(checkpoint.path / "state.pt", weights_only=False)
     named = lora_parameters(model)
     if [name for name, _ in named] != list(state["lora"]):
