@@ -11,12 +11,11 @@ from nait_pipeline.defs.metadata import markdown_table, path_value
 from nait_pipeline.defs.partitions import capability_partitions, pool_shard_partitions
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.execution.k8s import PodShape, step_pod_tags
-from nait_pipeline.lib.execution.shard_tasks import FORWARD, ShardOutcome, ShardTask, verify_outcome
+from nait_pipeline.lib.execution.shard_tasks import FORWARD, ShardOutcome, ShardTask, printing_progress, verify_outcome
 from nait_pipeline.lib.features import featurize as fz
 from nait_pipeline.lib.features import capacity, forward
 from nait_pipeline.lib.features.reduction import StoreReduction
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.progress import Progress, to_console
 from nait_pipeline.lib.models.model_io import ModelInfo
 from nait_pipeline.lib.io.lake import read_table
 
@@ -46,18 +45,9 @@ def featurize_rows(context, model: ModelInfo, rows: list[dict], ids: list[str], 
                    reduction: StoreReduction) -> dg.MaterializeResult:
     """Featurize ``rows`` into ``destination`` unless an identical store is already there."""
     spec = config.spec(keep_last_token, reduction)
-    step = max(1, len(rows) // 10)
-    meter = Progress(f"featurizing {destination.stem}", len(rows))
-
-    def progress(done: int, total: int, tokens: int) -> None:
-        line = meter.update(done, tokens)
-        to_console(line, final=done == total)
-        if done // step != (done - 1) // step or done == total:
-            context.log.info(line)
-
     run = forward.featurize_into(destination, model, rows, ids, spec, input_version,
                                  lambda: forward.cached_model(model.path, spec.dtype, fz.resolve_device(config.device)),
-                                 progress)
+                                 printing_progress(f"featurizing {destination.stem}", context.log.info))
     if run.reused:
         context.log.info(f"{destination.name} is up to date (store version {run.version}); not recomputed")
     return _result(run.table, destination, run.version, {"reused": run.reused, **run.stats})

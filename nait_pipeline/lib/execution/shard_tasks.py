@@ -54,7 +54,8 @@ def worker_name() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def _printing_progress(label: str, log: Callable[[str], None] | None):
+def printing_progress(label: str, log: Callable[[str], None] | None):
+    """A featurizer's progress: every update on the console, each tenth (and the end) to ``log``."""
     meter, last_decile = Progress(label, 0), [-1]
 
     def report(done: int, total: int, tokens: int | None = None) -> None:
@@ -77,14 +78,14 @@ def run_task(settings: Settings, task: ShardTask, log: Callable[[str], None] | N
         model = ModelInfo.read(layout)
         run = forward.featurize_into(layout.pool_activations(task.shard), model, rows, ids, spec, input_version,
                                      lambda: forward.cached_model(model.path, spec.dtype, task.params["device"]),
-                                     _printing_progress(f"featurizing {task.shard}", log))
+                                     printing_progress(f"featurizing {task.shard}", log))
         return ShardOutcome(task.shard, [run.version], [run.reused], run.stats, worker_name())
     if task.kind == GRADIENTS:
         from nait_pipeline.lib.features.gradient_store import featurize_checkpoints
 
         done = featurize_checkpoints(layout, rows, ids, input_version, "adam",
                                      lambda epoch: layout.pool_gradients(task.shard, epoch), **task.params,
-                                     progress=lambda label: _printing_progress(label, log))
+                                     progress=lambda label: printing_progress(label, log))
         versions = [read_metadata(layout.pool_gradients(task.shard, d["checkpoint"]))["store_version"] for d in done]
         return ShardOutcome(task.shard, versions, [d["reused"] for d in done], {"checkpoints": done}, worker_name())
     raise ValueError(f"unknown shard task kind {task.kind!r}; known: {FORWARD}, {GRADIENTS}")
@@ -102,7 +103,7 @@ def expected_paths(settings: Settings, task: ShardTask) -> list:
 def verify_outcome(settings: Settings, task: ShardTask, outcome: ShardOutcome) -> None:
     """Re-read the files a worker reported and check them against the pool as the driver sees it."""
     layout = settings.layout
-    _, ids, input_version = forward.shard_rows(layout, task.shard)
+    _, ids, input_version = forward.shard_rows(layout, task.shard, texts=False)
     paths = expected_paths(settings, task)
     if outcome.shard != task.shard or len(outcome.versions) != len(paths):
         raise ShardVerificationError(f"shard {task.shard}: the worker reported {len(outcome.versions)} file(s) of "

@@ -155,9 +155,8 @@ def featurize(
     return out
 
 
-# Bytes per padded token a forward batch holds at once beyond the weights, per element of the model's dtype:
-# a layer's residual stream, attention and MLP activations (SDPA never forms the T x T matrix), plus the
-# float32 logits of response positions. Measured headroom is left by FREE_MEMORY_SHARE.
+# The share of a GPU's free memory a batch's activations may take: a margin for the allocator and the
+# hooks' float32 copies, chosen, not measured (no GPU has measured it yet; bench/gpu.py records the budget).
 FREE_MEMORY_SHARE = 0.6
 CPU_BATCH_TOKENS = 2048  # measured fastest on 2 CPU cores
 
@@ -172,6 +171,8 @@ def resolve_batch_tokens(batch_tokens: int, config, device_type: str, dtype_name
     import torch
 
     free, _ = torch.cuda.mem_get_info()
+    # Bytes per padded token held at once: one layer's residual stream, attention and MLP activations (SDPA
+    # never forms the T x T matrix) in the model's dtype, plus the float32 logits of response positions.
     element = 4 if dtype_name == "float32" else 2
     intermediate = getattr(config, "intermediate_size", 4 * config.hidden_size)
     per_token = element * (8 * config.hidden_size + 3 * intermediate) + 4 * config.vocab_size

@@ -65,10 +65,12 @@ def store_identity(model: ModelInfo, spec: FeaturizerSpec, input_version: str) -
             "input_version": input_version}
 
 
-def shard_rows(layout: LakeLayout, shard: str) -> tuple[list[dict], list[str], str]:
-    """A pool shard's kept rows, their ids and the input version every store of the shard records."""
+def shard_rows(layout: LakeLayout, shard: str, texts: bool = True) -> tuple[list[dict], list[str], str]:
+    """A pool shard's kept rows, their ids and the input version every store of the shard records
+    (``texts=False``: the rows carry only ids and content hashes, enough to check a store)."""
     view = PoolView.open(layout)
-    rows = view.kept(["example_id", *EXAMPLE_COLUMNS, "content_hash"], shard=shard).to_pylist()
+    columns = ["example_id", *(EXAMPLE_COLUMNS if texts else ()), "content_hash"]
+    rows = view.kept(columns, shard=shard).to_pylist()
     if not rows:
         raise ValueError(f"shard {shard!r} has no rows in {view.path} (pool version {view.version}): "
                          "re-materialize it_pool")
