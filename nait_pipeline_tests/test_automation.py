@@ -130,6 +130,14 @@ def test_the_settings_file_is_read_when_definitions_load_not_at_import(tmp_path,
     assert "not valid TOML" in str(failed.value.__cause__)
     settings_file.write_text("[automation]\nfeaturize_new_shards = true\nmax_shards_per_tick = 1\n")
     assert _loaded_sensor("unfeaturized_pool_shards").default_status == dg.DefaultSensorStatus.RUNNING
+    assert _loaded_sensor("new_pool_files").minimum_interval_seconds == 30
+    settings_file.write_text("[automation]\nsensor_interval_s = 5\n")
+    assert {_loaded_sensor(name).minimum_interval_seconds
+            for name in ("new_pool_files", "new_target_files", "unfeaturized_pool_shards")} == {5}
+    settings_file.write_text("[automation]\nsensor_interval_s = 0\n")
+    with pytest.raises(Exception, match=r"automation.py \(error\)") as failed:
+        _loaded_sensor("new_pool_files")
+    assert "sensor_interval_s must be >= 1" in str(failed.value.__cause__)
 
 
 def test_one_settings_file_with_environment_overrides(tmp_path, monkeypatch):

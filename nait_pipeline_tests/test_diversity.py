@@ -10,7 +10,7 @@ import pytest
 
 from nait_pipeline.lib.methods import get_method
 from nait_pipeline.lib.methods.baselines.facility_location import greedy_facility_location
-from nait_pipeline.lib.methods.baselines.kcenter import FIRST_CENTER_SCORE, greedy_k_center
+from nait_pipeline.lib.methods.baselines.kcenter import FIRST_CENTER_SCORE, cell_k_center, greedy_k_center, spherical_cells
 
 
 def at_degrees(*angles: float) -> np.ndarray:
@@ -81,3 +81,62 @@ def test_diversity_methods_read_the_forward_store_in_their_policy(name):
     assert method.scorer is None and [kind.name for kind in method.policy_reads] == ["forward"]
     with pytest.raises(ValueError, match="k="):
         (greedy_k_center if name == "kcenter" else greedy_facility_location)(at_degrees(0, 1), 3, 0)
+
+
+def test_one_cell_is_exact_farthest_first_from_the_row_nearest_its_mean():
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(300, 6)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    first = int(np.argmax(points @ points.sum(axis=0)))
+    chosen, scores = cell_k_center(points, 40, np.zeros(300, np.int64))
+    exact_chosen, exact_scores = greedy_k_center(points, 40, first)
+    assert chosen == exact_chosen
+    np.testing.assert_allclose(scores, exact_scores)
+
+
+def test_cells_keep_to_their_own_centers_and_picks_stay_non_increasing():
+    # Cell 0: 0°, 10°, 20°; cell 1: 90°, 150°. Each cell starts at the row nearest its mean (10°, then 90°
+    # by the lower row on the tie); the next pick is the farthest from its own cell's center: 150°, 60°
+    # from 90° (0° and 20° are only 10° from 10°).
+    points = at_degrees(0, 10, 20, 90, 150)
+    chosen, scores = cell_k_center(points, 3, np.array([0, 0, 0, 1, 1]))
+    assert chosen == [1, 3, 4]
+    np.testing.assert_allclose(scores[[1, 3]], FIRST_CENTER_SCORE)
+    np.testing.assert_allclose(scores[[4, 0, 2]], [chord(60), chord(10), chord(10)], atol=1e-7)
+    # The recorded distances are to a center of the row's own cell: an upper bound on the true nearest center.
+    true_nearest = np.sqrt(np.clip(2 - 2 * (points @ points[chosen].T).max(axis=1), 0, None))
+    unpicked = [0, 2]
+    assert np.all(scores[unpicked] >= true_nearest[unpicked] - 1e-7)
+    with pytest.raises(ValueError, match="2 non-empty cells"):
+        cell_k_center(points, 1, np.array([0, 0, 0, 1, 1]))
+
+
+def test_spherical_cells_find_separated_clusters_and_are_seeded():
+    rng = np.random.default_rng(0)
+    axes = np.eye(8, dtype=np.float32)[:4]
+    truth = rng.integers(0, 4, 2000)
+    points = axes[truth] + rng.normal(scale=0.05, size=(2000, 8)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    cells = spherical_cells(points, 4, seed=1)
+    # Every cluster lands in one cell and every cell holds one cluster.
+    assert len({(t, c) for t, c in zip(truth.tolist(), cells.tolist())}) == 4
+    np.testing.assert_array_equal(cells, spherical_cells(points, 4, seed=1))
+
+
+def test_cell_restricted_k_center_covers_nearly_as_well_as_exact():
+    rng = np.random.default_rng(1)
+    basis = rng.normal(size=(24, 96)).astype(np.float32)
+    centres = rng.normal(size=(60, 24)).astype(np.float32)
+    points = (centres[rng.integers(0, 60, 6000)] + rng.normal(scale=0.5, size=(6000, 24)).astype(np.float32)) @ basis
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+
+    def covering_radius(chosen):
+        return float(np.sqrt(np.clip(2 - 2 * (points @ points[chosen].T).max(axis=1), 0, None)).max())
+
+    exact, _ = greedy_k_center(points, 600, 0)
+    cells = spherical_cells(points, 6, seed=0)
+    approximate, scores = cell_k_center(points, 600, cells)
+    assert len(set(approximate)) == 600
+    assert covering_radius(approximate) <= scores[approximate[-1]] + 1e-6  # the recorded bound holds
+    # Farthest-first is within 2x of the optimum, so of any other traversal: the cells cost well under that.
+    assert covering_radius(approximate) <= 1.25 * covering_radius(exact)

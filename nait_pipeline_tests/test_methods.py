@@ -299,6 +299,28 @@ def test_a_kcenter_dump_holds_the_embedding_its_policy_read(scored_lake, tmp_pat
     assert [ids[i] for i in chosen] == json.loads((tmp_path / "selected_ids.json").read_text())
 
 
+def test_kcenter_above_its_exact_limit_takes_the_cell_restricted_traversal_and_records_it(scored_lake, tmp_path):
+    from nait_pipeline.lib.methods.audit import dump_selection
+    from nait_pipeline.lib.methods.baselines.kcenter import cell_k_center, spherical_cells
+
+    instance, resource, layout = scored_lake
+    config = {"exact_limit": 10, "cell_rows": 8, "neighbour_cells": 1}
+    result = dg.materialize(ASSETS, selection=["kcenter_subsets"], instance=instance,
+                            resources={"pipeline": resource},
+                            run_config={"ops": {"kcenter_subsets": {"config": config}}})
+    version = result.asset_materializations_for_node("kcenter_subsets")[0].metadata["subset_versions"].value["all"]
+    params = json.loads(pq.read_table(layout.lineage(version)).to_pylist()[0]["params_json"])
+    assert params["traversal"] == "cell-restricted" and params["neighbour_cells"] == 1
+    dump_selection(layout, version, tmp_path, None)
+    ids = json.loads((tmp_path / "pool_ids.json").read_text())
+    embedding = np.load(tmp_path / "pool_rds_embedding.npy")
+    points = (embedding / np.linalg.norm(embedding, axis=1, keepdims=True)).astype(np.float32)
+    k = selection.budget(len(ids), 0.1)
+    cells = spherical_cells(points, min(k, -(-len(ids) // 8)), seed=0)
+    chosen, _ = cell_k_center(points, k, cells, 1)
+    assert [ids[i] for i in chosen] == json.loads((tmp_path / "selected_ids.json").read_text())
+
+
 def test_a_changed_selection_gets_a_new_version_and_a_diff_that_says_why(scored_lake):
     instance, resource, layout = scored_lake
     config = lambda r: {"ops": {"length_subsets": {"config": {"budget_ratio": r}}}}  # noqa: E731

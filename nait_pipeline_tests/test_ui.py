@@ -68,8 +68,9 @@ def dagster_dev(model_dir, tmp_path_factory):
         for i in range(20)))
     (data / "targets" / "legal.jsonl").write_text("".join(
         json.dumps({"prompt": f"Clause {i}?", "answer": f"Clause {i} allows it."}) + "\n" for i in range(4)))
-    # The featurization sensor is on, as a user who wants new rows featurized sets it.
-    (work / "nait_settings.toml").write_text("[automation]\nfeaturize_new_shards = true\n")
+    # The featurization sensor is on, as a user who wants new rows featurized sets it; the sensors look every
+    # 5 s (a user's setting too), so the walkthrough does not wait out 30 s intervals.
+    (work / "nait_settings.toml").write_text("[automation]\nfeaturize_new_shards = true\nsensor_interval_s = 5\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "NAIT_SETTINGS": str(work / "nait_settings.toml"),
            "NAIT_DATA_DIR": str(data), "NAIT_STORE_DIR": str(store), "NAIT_MODEL": str(model_dir),
            "NAIT_POOL_SAMPLE": ""}

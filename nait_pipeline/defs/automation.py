@@ -37,8 +37,12 @@ target_job = dg.define_asset_job("build_target_sets",
                                  selection=dg.AssetSelection.assets("target_sets", "target_test_sets"))
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_pool_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
+# How often the data sensors run unless `[automation] sensor_interval_s` says otherwise (read when Dagster loads
+# the definitions, see `automation` below).
+DEFAULT_INTERVAL_S = 30
+
+
+def _new_pool_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
     """Re-ingest the pool when the files in `$NAIT_DATA_DIR/pools` differ from those the lake's pool was
     ingested from (a file added, removed or rewritten) and have not changed for one interval (a file
     still being copied is not ingested)."""
@@ -66,8 +70,7 @@ def new_pool_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint)], cursor=fingerprint)
 
 
-@dg.sensor(job=target_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_target_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
+def _new_target_files(context: dg.SensorEvaluationContext, pipeline: LakeResource):
     """Register capabilities defined by files in `$NAIT_DATA_DIR/targets` and build the target sets of
     those that are new, or whose file was rewritten. A file that cannot be used is reported by name;
     the others keep working."""
@@ -97,11 +100,25 @@ def new_target_files(context: dg.SensorEvaluationContext, pipeline: LakeResource
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(current))
 
 
-def unfeaturized_shards_sensor(running: bool) -> dg.SensorDefinition:
+def pool_files_sensor(interval_s: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
+    return dg.sensor(name="new_pool_files", job=ingest_job, minimum_interval_seconds=interval_s,
+                     default_status=dg.DefaultSensorStatus.RUNNING)(_new_pool_files)
+
+
+def target_files_sensor(interval_s: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
+    return dg.sensor(name="new_target_files", job=target_job, minimum_interval_seconds=interval_s,
+                     default_status=dg.DefaultSensorStatus.RUNNING)(_new_target_files)
+
+
+new_pool_files = pool_files_sensor()
+new_target_files = target_files_sensor()
+
+
+def unfeaturized_shards_sensor(running: bool, interval_s: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
     """The shard sensor, running or stopped by default: the settings file decides, read when Dagster
     loads the definitions (see `automation` below), not when this module is imported."""
 
-    @dg.sensor(name="unfeaturized_pool_shards", job=featurize_job, minimum_interval_seconds=30,
+    @dg.sensor(name="unfeaturized_pool_shards", job=featurize_job, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED)
     def unfeaturized_pool_shards(context: dg.SensorEvaluationContext, pipeline: LakeResource):
         """Featurize the shards of the current pool that have no activations yet (or activations of other
@@ -130,5 +147,7 @@ nightly_refresh = dg.AutomationConditionSensorDefinition(
 @dg.definitions
 def automation() -> dg.Definitions:
     """This module's sensors (a `@dg.definitions` function is all Dagster loads from a module)."""
-    return dg.Definitions(sensors=[new_pool_files, new_target_files, nightly_refresh,
-                                   unfeaturized_shards_sensor(Settings.from_env().featurize_new_shards)])
+    settings = Settings.from_env()
+    interval = settings.sensor_interval_s
+    return dg.Definitions(sensors=[pool_files_sensor(interval), target_files_sensor(interval), nightly_refresh,
+                                   unfeaturized_shards_sensor(settings.featurize_new_shards, interval)])

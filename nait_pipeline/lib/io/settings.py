@@ -28,7 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_FILE = "nait_settings.toml"
 KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses",
               "object_store", "executor", "ray", "kubernetes"}
-AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick"}
+AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick", "sensor_interval_s"}
 FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
 OBJECT_STORE_KEYS = {"endpoint_url", "local_dir"}
 RAY_KEYS = {"address", "workers", "cpus_per_worker", "gpus_per_worker", "max_retries"}
@@ -90,6 +90,7 @@ class Settings:
     pool_sample: int | None
     featurize_new_shards: bool = False  # the unfeaturized_pool_shards sensor starts running
     max_shards_per_tick: int = 4  # ... and requests at most this many shards per evaluation
+    sensor_interval_s: int = 30  # how often the data sensors look at the folders (a pool file settles for one)
     # What the forward store keeps per row (lib/features/reduction.py): "auto" and -1 pick by model width.
     store_layers: str = "auto"
     store_dim: int = -1
@@ -118,6 +119,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.sensor_interval_s < 1:
+            raise ValueError(f"[automation] sensor_interval_s must be >= 1 second, got {self.sensor_interval_s}")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -145,6 +148,7 @@ class Settings:
             pool_sample=_optional_positive_int("NAIT_POOL_SAMPLE", file.get("pool_sample")),
             featurize_new_shards=bool(automation.get("featurize_new_shards", False)),
             max_shards_per_tick=int(automation.get("max_shards_per_tick", 4)),
+            sensor_interval_s=int(automation.get("sensor_interval_s", 30)),
             store_layers=str(forward_store.get("layers", "auto")),
             store_dim=int(forward_store.get("dim", -1)),
             store_seed=int(forward_store.get("seed", 0)),

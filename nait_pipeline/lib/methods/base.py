@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nait_pipeline.lib.features.feature_store import row_blocks
 from nait_pipeline.lib.features.kinds import FeatureKind, MethodInputError
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
@@ -137,7 +138,20 @@ class SelectionInput:
                                    f"{self.pool_version}: re-materialize it")
         index, _ = self.positions(store.ids, f"the {kind.name} store ({', '.join(kind.asset_names())}) "
                                              f"read by {needed_by}")
-        return store.vector(name)[index]
+        # Shard by shard into one array in ``ids`` order: one float32 copy of the pool, not the store's
+        # concatenation plus its reordered copy.
+        position = np.full(len(store.ids), -1, np.int64)
+        position[index] = np.arange(len(index))
+        out: np.ndarray | None = None
+        for rows, block in row_blocks(store, name):
+            if out is None:
+                out = np.empty((len(index), *block.shape[1:]), np.float32)
+            to = position[rows]
+            keep = to >= 0
+            out[to[keep]] = block[keep]
+        if out is None:
+            raise MethodInputError(f"the {kind.name} store read by {needed_by} holds no rows")
+        return out
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def unit_rows(vectors: np.ndarray, what: str, ids) -> np.ndarray:
     zero = np.flatnonzero(norms[:, 0] == 0)
     if len(zero):
         raise MethodInputError(f"{what}: zero embedding for {[ids[i] for i in zero[:5]]}: no cosine is defined")
-    return (vectors / norms).astype(np.float32)
+    return (vectors / norms).astype(np.float32, copy=False)
 
 
 def _load_target(layout: LakeLayout, capability: str, params: RdsScoreParams):
