@@ -14,7 +14,8 @@ around 30 of the centres. Per pool size N, each stage as the pipeline runs it:
           1,000 clusters for Alpaca's 52k), on seeded learning percentages;
 - k-center: farthest-first traversal (``greedy_k_center``) on unit rows of the embedded model's RDS+ width
           (576): ``KCENTER_PICKS`` picks timed, the whole 10 % budget projected from the time per pick (each
-          pick is a pass over [N, d]: O(k N d), hours at 1 M; timing every pick would take that long).
+          pick is a pass over [N, d]: O(k N d), hours at 1 M; timing every pick would take that long). Above 100k
+          rows the pipeline uses the cell-restricted traversal instead: bench/kcenter.py.
 
 ``--stages`` picks some of them (less, bids and g2is run together on one gradient store; lp and kcenter need none).
 

@@ -8,7 +8,7 @@ The greedy set is a 2-approximation of the k-center optimum (Gonzalez 1985). Eac
 is its distance to the nearest earlier center when it was picked (2, the largest possible, for the first
 center) and, for rows never picked, its distance to the nearest center: picks are non-increasing, so the
 subset is the top of that score. Cost: k passes over the pool's [N, d] embedding, O(k·N·d): a 10 % budget is
-quadratic in N (2.4 min at 100k rows, ~3 h at 1M on two cores).
+quadratic in N (~2 min at 100k rows, hours at 1M on two cores).
 
 Pools above ``exact_limit`` rows use the cell-restricted traversal instead. The rows are split into cells of
 about ``cell_rows`` rows by seeded spherical k-means (fitted on a sample, every row then assigned to its
@@ -48,13 +48,14 @@ class KCenterParams:
     """Share of the pool to keep (ceil(r * N))."""
     seed: int = 0
     """Which row is the first center: the first in sha256(seed:id) order (exact); the k-means draws (cells)."""
-    exact_limit: int = 20_000
-    """Exact farthest-first up to this many rows (k passes over [N, d]: ~20 s at 20k on two cores for a 10 %
-    budget, quadratic in N); larger pools use the cell-restricted traversal."""
+    exact_limit: int = 100_000
+    """Exact farthest-first up to this many rows (k passes over [N, d], quadratic in N: ~2 min at 100k rows of
+    576 values on two cores for a 10 % budget); larger pools use the cell-restricted traversal."""
     cell_rows: int = 1024
     """Cell-restricted traversal: about this many rows per cell (never more cells than the budget's picks)."""
     neighbour_cells: int = 4
-    """Cell-restricted traversal: a pick also covers the rows of this many cells nearest its own."""
+    """Cell-restricted traversal: a pick also covers the rows of this many cells nearest its own (more: a
+    covering radius nearer exact's, a proportionally slower traversal; 4: 92 s at 1M rows, bench/kcenter.py)."""
 
 
 def greedy_k_center(points: np.ndarray, k: int, first: int) -> tuple[list[int], np.ndarray]:
