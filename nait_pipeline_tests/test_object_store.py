@@ -109,19 +109,60 @@ def test_a_writer_killed_mid_upload_leaves_nothing_visible_and_a_rerun_publishes
     assert read_table(path).column("v").to_pylist() == [1]
 
 
-def test_a_manifest_race_has_one_winner_and_a_clear_error(s3_store, s3_endpoint, tmp_path):
-    layout = settings_for(s3_store, s3_endpoint, tmp_path).layout
+def test_a_publication_race_has_one_winner_and_a_clear_error(lake_store):
+    """Two writers of one lake file: the one that began before the other finished is refused (a manifest put
+    with If-Match on S3; an identity check under the folder's lock locally), for a replaced file and for a
+    new one; a race that wrote the same bytes is no conflict."""
+    layout = settings_for(*lake_store).layout
     path = layout.scores("rds", "math")
     write_parquet(pa.table({"v": [0]}), path)
-    with pytest.raises(storage.PublishConflict, match="another writer published"):
+    with pytest.raises(storage.PublishConflict, match="another writer"):
         with atomic_path(path, ".parquet") as slow:  # began before the other writer finished
             write_parquet(pa.table({"v": [1]}), path)
             pa.parquet.write_table(pa.table({"v": [2]}), slow)
     assert read_table(path).column("v").to_pylist() == [1]
-    with atomic_path(path, ".parquet") as same:  # a race that wrote the same bytes is no conflict
+    with atomic_path(path, ".parquet") as same:
         write_parquet(pa.table({"v": [3]}), path)
         same.write_bytes(path.read_bytes())
     assert read_table(path).column("v").to_pylist() == [3]
+    fresh = layout.scores("rds", "code")
+    with pytest.raises(storage.PublishConflict, match="another writer"):
+        with atomic_path(fresh, ".parquet") as late:  # both create it: If-None-Match / the file appeared
+            write_parquet(pa.table({"v": [4]}), fresh)
+            pa.parquet.write_table(pa.table({"v": [5]}), late)
+    assert read_table(fresh).column("v").to_pylist() == [4]
+    write_parquet(pa.table({"v": [6]}), fresh)  # a writer that began after it replaces it
+    assert read_table(fresh).column("v").to_pylist() == [6]
+
+
+def test_local_writers_in_several_processes_never_both_win(tmp_path):
+    """Processes replacing one local file at once, each from what it saw when it began: every publication
+    either lands or is refused, and the file always holds one whole write."""
+    path = tmp_path / "scores" / "x.parquet"
+    write_parquet(pa.table({"writer": [-1], "n": [0]}), path)
+    child = textwrap.dedent(f"""
+        import sys, pyarrow as pa, pyarrow.parquet as pq
+        from pathlib import Path
+        from nait_pipeline.lib.io import storage
+        from nait_pipeline.lib.io.lake import atomic_path, read_table
+        path, me, won, lost = Path({str(path)!r}), int(sys.argv[1]), 0, 0
+        for n in range(40):
+            try:
+                with atomic_path(path, ".parquet") as tmp:
+                    seen = read_table(path).column("n")[0].as_py()
+                    pq.write_table(pa.table({{"writer": [me], "n": [seen + 1]}}), tmp)
+                won += 1
+            except storage.PublishConflict:
+                lost += 1
+        print(won, lost)
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", child, str(i)], stdout=subprocess.PIPE, text=True)
+               for i in range(3)]
+    counts = [tuple(map(int, w.communicate(timeout=120)[0].split())) for w in writers]
+    assert all(w.returncode == 0 for w in writers)
+    # Each landed write read the one before it: the counter equals the number of wins, so none was lost.
+    assert read_table(path).column("n")[0].as_py() == sum(won for won, _ in counts)
+    assert sum(won + lost for won, lost in counts) == 120
 
 
 def test_a_store_that_ignores_conditional_puts_is_refused(s3_store, s3_endpoint, monkeypatch):

@@ -1,7 +1,10 @@
 """The Parquet lake: atomic writes and reads, on a local folder or an object store.
 
 A reader never sees a half-written file. Locally, data goes to a temporary file in the same folder,
-is flushed to disk, then renamed over the destination in one step. On an object store (a ``UPath``
+is flushed to disk, then renamed over the destination in one step, under an exclusive lock on the folder
+and only if the destination is still the file it was when the write began (two writers racing one file
+cannot both win: the later one gets :class:`~storage.PublishConflict` unless it wrote the same bytes, as on
+an object store). On an object store (a ``UPath``
 on :mod:`storage`'s manifest filesystem) the temporary file is local and is then published as an
 immutable object plus a conditionally-put manifest. Reads go through :func:`read_table`,
 :func:`parquet_file` and :func:`read_schema`, which accept either kind of path.
@@ -44,6 +47,13 @@ def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
             destination.fs.publish_file(destination.path, tmp, found[1] if found else None)
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
+    # The file this write replaces (None: a new file), held open so that its inode cannot be freed and
+    # reused by another file before the check below.
+    try:
+        seen_fd = os.open(destination, os.O_RDONLY)
+    except FileNotFoundError:
+        seen_fd = None
+    seen = None if seen_fd is None else os.fstat(seen_fd).st_ino
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix + ".tmp", dir=destination.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -52,9 +62,44 @@ def atomic_path(destination: Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; analysts must be able to read them
-        os.replace(tmp, destination)
+        with _folder_lock(destination.parent):
+            if _inode(destination) != seen and not _same_bytes(destination, tmp):
+                raise storage.PublishConflict(
+                    f"{destination}: another writer {'created' if seen is None else 'replaced'} it while this one "
+                    "was writing; rerun to compute from what is there now")
+            os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
+        if seen_fd is not None:
+            os.close(seen_fd)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _same_bytes(published: Path, candidate: Path) -> bool:
+    from nait_pipeline.lib.io.hashing import sha256_file
+
+    return published.exists() and published.stat().st_size == candidate.stat().st_size and \
+        sha256_file(published) == sha256_file(candidate)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself (no lock file in the lake): the check and the rename of a
+    publication happen as one step for every writer of that folder, across processes."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @contextmanager
