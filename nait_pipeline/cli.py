@@ -396,6 +396,17 @@ def cmd_migrate_store(args: argparse.Namespace) -> None:
             print(f"{old.name}: renamed to {new.name}", flush=True)
 
 
+def cmd_vacuum(args: argparse.Namespace) -> None:
+    from nait_pipeline.lib.io.vacuum import vacuum
+
+    if args.grace_hours < 0:
+        raise UsageError(f"--grace-hours must be >= 0, got {args.grace_hours}")
+    for report in vacuum(Settings.from_env(), args.grace_hours * 3600, args.dry_run):
+        for item in report.deleted:
+            print(f"{'would delete' if args.dry_run else 'deleted'} {item}")
+        print(report.summary())
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from nait_pipeline.lib.methods import METHODS
 
@@ -451,6 +462,14 @@ def main(argv: list[str] | None = None) -> None:
                                                         "in the binary vector layout (same values), replicate model "
                                                         "folders without '@'")
     migrate.set_defaults(func=cmd_migrate_store)
+
+    vacuum = commands.add_parser("vacuum", help="delete objects no lake file names any more (marked by one vacuum, "
+                                                "deleted by a later one after the grace) and killed writers' "
+                                                "temporary files")
+    vacuum.add_argument("--grace-hours", type=float, default=24.0,
+                        help="how long an object stays unreferenced, or a temporary file untouched, before it goes")
+    vacuum.add_argument("--dry-run", action="store_true", help="report what would go; change nothing")
+    vacuum.set_defaults(func=cmd_vacuum)
 
     methods = commands.add_parser("methods", help="list the registered selection methods")
     methods.set_defaults(func=cmd_methods)

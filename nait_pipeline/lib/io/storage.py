@@ -12,7 +12,8 @@ range must never meet a file replaced in between. So on ``s3://bucket/prefix`` e
   bytes, which is no conflict), and a reader only ever sees a whole, published object.
 
 A writer killed mid-upload leaves an unfinished multipart upload (invisible; an S3 lifecycle rule
-``AbortIncompleteMultipartUpload`` reclaims it) or an object no manifest names: nothing is visible.
+``AbortIncompleteMultipartUpload`` reclaims it) or an object no manifest names: nothing is visible
+(:mod:`~nait_pipeline.lib.io.vacuum` reclaims such objects, and the ones replaced files leave).
 
 :class:`LakeFileSystem` is an fsspec filesystem (protocol ``naitlake``) that reads through the
 manifests, so the lake's code addresses ``naitlake://bucket/prefix/lake/scores/x.parquet`` with the same
