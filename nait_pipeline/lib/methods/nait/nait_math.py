@@ -11,6 +11,8 @@ Spec: methods.md section 4 with the section 11 corrections.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,17 +88,22 @@ def sink_alignment(directions: np.ndarray, first_token: np.ndarray) -> np.ndarra
 
 def layer_projections(layer_mean: np.ndarray, directions: np.ndarray, chunk: int = 256) -> np.ndarray:
     """a_l(y) . v_l for every example and layer: [N, L] float64. ``layer_mean`` may be float16 (as
-    stored); it is widened to float32 a small chunk at a time (256 rows: ~17 MB, cache-sized, twice
-    as fast here as 4,096-row chunks), so memory stays bounded and the widening never reaches RAM."""
+    stored); it is widened to float32 a small chunk at a time into one reused buffer (256 rows: ~17 MB,
+    cache-sized; a fresh buffer per chunk costs more in page faults than the widening itself), and each
+    row's L dot products are one batched matmul (torch's einsum of this pattern copied the chunk: 10x
+    slower here)."""
     import torch
 
-    from nait_pipeline.lib.features.feature_store import to_float32
-
     out = np.empty((layer_mean.shape[0], layer_mean.shape[1]), np.float64)
-    v = torch.from_numpy(directions.astype(np.float32))
+    v = np.ascontiguousarray(directions, np.float32)[None, :, :, None]  # [1, L, d, 1]
+    buffer = torch.empty((min(chunk, len(layer_mean)), *layer_mean.shape[1:]), dtype=torch.float32)
     for start in range(0, len(layer_mean), chunk):
-        block = torch.from_numpy(to_float32(layer_mean[start : start + chunk]))
-        out[start : start + chunk] = torch.einsum("nld,ld->nl", block, v).numpy()
+        rows = layer_mean[start : start + chunk]
+        widened = buffer[: len(rows)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffer: torch only reads it
+            widened.copy_(torch.from_numpy(rows))  # F16C: ~4x numpy's astype
+        out[start : start + len(rows)] = np.matmul(widened.numpy()[:, :, None, :], v)[:, :, 0, 0]
     return out
 
 
