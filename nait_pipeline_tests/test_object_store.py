@@ -21,7 +21,7 @@ from nait_pipeline.defs.partitions import CAPABILITIES_NAME
 from nait_pipeline.defs.resources import LakeResource
 from nait_pipeline.lib.io import sql, storage
 from nait_pipeline.lib.io.contract import ensure_contract_tables
-from nait_pipeline.lib.io.lake import atomic_path, read_metadata, read_table, write_parquet
+from nait_pipeline.lib.io.lake import atomic_path, read_metadata, read_table, read_table_and_metadata, write_parquet
 from nait_pipeline.lib.io.settings import Settings
 from nait_pipeline.lib.methods import METHODS, scorers
 from nait_pipeline_tests import synthetic_lake
@@ -40,6 +40,8 @@ def test_a_lake_file_reads_back_the_same_on_both_backends(lake_store):
     assert path.exists() and not layout.scores("nait", "code").exists()
     assert read_table(path, columns=["score"]).column("score").to_pylist() == [1.0, 2.0]
     assert read_metadata(path) == {"scores_version": "v1"}
+    table, metadata = read_table_and_metadata(path, ["score"])  # one footer read for both
+    assert table.column("score").to_pylist() == [1.0, 2.0] and metadata == {"scores_version": "v1"}
     assert [p.name for p in (layout.root / "scores").glob("*.parquet")] == ["nait__math.parquet"]
     write_parquet(pa.table({"example_id": ["c"], "score": [3.0]}), path)
     assert read_table(path).column("example_id").to_pylist() == ["c"]

@@ -16,7 +16,7 @@ from nait_pipeline.lib.features import gradients as gr
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
 from nait_pipeline.lib.features.projection import ProjectionSpec, RademacherProjector, check_same_projection
 from nait_pipeline.lib.io.hashing import sha256_json
-from nait_pipeline.lib.io.lake import read_metadata, read_table
+from nait_pipeline.lib.io.lake import read_metadata, read_table, read_table_and_metadata
 from nait_pipeline.lib.io.layout import LakeLayout
 from nait_pipeline.lib.io.pool_view import PoolView
 
@@ -102,7 +102,7 @@ def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars:
     for paths in shard_paths:
         shard_ids, flags = None, None
         for number, path in enumerate(paths):
-            meta = read_metadata(path)
+            table, meta = read_table_and_metadata(path, ["example_id", "zero_gradient"])
             if meta["adapter_version"] != warmup["adapter_version"]:
                 raise MethodInputError(f"{POOL_ASSET.name} at checkpoint {epochs[number]} were computed with another "
                                        f"warmup adapter ({path}): re-materialize {POOL_ASSET.name}")
@@ -111,7 +111,6 @@ def read_gradient_pool(layout: LakeLayout, vectors: Sequence[str] = (), scalars:
                 raise MethodInputError(f"{path} was made with another model, template or preconditioning than "
                                        f"{shard_paths[0][0]}: re-materialize {POOL_ASSET.name}")
             versions[number].append(meta["store_version"])
-            table = read_table(path, columns=["example_id", "zero_gradient"])
             these = table.column("example_id").to_pylist()
             zero_here = table.column("zero_gradient").to_numpy(zero_copy_only=False)
             if shard_ids is None:

@@ -177,7 +177,18 @@ def file_identity(path) -> tuple:
 
 def read_metadata(path: Path) -> dict[str, object]:
     """The JSON key-value metadata written by :func:`write_parquet`."""
-    raw = read_schema(path).metadata or {}
+    return _decoded_metadata(read_schema(path))
+
+
+def read_table_and_metadata(path, columns: list[str]) -> tuple[pa.Table, dict[str, object]]:
+    """``columns`` of ``path`` and its :func:`read_metadata`, from one read of the footer (one request less
+    per file on an object store)."""
+    opened = parquet_file(path)
+    return opened.read(columns=columns), _decoded_metadata(opened.schema_arrow)
+
+
+def _decoded_metadata(schema: pa.Schema) -> dict[str, object]:
+    raw = schema.metadata or {}
     out: dict[str, object] = {}
     for key, value in raw.items():
         name = key.decode()
