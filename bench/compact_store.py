@@ -29,22 +29,32 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 SCORERS = ("nait", "nait_c", "rds")
 SCALARS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
-# (label, layers, projected width, massive dims masked): layers as the settings file takes them; the width as
-# a fraction of the model's ("/16") or absolute. A random projection's error depends on the projected width,
+# (label, layers, projected width, massive dims masked, bits): layers as the settings file takes them; the width
+# as a fraction of the model's ("/16") or absolute. A random projection's error depends on the projected width,
 # not on the ratio (Johnson-Lindenstrauss), so an absolute width measured here is what a wide model at that
-# width gets; a ratio measured here is pessimistic for a wide model.
+# width gets; a ratio measured here is pessimistic for a wide model. ``bits``: the pool shards' token means and
+# RDS+ embedding as codes with a codebook per dimension (0: float16); quantization error is per value, so the
+# same setting costs a wide model the same share of its full store.
 SETTINGS = [
-    ("pool first-token state dropped", "all", 0, True),
-    ("every 2nd layer", "every:2", 0, True),
-    ("every 4th layer", "every:4", 0, True),
-    ("every 4th layer, d/16", "every:4", "/16", True),
-    ("every 4th layer, d/4", "every:4", "/4", True),
-    ("every 4th layer, 128 dims", "every:4", 128, True),
-    ("every 4th layer, 256 dims", "every:4", 256, True),
-    ("every 4th layer, 384 dims", "every:4", 384, True),
-    ("every 4th layer, 256 dims, unmasked", "every:4", 256, False),
-    ("every 2nd layer, 256 dims", "every:2", 256, True),
-    ("all layers, 256 dims", "all", 256, True),
+    ("pool first-token state dropped", "all", 0, True, 0),
+    ("every 2nd layer", "every:2", 0, True, 0),
+    ("every 4th layer", "every:4", 0, True, 0),
+    ("every 4th layer, d/16", "every:4", "/16", True, 0),
+    ("every 4th layer, d/4", "every:4", "/4", True, 0),
+    ("every 4th layer, 128 dims", "every:4", 128, True, 0),
+    ("every 4th layer, 256 dims", "every:4", 256, True, 0),
+    ("every 4th layer, 384 dims", "every:4", 384, True, 0),
+    ("every 4th layer, 256 dims, unmasked", "every:4", 256, False, 0),
+    ("every 2nd layer, 256 dims", "every:2", 256, True, 0),
+    ("all layers, 256 dims", "all", 256, True, 0),
+    ("all layers, 4 bits", "all", 0, True, 4),
+    ("all layers, 2 bits", "all", 0, True, 2),
+    ("every 4th layer, 8 bits", "every:4", 0, True, 8),
+    ("every 4th layer, 4 bits", "every:4", 0, True, 4),
+    ("every 4th layer, 2 bits", "every:4", 0, True, 2),
+    ("every 5th layer, 2 bits", "every:5", 0, True, 2),
+    ("every 3rd layer, 1 bit", "every:3", 0, True, 1),
+    ("every 8th layer, 4 bits", "every:8", 0, True, 4),
 ]
 WIDE = {"num_layers": 32, "hidden_size": 4096}
 
@@ -60,9 +70,9 @@ def _link_inputs(source, target) -> None:
     (target.root / selection.relative_to(source.root)).symlink_to(selection, target_is_directory=True)
 
 
-def _write_compact(source, target, reducer, shards: list[str], capabilities: list[str]) -> int:
-    """Every pool shard and target store of ``source`` reduced by ``reducer`` into ``target``; returns the
-    bytes of the pool shards."""
+def _write_compact(source, target, reducer, shards: list[str], capabilities: list[str], bits: int) -> int:
+    """Every pool shard and target store of ``source`` reduced by ``reducer`` into ``target`` (pool shards
+    quantized to ``bits``, as the featurizer writes them); returns the bytes of the pool shards."""
     from nait_pipeline.lib.features.feature_store import read_features, write_features
     from nait_pipeline.lib.features.featurize import Features
 
@@ -78,7 +88,8 @@ def _write_compact(source, target, reducer, shards: list[str], capabilities: lis
                             rds_embedding=reducer.embedding(stored.vectors["rds_embedding"]),
                             **stored.scalars, layers=reducer.layers, reduction=reducer.metadata())
         kept = ("model_id", "template_hash", "featurizer", "input_version", "store_version", "stats")
-        write_features(destination, stored.ids, features, {k: stored.metadata[k] for k in kept if k in stored.metadata})
+        write_features(destination, stored.ids, features, {k: stored.metadata[k] for k in kept if k in stored.metadata},
+                       quantize_bits=0 if is_target else bits)
         if not is_target:
             pool_bytes += destination.stat().st_size
     return pool_bytes
@@ -108,21 +119,24 @@ def _dim(width: int, setting) -> int:
     return width // int(setting[1:]) if isinstance(setting, str) else setting
 
 
-def _wide_bytes(layers: str, setting) -> int:
+def _wide_bytes(layers: str, setting, bits: int) -> int:
     """Vector bytes per pool row of a 32 x 4,096 model at the same setting (float16 token means, a float32
-    RDS+ embedding; first-token states only at full width)."""
+    RDS+ embedding, or both at ``bits`` per value; first-token states only at full width)."""
     from nait_pipeline.lib.features.reduction import StoreReduction
 
     dim = _dim(WIDE["hidden_size"], setting)
     reduction = StoreReduction.parse(layers, dim, num_layers=WIDE["num_layers"])
     kept = len(reduction.kept_layers(WIDE["num_layers"]))
     width = reduction.stored_width(WIDE["hidden_size"])
+    if bits:
+        return (kept + 1) * width * bits // 8
     return kept * width * 2 + width * 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--only", default="", help="run the settings whose label contains this text")
     parser.add_argument("--out", default=None, help="folder for the compact lakes (default: <store>/compact_bench)")
     args = parser.parse_args()
 
@@ -178,20 +192,22 @@ def main() -> None:
         return set(np.argsort(-finite, kind="stable")[:k].tolist())
 
     rows = []
-    for label, layers, setting, mask in SETTINGS:
+    for label, layers, setting, mask, bits in SETTINGS:
+        if args.only not in label:
+            continue
         dim = _dim(model_info.hidden_size, setting)
         reduction = StoreReduction(layers=StoreReduction.parse(layers, 0, num_layers=model_info.num_layers).layers,
-                                   dim=dim, mask_massive=mask)
+                                   dim=dim, mask_massive=mask, bits=bits)
         reducer = Reducer(reduction, model_info.num_layers, model_info.hidden_size, masked)
         layout = LakeLayout(root / label.replace(" ", "_").replace(",", "").replace("/", "over") / "lake")
         _link_inputs(source, layout)
         started = time.perf_counter()
-        pool_bytes = _write_compact(source, layout, reducer, shards, capabilities)
+        pool_bytes = _write_compact(source, layout, reducer, shards, capabilities, bits)
         scores = _score_all(layout, capabilities)
         seconds = time.perf_counter() - started
         row = {"setting": label, "layers": layers, "kept_layers": len(reducer.layers), "dim": dim or None,
-               "bytes_per_row": round(pool_bytes / n), "wide_model_vector_bytes_per_row": _wide_bytes(layers, setting),
-               "massive_dims_masked": mask,
+               "bytes_per_row": round(pool_bytes / n), "wide_model_vector_bytes_per_row": _wide_bytes(layers, setting, bits),
+               "massive_dims_masked": mask, "bits": bits or None,
                "seconds": round(seconds, 1), "overlap": {}, "spearman": {}}
         for name in SCORERS:
             for capability in capabilities:

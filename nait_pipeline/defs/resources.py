@@ -27,6 +27,7 @@ class LakeResource(dg.ConfigurableResource):
     store_dim: int = -1
     store_seed: int = 0
     store_float_width: str = "auto"
+    store_bits: int = -1
     licenses: dict[str, str] = {}
     endpoint_url: str | None = None
     local_dir: str | None = None
@@ -65,7 +66,7 @@ class LakeResource(dg.ConfigurableResource):
         """What the forward store keeps per row for this model (settings `[forward_store]`): one setting
         for the pool and every target set, so they are always comparable."""
         return resolve(self.store_layers, self.store_dim, self.store_seed, self.store_float_width,
-                       model.num_layers, model.hidden_size)
+                       model.num_layers, model.hidden_size, self.store_bits)
 
 
 def lake_resource_from_settings(settings: Settings) -> LakeResource:

@@ -50,9 +50,12 @@ class CapacityError(RuntimeError):
 
 def forward_bytes_per_row(num_layers: int, width: int, reduction: StoreReduction, target: bool = False) -> int:
     """A forward store row: token means (plus first-token states where kept, plus last-token states for
-    targets) at 2 bytes, the RDS+ embedding at 4 bytes, and the scalars."""
+    targets) at 2 bytes, the RDS+ embedding at 4 bytes, and the scalars; a pool row of a quantized store
+    keeps its token means and embedding at ``bits`` per value."""
     layers = len(reduction.kept_layers(num_layers))
     stored = reduction.stored_width(width)
+    if reduction.bits and not target:
+        return -(-(layers * stored * reduction.bits) // 8) + -(-(stored * reduction.bits) // 8) + ROW_OVERHEAD_BYTES
     value_bytes = 4 if reduction.float_width == "float32" else 2
     per_layer_vectors = 1 + (1 if reduction.is_full or target else 0) + (1 if target else 0)
     return layers * stored * value_bytes * per_layer_vectors + stored * 4 + ROW_OVERHEAD_BYTES

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from nait_pipeline.lib.features import quantize
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.features.reduction import check_same_reduction
 from nait_pipeline.lib.io.lake import read_metadata, read_table, write_parquet
@@ -27,9 +28,6 @@ from nait_pipeline.lib.io.lake import read_metadata, read_table, write_parquet
 FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 VECTOR_COLUMNS = ("layer_mean", "first_token", "last_token")
 SCALAR_COLUMNS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
-
-
-
 BINARY_VECTORS = ("layer_mean", "first_token", "last_token")
 
 
@@ -63,17 +61,34 @@ def _binary_to_numpy(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
     return raw.view(dtype).reshape(len(array), width // np.dtype(dtype).itemsize)
 
 
-def _column_values(table: pa.Table, name: str, dtypes: dict) -> np.ndarray:
-    """A vector column as stored ([n, values per row], float16 or float32), whatever layout wrote it."""
+def _column_values(table: pa.Table, name: str, metadata: dict) -> np.ndarray:
+    """A vector column as stored ([n, values per row], float16 or float32; a quantized one decoded with the
+    file's codebook), whatever layout wrote it."""
     column = table.column(name)
+    dtype = (metadata.get("vector_dtypes") or {}).get(name, "float16")
+    if dtype.startswith("q"):
+        levels, bits = quantize.levels_from_metadata((metadata.get("codebooks") or {})[name])
+        wide = name == "rds_embedding" or np.abs(levels).max(initial=0.0) >= FLOAT16_SAFE
+        table_values = quantize.byte_table(levels, bits, np.float32 if wide else np.float16)
+        return quantize.decode(_binary_to_numpy(column, "uint8"), table_values, levels.shape[0])
     if pa.types.is_fixed_size_binary(column.type):
-        return _binary_to_numpy(column, dtypes.get(name, "float16"))
+        return _binary_to_numpy(column, dtype)
     # Earlier stores: fixed-size or variable-size lists.
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(len(table), -1)
 
 
-def write_features(path: Path, ids: Sequence[str], features: Features, metadata: dict) -> Path:
+def _quantized_vectors(values: np.ndarray, bits: int) -> tuple[pa.Array, dict]:
+    """One row's packed codes as a fixed-size binary value, and the codebook the file records."""
+    packed, levels = quantize.quantize(values.reshape(len(values), -1), bits)
+    array = pa.Array.from_buffers(pa.binary(packed.shape[1]), len(packed), [None, pa.py_buffer(packed.tobytes())])
+    return array, quantize.levels_to_metadata(levels, bits)
+
+
+def write_features(path: Path, ids: Sequence[str], features: Features, metadata: dict,
+                   quantize_bits: int = 0) -> Path:
+    """Write a store file atomically. ``quantize_bits`` (a compact store's pool shards): the token means and
+    the RDS+ embedding as ``bits``-bit codes with a codebook per dimension fitted on this file's rows."""
     columns = {
         "example_id": pa.array(list(ids), pa.string()),
         "n_tokens": pa.array(features.n_tokens),
@@ -81,21 +96,27 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
         "full_length": pa.array(features.full_length),
         "truncated": pa.array(features.truncated),
         "response_loss": pa.array(features.response_loss, pa.float64(), from_pandas=True),
-        # Kept a float32 list: one small vector, and SQL can compute cosines on it.
-        "rds_embedding": _vector_array(features.rds_embedding),
     }
-    dtypes = {}
+    dtypes, codebooks = {}, {}
+    if quantize_bits:
+        for name in ("layer_mean", "rds_embedding"):
+            columns[name], codebooks[name] = _quantized_vectors(getattr(features, name), quantize_bits)
+            dtypes[name] = f"q{quantize_bits}"
+    else:
+        # Kept a float32 list: one small vector, and SQL can compute cosines on it.
+        columns["rds_embedding"] = _vector_array(features.rds_embedding)
     float_width = (features.reduction or {}).get("float_width", "auto")
     for name in BINARY_VECTORS:
         values = getattr(features, name)
-        if values is not None:
+        if values is not None and name not in columns:
             columns[name], dtypes[name] = _binary_vectors(values, float_width, name)
     shape = {"num_layers": features.layer_mean.shape[1], "hidden_size": features.layer_mean.shape[2]}
     compression = {name: ("none" if name in dtypes else "zstd") for name in columns}
     layers = features.layers or list(range(1, shape["num_layers"] + 1))
     reduction = {"reduction": features.reduction} if features.reduction else {}
+    quantized = {"codebooks": codebooks} if codebooks else {}
     return write_parquet(pa.table(columns), path, {**metadata, **shape, "vector_dtypes": dtypes, "layers": layers,
-                                                   **reduction},
+                                                   **reduction, **quantized},
                          use_dictionary=["example_id"], compression=compression)
 
 
@@ -134,11 +155,10 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
     every = _check_same_store(paths)
     metadata = every[0]
     tables = [read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
-    dtypes = [meta.get("vector_dtypes") or {} for meta in every]
     table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
     out_vectors = {}
     for name in vectors:
-        flat = np.concatenate([to_float32(_column_values(t, name, d)) for t, d in zip(tables, dtypes)])
+        flat = np.concatenate([to_float32(_column_values(t, name, meta)) for t, meta in zip(tables, every)])
         out_vectors[name] = flat.reshape(_shape(name, len(table), metadata))
     return StoredFeatures(
         ids=table.column("example_id").to_pylist(),
@@ -189,7 +209,7 @@ class PoolStore:
         def load(number: int) -> np.ndarray:
             path = self.paths[number]
             table = read_table(path, columns=[name])  # read into memory here, in the reader thread
-            values = _column_values(table, name, read_metadata(path).get("vector_dtypes") or {})
+            values = _column_values(table, name, read_metadata(path))
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
 
         order = list(range(len(self.paths)) if shards is None else shards)
@@ -223,7 +243,7 @@ def migrate_store_file(path: Path) -> bool:
     metadata = read_metadata(path)
     dtypes = dict(metadata.get("vector_dtypes") or {})
     for name in old:
-        values = _column_values(table, name, dtypes)
+        values = _column_values(table, name, metadata)
         array, dtypes[name] = _binary_vectors(values)
         table = table.set_column(table.schema.get_field_index(name), name, array)
     table = table.replace_schema_metadata(None)

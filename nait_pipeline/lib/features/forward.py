@@ -110,8 +110,10 @@ def featurize_into(destination: Path, model: ModelInfo, rows: Sequence[dict], id
     started = time.perf_counter()
     features = featurize(lm, template, rows, spec, ids, progress=progress)
     try:
+        # Target sets (a few hundred rows, read whole) keep the float width; pool shards take the codes.
+        bits = 0 if spec.keep_last_token else spec.reduction.bits
         write_features(destination, list(ids), features, {**identity, "store_version": version,
-                                                          "stats": features.stats})
+                                                          "stats": features.stats}, quantize_bits=bits)
     except PublishConflict:
         # Another run published this shard meanwhile: the same store is as good as ours, another one is not.
         if read_metadata(destination).get("store_version") != version:

@@ -11,7 +11,11 @@ batch by batch, before anything is written:
   al. 2024: |f| > 100 and > 100 x the first state's median) are zeroed before projecting, since one of them
   would otherwise dominate every projected coordinate; the first-token state comes from a one-token
   forward, so the mask is a property of the model and its template, recorded in the store;
-- ``float_width``: ``auto`` keeps float16 where every value fits (else float32), or force one.
+- ``float_width``: ``auto`` keeps float16 where every value fits (else float32), or force one;
+- ``bits``: pool shards keep their token means and RDS+ embedding as ``bits``-bit codes, one codebook per
+  dimension fitted on the shard's own rows (``quantize.py``): no rotation, so NAIT-C's per-dimension
+  cleaning and z-scoring apply to the decoded values as they would to the full ones. Target sets (a few
+  hundred rows) stay at the float width.
 
 Pool stores of a reduced setting drop the per-row first-token state: with causal attention it is the
 same for every row (the same first token), and no pool scorer reads it; target stores keep it for NAIT's
@@ -25,6 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from nait_pipeline.lib.features.quantize import BITS as QUANTIZE_BITS
 
 REDUCTION_VERSION = "1"
 FLOAT_WIDTHS = ("auto", "float16", "float32")
@@ -60,8 +66,11 @@ class StoreReduction:
     seed: int = 0
     float_width: str = "auto"
     mask_massive: bool = True  # zero the first token's massive dimensions before projecting
+    bits: int = 0  # pool shards' vectors as codes of this many bits per value; 0 keeps the float width
 
     def __post_init__(self) -> None:
+        if self.bits and self.bits not in QUANTIZE_BITS:
+            raise ValueError(f"bits must be 0 (the float width) or one of {QUANTIZE_BITS}, got {self.bits}")
         if self.float_width not in FLOAT_WIDTHS:
             raise ValueError(f"float_width must be one of {FLOAT_WIDTHS}, got {self.float_width!r}")
         if self.dim < 0:
@@ -71,7 +80,7 @@ class StoreReduction:
 
     @property
     def is_full(self) -> bool:
-        return not self.layers and not self.dim and self.float_width == "auto"
+        return not self.layers and not self.dim and self.float_width == "auto" and not self.bits
 
     def identity(self) -> dict | None:
         """What a store's identity records (None at full width: stores made before reductions existed
@@ -92,7 +101,8 @@ class StoreReduction:
         width = (f"projected to {self.dim} (seed {self.seed}{'' if self.mask_massive else ', massive dims kept'})"
                  if self.dim else "full width")
         kept = "every layer" if len(layers) == num_layers else f"{len(layers)} of {num_layers} layers {layers}"
-        return f"{kept}, {width}" + ("" if self.float_width == "auto" else f", {self.float_width}")
+        return (f"{kept}, {width}" + ("" if self.float_width == "auto" else f", {self.float_width}")
+                + (f", pool vectors as {self.bits}-bit codes" if self.bits else ""))
 
     def stored_width(self, width: int) -> int:
         return self.dim or width
@@ -104,7 +114,8 @@ class StoreReduction:
         return per_layer * (1 if not self.is_full else 2) + self.stored_width(width)
 
     @classmethod
-    def parse(cls, layers: str, dim: int, seed: int = 0, float_width: str = "auto", num_layers: int = 0) -> StoreReduction:
+    def parse(cls, layers: str, dim: int, seed: int = 0, float_width: str = "auto", num_layers: int = 0,
+              bits: int = 0) -> StoreReduction:
         """From settings: ``layers`` is ``all``, ``every:K`` (every K-th layer counted back from the last,
         which is always kept), ``last:K``, or a comma list such as ``4,8,12``."""
         text = layers.strip().lower()
@@ -124,7 +135,7 @@ class StoreReduction:
                 chosen = tuple(int(part) for part in text.split(","))
             except ValueError:
                 raise ValueError(f"layers must be 'all', 'every:K', 'last:K' or a comma list, got {layers!r}") from None
-        reduction = cls(layers=chosen, dim=dim, seed=seed, float_width=float_width)
+        reduction = cls(layers=chosen, dim=dim, seed=seed, float_width=float_width, bits=bits)
         if num_layers:
             reduction.kept_layers(num_layers)
         return reduction
@@ -140,13 +151,15 @@ class StoreReduction:
         return cls(layers=tuple(range(num_layers, 0, -4))[::-1])
 
 
-def resolve(layers: str, dim: int, seed: int, float_width: str, num_layers: int, width: int) -> StoreReduction:
-    """The store setting for a model: ``layers == "auto"`` and ``dim < 0`` take the values
+def resolve(layers: str, dim: int, seed: int, float_width: str, num_layers: int, width: int,
+            bits: int = -1) -> StoreReduction:
+    """The store setting for a model: ``layers == "auto"``, ``dim < 0`` and ``bits < 0`` take the values
     :meth:`StoreReduction.default_for` picks for this model's shape; anything else is used as given."""
     default = StoreReduction.default_for(num_layers, width)
     auto_layers = layers.strip().lower() == "auto"
     kept = default.layers if auto_layers else StoreReduction.parse(layers, 0, num_layers=num_layers).layers
-    return StoreReduction(layers=kept, dim=default.dim if dim < 0 else dim, seed=seed, float_width=float_width)
+    return StoreReduction(layers=kept, dim=default.dim if dim < 0 else dim, seed=seed, float_width=float_width,
+                          bits=default.bits if bits < 0 else bits)
 
 
 class Reducer:
@@ -169,7 +182,8 @@ class Reducer:
         """The reducer a store recorded (to bring full-width states, such as the template prefix's, into
         its space)."""
         reduction = StoreReduction(layers=tuple(meta["layers"]), dim=int(meta["dim"]), seed=int(meta["seed"]),
-                                   float_width=meta["float_width"], mask_massive=bool(meta.get("mask_massive", True)))
+                                   float_width=meta["float_width"], mask_massive=bool(meta.get("mask_massive", True)),
+                                   bits=int(meta.get("bits", 0)))
         masked = np.zeros((num_layers, int(meta["model_width"])), bool)
         for layer, dims in (meta.get("masked_dims") or {}).items():
             masked[int(layer) - 1, dims] = True
@@ -236,6 +250,6 @@ def check_same_reduction(first: dict | None, second: dict | None, first_name: st
     if (first or None) != (second or None):
         describe = lambda meta: "full width" if not meta else (  # noqa: E731
             f"layers {meta.get('kept_layers')}, dim {meta.get('dim') or 'full'} (seed {meta.get('seed')}), "
-            f"{meta.get('float_width')}, masked {sum(len(v) for v in (meta.get('masked_dims') or {}).values())} dims")
+            f"{meta.get('float_width')}, {meta.get('bits') or 'no'} bit codes, masked {sum(len(v) for v in (meta.get('masked_dims') or {}).values())} dims")
         raise ReductionMismatchError(f"{first_name} is stored with {describe(first)} but {second_name} with "
                                      f"{describe(second)}: featurize both with the same store setting")

@@ -29,7 +29,7 @@ SETTINGS_FILE = "nait_settings.toml"
 KNOWN_KEYS = {"data_dir", "store_dir", "model", "pool_sample", "automation", "forward_store", "licenses",
               "object_store", "executor", "ray", "kubernetes"}
 AUTOMATION_KEYS = {"featurize_new_shards", "max_shards_per_tick", "sensor_interval_s"}
-FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width"}
+FORWARD_STORE_KEYS = {"layers", "dim", "seed", "float_width", "bits"}
 OBJECT_STORE_KEYS = {"endpoint_url", "local_dir"}
 RAY_KEYS = {"address", "workers", "cpus_per_worker", "gpus_per_worker", "max_retries"}
 KUBERNETES_KEYS = {"run_gpus", "cpu_per_gpu", "memory_gib_per_gpu"}
@@ -96,6 +96,7 @@ class Settings:
     store_dim: int = -1
     store_seed: int = 0
     store_float_width: str = "auto"
+    store_bits: int = -1
     # Pool name -> license id for published subsets' cards (`nait-pipeline publish`), beside the shared pools'.
     licenses: dict = field(default_factory=dict)
     # An object store's endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or AWS itself) and the local
@@ -153,6 +154,7 @@ class Settings:
             store_dim=int(forward_store.get("dim", -1)),
             store_seed=int(forward_store.get("seed", 0)),
             store_float_width=str(forward_store.get("float_width", "auto")),
+            store_bits=int(forward_store.get("bits", -1)),
             licenses={str(k): str(v) for k, v in file.get("licenses", {}).items()},
             endpoint_url=os.environ.get("NAIT_S3_ENDPOINT") or object_store.get("endpoint_url") or None,
             local_dir=_resolved(Path(local).expanduser()) if local else None,

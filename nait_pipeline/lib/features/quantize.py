@@ -1,0 +1,152 @@
+"""Scalar quantization of stored vectors: a few bits per value, one codebook per dimension.
+
+A compact store cannot afford 16 bits per value, and random projections lose NAIT-C and RDS+
+(bench/compact_store.py). Quantizing every dimension on its own keeps the store's space (no rotation:
+NAIT-C's per-dimension z-scoring and massive-dimension masks still apply) and turns the error into
+small, independent noise per value, which averages out in the dot products every forward scorer takes.
+
+Each dimension ``j`` of a file gets ``K = 2**bits`` levels fitted on the file's own rows: equal-mass
+bins (quantiles) refined by a few Lloyd iterations (a level is the mean of the values it represents, a
+threshold the midpoint of two levels), so a file is decoded by itself and the same rows always give
+the same codes. A dimension with at most ``K`` distinct values is reconstructed exactly. Codes are
+packed ``8 / bits`` to a byte; decoding looks a whole byte up at once ([bytes, 256, 8 / bits] table).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+BITS = (1, 2, 4, 8)
+LLOYD_ITERATIONS = 40  # each is one binary search per threshold: cheap next to the sort
+DECODE_ROWS = 2048  # rows decoded per step: bounds the [rows, bytes] index array
+FIT_DIMS = 4096  # dimensions fitted per step: bounds the float64 cumulative sums
+
+
+class QuantizationError(ValueError):
+    """Values that cannot be quantized (non-finite, wrong shape) or a codebook that does not fit them."""
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in BITS:
+        raise QuantizationError(f"bits must be one of {BITS}, got {bits}")
+
+
+def fit_levels(values: np.ndarray, bits: int, iterations: int = LLOYD_ITERATIONS) -> np.ndarray:
+    """[D, 2**bits] ascending float32 levels per dimension of ``values`` [n, D] (``FIT_DIMS`` dimensions at a
+    time, so a wide shard needs a few hundred MB, not a float64 copy of itself)."""
+    _check_bits(bits)
+    values = np.asarray(values)
+    if values.ndim != 2 or len(values) == 0:
+        raise QuantizationError(f"expected a non-empty [rows, dims] array, got shape {values.shape}")
+    return np.concatenate([_fit_block(values[:, start:start + FIT_DIMS], bits, iterations)
+                           for start in range(0, values.shape[1], FIT_DIMS)])
+
+
+def _fit_block(values: np.ndarray, bits: int, iterations: int) -> np.ndarray:
+    """Lloyd's algorithm on each column's sorted values: a bin is a contiguous run of them, so a level is a
+    difference of cumulative sums over the run and a threshold's run boundary one binary search."""
+    import torch
+
+    block = np.asarray(values, np.float32)
+    if not np.isfinite(block).all():
+        raise QuantizationError("values to quantize hold NaN or inf")
+    k, n = 2 ** bits, len(block)
+    ordered = np.ascontiguousarray(np.sort(block, axis=0).T)  # [D, n]
+    cumulative = np.zeros((len(ordered), n + 1), np.float64)
+    np.cumsum(ordered, axis=1, dtype=np.float64, out=cumulative[:, 1:])
+    rows = np.arange(len(ordered))[:, None]
+    # Equal-mass start: the k quantile bins (every bin non-empty while n >= k).
+    edges = np.linspace(0, n, k + 1).round().astype(np.int64)[None, :].repeat(len(ordered), 0)
+    levels = np.zeros((len(ordered), k), np.float64)
+    for step in range(iterations + 1):
+        counts = np.diff(edges, axis=1)
+        sums = cumulative[rows, edges[:, 1:]] - cumulative[rows, edges[:, :-1]]
+        levels = np.where(counts > 0, sums / np.maximum(counts, 1), levels if step else ordered[rows, np.minimum(edges[:, :-1], n - 1)])
+        levels = np.maximum.accumulate(levels, axis=1)  # an empty bin keeps its neighbour's level: still ascending
+        if step == iterations:
+            break
+        thresholds = torch.from_numpy(np.ascontiguousarray((levels[:, 1:] + levels[:, :-1]) / 2, np.float32))
+        inner = torch.searchsorted(torch.from_numpy(ordered), thresholds, right=True).numpy()
+        edges = np.concatenate([np.zeros((len(ordered), 1), np.int64), inner, np.full((len(ordered), 1), n)], axis=1)
+    return levels.astype(np.float32)
+
+
+def encode(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """[n, D] uint8 codes: the index of each value's nearest level of its dimension."""
+    import torch
+
+    values = np.asarray(values, np.float32)
+    if values.ndim != 2 or values.shape[1] != levels.shape[0]:
+        raise QuantizationError(f"values of shape {values.shape} do not match a codebook of {levels.shape[0]} dims")
+    if not np.isfinite(values).all():
+        raise QuantizationError("values to quantize hold NaN or inf")
+    thresholds = torch.from_numpy(np.ascontiguousarray((levels[:, 1:] + levels[:, :-1]) / 2, np.float32))
+    by_dim = torch.from_numpy(np.ascontiguousarray(values.T))  # [D, n]
+    codes = torch.searchsorted(thresholds, by_dim, right=False)
+    return codes.T.numpy().astype(np.uint8)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """[n, D] codes -> [n, ceil(D * bits / 8)] bytes, dimension 0 in the lowest bits of byte 0."""
+    _check_bits(bits)
+    per_byte = 8 // bits
+    n, dims = codes.shape
+    padded = np.zeros((n, -(-dims // per_byte) * per_byte), np.uint8)
+    padded[:, :dims] = codes
+    grouped = padded.reshape(n, -1, per_byte)
+    out = np.zeros(grouped.shape[:2], np.uint8)
+    for slot in range(per_byte):
+        out |= grouped[:, :, slot] << (slot * bits)
+    return out
+
+
+def byte_table(levels: np.ndarray, bits: int, dtype=np.float16) -> np.ndarray:
+    """[bytes, 256, 8 / bits]: the values of the dimensions one packed byte holds, for each byte value."""
+    _check_bits(bits)
+    per_byte = 8 // bits
+    dims, k = levels.shape
+    padded = np.zeros((-(-dims // per_byte) * per_byte, k), np.float32)
+    padded[:dims] = levels
+    grouped = padded.reshape(-1, per_byte, k)  # [bytes, slot, level]
+    byte_values = np.arange(256)
+    slot_codes = (byte_values[:, None] >> (np.arange(per_byte)[None, :] * bits)) & (k - 1)  # [256, slot]
+    table = grouped[:, np.arange(per_byte)[None, :], slot_codes]  # [bytes, 256, slot]
+    return table.astype(dtype)
+
+
+def decode(packed: np.ndarray, table: np.ndarray, dims: int) -> np.ndarray:
+    """[n, bytes] packed codes -> [n, dims] values (the table's dtype), ``DECODE_ROWS`` rows at a time."""
+    n, width = packed.shape
+    if table.shape[0] != width:
+        raise QuantizationError(f"{width} bytes per row do not match a codebook for {table.shape[0]}")
+    per_byte = table.shape[2]
+    flat = table.reshape(width * 256, per_byte)
+    base = (np.arange(width, dtype=np.int32) * 256)[None, :]
+    out = np.empty((n, width * per_byte), table.dtype)
+    for start in range(0, n, DECODE_ROWS):
+        rows = packed[start:start + DECODE_ROWS]
+        out[start:start + len(rows)] = flat[base + rows].reshape(len(rows), -1)
+    return out[:, :dims]
+
+
+def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(packed codes [n, bytes], levels [D, 2**bits]) of ``values`` [n, D]."""
+    levels = fit_levels(values, bits)
+    return pack(encode(values, levels), bits), levels
+
+
+def levels_to_metadata(levels: np.ndarray, bits: int) -> dict:
+    """The codebook as a file's JSON metadata records it (float32, base64)."""
+    return {"bits": bits, "dims": int(levels.shape[0]),
+            "levels": base64.b64encode(np.ascontiguousarray(levels, "<f4").tobytes()).decode("ascii")}
+
+
+def levels_from_metadata(meta: dict) -> tuple[np.ndarray, int]:
+    bits, dims = int(meta["bits"]), int(meta["dims"])
+    _check_bits(bits)
+    levels = np.frombuffer(base64.b64decode(meta["levels"]), "<f4")
+    if levels.size != dims * 2 ** bits:
+        raise QuantizationError(f"a codebook of {levels.size} values does not hold {dims} dims x {2 ** bits} levels")
+    return levels.reshape(dims, 2 ** bits), bits
