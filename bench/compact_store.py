@@ -49,11 +49,13 @@ SETTINGS = [
     ("all layers, 256 dims", "all", 256, True, 0),
     ("all layers, 4 bits", "all", 0, True, 4),
     ("all layers, 2 bits", "all", 0, True, 2),
+    ("every 2nd layer, 4 bits", "every:2", 0, True, 4),
+    ("every 3rd layer, 4 bits", "every:3", 0, True, 4),
     ("every 4th layer, 8 bits", "every:4", 0, True, 8),
     ("every 4th layer, 4 bits", "every:4", 0, True, 4),
     ("every 4th layer, 2 bits", "every:4", 0, True, 2),
     ("every 5th layer, 2 bits", "every:5", 0, True, 2),
-    ("every 3rd layer, 1 bit", "every:3", 0, True, 1),
+    ("every 3rd layer, 1 bits", "every:3", 0, True, 1),
     ("every 8th layer, 4 bits", "every:8", 0, True, 4),
 ]
 WIDE = {"num_layers": 32, "hidden_size": 4096}
@@ -129,7 +131,10 @@ def _wide_bytes(layers: str, setting, bits: int) -> int:
     kept = len(reduction.kept_layers(WIDE["num_layers"]))
     width = reduction.stored_width(WIDE["hidden_size"])
     if bits:
-        return (kept + 1) * width * bits // 8
+        from nait_pipeline.lib.features.quantize import EMBEDDING_BITS, OUTLIER_SHARE
+
+        exact = (kept + 1) * max(1, int(OUTLIER_SHARE * width)) * 2  # at most, float16
+        return kept * width * bits // 8 + width * max(bits, EMBEDDING_BITS) // 8 + exact
     return kept * width * 2 + width * 4
 
 

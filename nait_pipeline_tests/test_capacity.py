@@ -15,9 +15,14 @@ def test_bytes_per_row_by_hand():
     assert capacity.forward_bytes_per_row(30, 576, full) == 2 * 30 * 576 * 2 + 576 * 4 + capacity.ROW_OVERHEAD_BYTES
     # Targets also keep last-token states.
     assert capacity.forward_bytes_per_row(30, 576, full, target=True) == 3 * 30 * 576 * 2 + 576 * 4 + 40
-    wide = resolve("auto", -1, 0, "auto", 32, 4096)  # the default for an 8B model: every 4th layer
-    assert capacity.forward_bytes_per_row(32, 4096, wide) == 8 * 4096 * 2 + 4096 * 4 + 40
-    projected = resolve("auto", 256, 0, "auto", 32, 4096)
+    # The default for an 8B model: every 3rd layer (11) as 4-bit codes, the embedding at 8 bits and at most
+    # 40 float16 outlier dimensions per layer and embedding.
+    wide = resolve("auto", -1, 0, "auto", 32, 4096)
+    assert capacity.forward_bytes_per_row(32, 4096, wide) == 11 * 4096 // 2 + 4096 + 12 * 40 * 2 + 40 <= 28 * 1024
+    assert capacity.forward_bytes_per_row(32, 4096, wide, target=True) == 3 * 11 * 4096 * 2 + 4096 * 4 + 40
+    every_4th = resolve("every:4", 0, 0, "auto", 32, 4096, 0)
+    assert capacity.forward_bytes_per_row(32, 4096, every_4th) == 8 * 4096 * 2 + 4096 * 4 + 40
+    projected = resolve("every:4", 256, 0, "auto", 32, 4096, 0)
     assert capacity.forward_bytes_per_row(32, 4096, projected) == 8 * 256 * 2 + 256 * 4 + 40 <= 8 * 1024
     assert capacity.forward_bytes_per_row(32, 4096, full) > 500 * 1024  # what the compact store saves
     assert capacity.gradient_bytes_per_row() == 1024 * 4 * 4 + 40

@@ -86,7 +86,9 @@ def test_bids_on_a_hand_example_serves_the_worst_target_next():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_bids_pointer_greedy_equals_the_naive_loop(seed):
+@pytest.mark.parametrize("budget", [5, 25])
+def test_bids_pointer_greedy_equals_the_naive_loop(seed, budget):
+    """Each column keeps only its first budget + excluded rows: the picks are still the naive loop's."""
     rng = np.random.default_rng(seed)
     matrix = rng.normal(size=(60, 7)) * rng.uniform(1, 5, size=7)  # columns of different scales
     if seed % 2:
@@ -97,9 +99,16 @@ def test_bids_pointer_greedy_equals_the_naive_loop(seed):
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-5)
     excluded = np.zeros(60, bool)
     excluded[[3, 10]] = True
-    fast = bids_math.balanced_greedy(z, 25, excluded)
-    assert fast == naive_bids(z, 25, excluded)
+    fast = bids_math.balanced_greedy(z, budget, excluded)
+    assert fast == naive_bids(z, budget, excluded)
     assert not {3, 10} & set(fast)
+
+
+def test_top_rows_is_the_stable_sorts_prefix_ties_included():
+    column = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.0, 3.0], np.float32)
+    # Stable descending: 3.0 at rows 1, 3, 7; then 2.0 at rows 2, 4, 5; the depth cuts inside the ties.
+    for depth, expected in [(2, [1, 3]), (4, [1, 3, 7, 2]), (5, [1, 3, 7, 2, 4]), (8, [1, 3, 7, 2, 4, 5, 0, 6])]:
+        assert bids_math.top_rows(column, depth).tolist() == expected
 
 
 def test_bids_refuses_a_constant_column_and_an_unfillable_budget():

@@ -16,6 +16,7 @@ from nait_pipeline.lib.features.reduction import (
     resolve,
 )
 from nait_pipeline.lib.io.lake import read_metadata
+from nait_pipeline.lib.io.pool_view import PoolView
 from nait_pipeline.lib.methods.nait import nait_c_math as nc
 from nait_pipeline.lib.methods.nait.nait_c_method import reduced_prefix
 from nait_pipeline.lib.models import model_io
@@ -38,11 +39,15 @@ def test_layer_settings_parse_by_hand():
 def test_defaults_by_model_width():
     assert resolve("auto", -1, 0, "auto", 30, 576).is_full  # the embedded model: full width
     wide = resolve("auto", -1, 0, "auto", 32, 4096)
-    assert wide.layers == (4, 8, 12, 16, 20, 24, 28, 32) and wide.dim == 0  # measured: projections lose NAIT-C
-    # 8 layers of full-width token means (no per-row first-token state) and the RDS+ embedding.
-    assert wide.pool_values_per_row(32, 4096) == 8 * 4096 + 4096
+    # Measured: projections lose NAIT-C; every 3rd layer at 4 bits keeps all three methods at >= 0.95.
+    assert wide.layers == (2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32) and wide.dim == 0 and wide.bits == 4
+    # 11 layers of full-width token means (no per-row first-token state) and the RDS+ embedding.
+    assert wide.pool_values_per_row(32, 4096) == 11 * 4096 + 4096
+    assert resolve("auto", -1, 0, "auto", 32, 4096, bits=0).bits == 0  # codes are a default, not a must
+    with pytest.raises(ValueError, match="bits must be 0"):
+        StoreReduction(bits=3)
     assert resolve("auto", 256, 0, "auto", 32, 4096).dim == 256  # a projection is an explicit choice
-    assert resolve("all", 0, 0, "float32", 32, 4096) == StoreReduction(float_width="float32")
+    assert resolve("all", 0, 0, "float32", 32, 4096, 0) == StoreReduction(float_width="float32")
     assert StoreReduction().identity() is None  # full-width stores keep the identity they always had
 
 
@@ -155,7 +160,7 @@ def _compact_lake(layout, reduction: StoreReduction, layers: int = 3, width: int
                             layer_mean=vectors["layer_mean"], rds_embedding=reducer.embedding(stored.vectors["rds_embedding"]),
                             **stored.scalars, layers=reducer.layers, reduction=reducer.metadata())
         meta = {k: v for k, v in stored.metadata.items() if k not in ("num_layers", "hidden_size", "layers", "vector_dtypes")}
-        write_features(path, stored.ids, features, meta)
+        write_features(path, stored.ids, features, meta, quantize_bits=0 if is_target else reduction.bits)
     return reducer.metadata()
 
 
@@ -209,6 +214,45 @@ def test_the_store_setting_comes_from_the_settings_file(tmp_path, monkeypatch):
     settings_file.write_text('[forward_store]\nlayers = "last:2"\ndim = 64\nseed = 3\nfloat_width = "float32"\n')
     chosen = lake_resource_from_settings(Settings.from_env()).store_reduction(narrow)
     assert chosen == StoreReduction(layers=(29, 30), dim=64, seed=3, float_width="float32")
+    settings_file.write_text('[forward_store]\nlayers = "every:3"\nbits = 4\n')
+    chosen = lake_resource_from_settings(Settings.from_env()).store_reduction(narrow)
+    assert chosen == StoreReduction(layers=tuple(range(3, 31, 3)), bits=4)
+    assert chosen.identity()["bits"] == 4 and "bits" not in StoreReduction(layers=(30,)).identity()
     settings_file.write_text("[forward_store]\nwidth = 64\n")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['width'\]"):
         Settings.from_env()
+
+
+def test_scorers_read_a_quantized_store_and_sql_sees_no_codes_as_floats(tmp_path):
+    """A store whose pool shards hold 4-bit codes: NAIT, NAIT-C and RDS+ score it deterministically and
+    keep the full store's top rows; the SQL view shows the codes as BLOBs and the embedding as NULL."""
+    from nait_pipeline.lib.io import sql
+    from nait_pipeline.lib.io.contract import ensure_contract_tables
+    from nait_pipeline.lib.methods import scorers
+    from nait_pipeline.lib.methods.nait.nait_method import write_directions
+    from nait_pipeline.lib.methods.run import score_capability
+    from nait_pipeline_tests import synthetic_lake
+
+    def scores(layout) -> dict:
+        write_directions(layout, "math")
+        return {name: score_capability(layout, scorers()[name], "math", scorers()[name].params())
+                .table.column("score").to_numpy() for name in ("nait", "nait_c", "rds")}
+
+    full = synthetic_lake.build(tmp_path / "full", n_pool=300, shard_size=150, layers=3, width=16)
+    coded = synthetic_lake.build(tmp_path / "coded", n_pool=300, shard_size=150, layers=3, width=16)
+    reference = scores(full)
+    _compact_lake(coded, StoreReduction(layers=(1, 2, 3), bits=4), width=16)
+    meta = read_metadata(coded.pool_activations(PoolView.open(coded).shards[0]))
+    assert meta["vector_dtypes"] == {"layer_mean": "q4", "rds_embedding": "q8"} and meta["reduction"]["bits"] == 4
+    first, again = scores(coded), scores(coded)
+    for name, values in first.items():
+        assert np.isfinite(values).all() and values.tolist() == again[name].tolist()
+        top = lambda s: set(np.argsort(-s, kind="stable")[:30].tolist())  # noqa: E731
+        assert len(top(values) & top(reference[name])) >= 24, name  # 4-bit codes keep most of the top 10 %
+    ensure_contract_tables(coded.root)
+    db = tmp_path / "warehouse.duckdb"
+    sql.build_warehouse(db, coded.root)
+    with sql.connect_read_only(db) as con:
+        row = con.execute("SELECT count(*), count(rds_embedding), typeof(any_value(layer_mean_codes)) "
+                          "FROM pool_activations").fetchone()
+    assert row == (300, 0, "BLOB")

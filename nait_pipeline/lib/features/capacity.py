@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nait_pipeline.lib.features.quantize import EMBEDDING_BITS, OUTLIER_SHARE
 from nait_pipeline.lib.features.reduction import StoreReduction
 from nait_pipeline.lib.io.storage import is_remote
 
@@ -51,11 +52,13 @@ class CapacityError(RuntimeError):
 def forward_bytes_per_row(num_layers: int, width: int, reduction: StoreReduction, target: bool = False) -> int:
     """A forward store row: token means (plus first-token states where kept, plus last-token states for
     targets) at 2 bytes, the RDS+ embedding at 4 bytes, and the scalars; a pool row of a quantized store
-    keeps its token means and embedding at ``bits`` per value."""
+    keeps its token means at ``bits`` per value, its embedding at 8 and its outlier dimensions at 16."""
     layers = len(reduction.kept_layers(num_layers))
     stored = reduction.stored_width(width)
     if reduction.bits and not target:
-        return -(-(layers * stored * reduction.bits) // 8) + -(-(stored * reduction.bits) // 8) + ROW_OVERHEAD_BYTES
+        codes = -(-(layers * stored * reduction.bits) // 8) + stored * max(reduction.bits, EMBEDDING_BITS) // 8
+        exact = (layers + 1) * max(1, int(OUTLIER_SHARE * stored)) * 2  # at most: float16 outlier dimensions
+        return codes + exact + ROW_OVERHEAD_BYTES
     value_bytes = 4 if reduction.float_width == "float32" else 2
     per_layer_vectors = 1 + (1 if reduction.is_full or target else 0) + (1 if target else 0)
     return layers * stored * value_bytes * per_layer_vectors + stored * 4 + ROW_OVERHEAD_BYTES

@@ -5,8 +5,10 @@ One file per pool shard (or per capability for target sets). The per-layer vecto
 per row, uncompressed, float16 when every value fits (else float32, recorded in the file metadata
 under ``vector_dtypes``): Parquet then reads them as one contiguous buffer at memory speed, where a
 list column costs a repetition and definition level per value (17,280 per row here). The small
-``rds_embedding`` stays a float32 list so SQL can use it. Stores written by earlier versions (list
-columns) are still read. The file's metadata records the model id, template hash, featurizer spec and
+``rds_embedding`` stays a float32 list so SQL can use it. A compact store's pool shards may hold both
+as codes instead (``layer_mean_codes``, ``rds_embedding_codes`` and their ``_exact`` outlier dimensions,
+``quantize.py``), decoded here for every reader. Stores written by earlier versions (list columns) are
+still read. The file's metadata records the model id, template hash, featurizer spec and
 layer list, so a store is only reused with the model and rendering that made it.
 """
 
@@ -29,6 +31,10 @@ FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 VECTOR_COLUMNS = ("layer_mean", "first_token", "last_token")
 SCALAR_COLUMNS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
 BINARY_VECTORS = ("layer_mean", "first_token", "last_token")
+# A quantized vector is stored as two columns: its packed codes and its outlier dimensions' exact values,
+# never under its own name, so SQL never reads codes as floats (the view shows the vector as NULL).
+CODES_SUFFIX = "_codes"
+EXACT_SUFFIX = "_exact"
 
 
 def _vector_array(values: np.ndarray) -> pa.Array:
@@ -64,13 +70,19 @@ def _binary_to_numpy(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
 def _column_values(table: pa.Table, name: str, metadata: dict) -> np.ndarray:
     """A vector column as stored ([n, values per row], float16 or float32; a quantized one decoded with the
     file's codebook), whatever layout wrote it."""
-    column = table.column(name)
     dtype = (metadata.get("vector_dtypes") or {}).get(name, "float16")
     if dtype.startswith("q"):
-        levels, bits = quantize.levels_from_metadata((metadata.get("codebooks") or {})[name])
+        codebook = (metadata.get("codebooks") or {})[name]
+        levels, bits = quantize.levels_from_metadata(codebook)
         wide = name == "rds_embedding" or np.abs(levels).max(initial=0.0) >= FLOAT16_SAFE
         table_values = quantize.byte_table(levels, bits, np.float32 if wide else np.float16)
-        return quantize.decode(_binary_to_numpy(column, "uint8"), table_values, levels.shape[0])
+        values = quantize.decode(_binary_to_numpy(table.column(f"{name}{CODES_SUFFIX}"), "uint8"), table_values,
+                                 levels.shape[0])
+        if codebook["exact_dims"]:
+            exact = _binary_to_numpy(table.column(f"{name}{EXACT_SUFFIX}"), codebook["exact_dtype"])
+            values[:, codebook["exact_dims"]] = exact
+        return values
+    column = table.column(name)
     if pa.types.is_fixed_size_binary(column.type):
         return _binary_to_numpy(column, dtype)
     # Earlier stores: fixed-size or variable-size lists.
@@ -78,11 +90,25 @@ def _column_values(table: pa.Table, name: str, metadata: dict) -> np.ndarray:
     return flat.reshape(len(table), -1)
 
 
-def _quantized_vectors(values: np.ndarray, bits: int) -> tuple[pa.Array, dict]:
-    """One row's packed codes as a fixed-size binary value, and the codebook the file records."""
-    packed, levels = quantize.quantize(values.reshape(len(values), -1), bits)
-    array = pa.Array.from_buffers(pa.binary(packed.shape[1]), len(packed), [None, pa.py_buffer(packed.tobytes())])
-    return array, quantize.levels_to_metadata(levels, bits)
+def stored_columns(name: str, metadata: dict) -> list[str]:
+    """The file columns holding vector ``name``: itself, or where quantized its codes (and its outlier
+    dimensions' exact values)."""
+    codebook = (metadata.get("codebooks") or {}).get(name)
+    if not codebook:
+        return [name]
+    return [f"{name}{CODES_SUFFIX}", *([f"{name}{EXACT_SUFFIX}"] if codebook.get("exact_dims") else [])]
+
+
+def _quantized_vectors(values: np.ndarray, bits: int) -> tuple[pa.Array, pa.Array | None, dict]:
+    """A column's packed codes and its outlier dimensions' exact values (float16 where they fit; one
+    fixed-size binary value per row each), and the codebook the file records."""
+    flat = values.reshape(len(values), -1)
+    packed, levels = quantize.quantize(flat, bits)
+    exact = quantize.outlier_dims(flat, values.shape[1] if values.ndim == 3 else 1)
+    codes = pa.Array.from_buffers(pa.binary(packed.shape[1]), len(packed), [None, pa.py_buffer(packed.tobytes())])
+    exact_values, exact_dtype = _binary_vectors(flat[:, exact]) if len(exact) else (None, None)
+    return codes, exact_values, {**quantize.levels_to_metadata(levels, bits), "exact_dims": exact.tolist(),
+                                 "exact_dtype": exact_dtype}
 
 
 def write_features(path: Path, ids: Sequence[str], features: Features, metadata: dict,
@@ -100,18 +126,22 @@ def write_features(path: Path, ids: Sequence[str], features: Features, metadata:
     dtypes, codebooks = {}, {}
     if quantize_bits:
         for name in ("layer_mean", "rds_embedding"):
-            columns[name], codebooks[name] = _quantized_vectors(getattr(features, name), quantize_bits)
-            dtypes[name] = f"q{quantize_bits}"
+            bits = max(quantize_bits, quantize.EMBEDDING_BITS) if name == "rds_embedding" else quantize_bits
+            columns[f"{name}{CODES_SUFFIX}"], exact, codebooks[name] = _quantized_vectors(getattr(features, name), bits)
+            if exact is not None:
+                columns[f"{name}{EXACT_SUFFIX}"] = exact
+            dtypes[name] = f"q{bits}"
     else:
         # Kept a float32 list: one small vector, and SQL can compute cosines on it.
         columns["rds_embedding"] = _vector_array(features.rds_embedding)
     float_width = (features.reduction or {}).get("float_width", "auto")
     for name in BINARY_VECTORS:
         values = getattr(features, name)
-        if values is not None and name not in columns:
+        if values is not None and name not in codebooks:
             columns[name], dtypes[name] = _binary_vectors(values, float_width, name)
     shape = {"num_layers": features.layer_mean.shape[1], "hidden_size": features.layer_mean.shape[2]}
-    compression = {name: ("none" if name in dtypes else "zstd") for name in columns}
+    compression = {name: ("none" if name in dtypes or name.endswith((CODES_SUFFIX, EXACT_SUFFIX)) else "zstd")
+                   for name in columns}
     layers = features.layers or list(range(1, shape["num_layers"] + 1))
     reduction = {"reduction": features.reduction} if features.reduction else {}
     quantized = {"codebooks": codebooks} if codebooks else {}
@@ -154,7 +184,8 @@ def read_features(paths: Sequence[Path], vectors: Sequence[str] = ("layer_mean",
     template. For whole pools prefer :class:`PoolStore`, which reads shard by shard."""
     every = _check_same_store(paths)
     metadata = every[0]
-    tables = [read_table(path, columns=["example_id", *vectors, *scalars]) for path in paths]
+    tables = [read_table(path, columns=["example_id", *(c for v in vectors for c in stored_columns(v, meta)), *scalars])
+              for path, meta in zip(paths, every)]
     table = pa.concat_tables([t.select(["example_id", *scalars]) for t in tables])
     out_vectors = {}
     for name in vectors:
@@ -208,8 +239,9 @@ class PoolStore:
 
         def load(number: int) -> np.ndarray:
             path = self.paths[number]
-            table = read_table(path, columns=[name])  # read into memory here, in the reader thread
-            values = _column_values(table, name, read_metadata(path))
+            metadata = read_metadata(path)
+            table = read_table(path, columns=stored_columns(name, metadata))  # into memory in the reader thread
+            values = _column_values(table, name, metadata)
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
 
         order = list(range(len(self.paths)) if shards is None else shards)

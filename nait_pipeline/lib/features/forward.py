@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from nait_pipeline.lib.features.feature_store import PoolStore, write_features
+from nait_pipeline.lib.features.feature_store import CODES_SUFFIX, PoolStore, write_features
 from nait_pipeline.lib.features.featurize import FeaturizerSpec, featurize
 from nait_pipeline.lib.io.hashing import sha256_json, sha256_lines
 from nait_pipeline.lib.features.kinds import CAPABILITY, SHARD, FeatureAsset, FeatureKind, MethodInputError
@@ -35,7 +35,7 @@ TARGET_ASSET = FeatureAsset("target_activations", CAPABILITY)
 def require_store_columns(path, needed: Sequence[str], what: str) -> None:
     """Fail naming the asset to materialize when a store lacks a feature a method reads."""
     names = set(read_schema(path).names)
-    missing = [n for n in needed if n not in names]
+    missing = [n for n in needed if n not in names and f"{n}{CODES_SUFFIX}" not in names]  # or quantized
     if missing:
         raise MethodInputError(f"{what} needs feature(s) {missing}, which {path.name} does not hold: "
                                f"re-materialize {POOL_ASSET.name} / {TARGET_ASSET.name} with the current featurizer")

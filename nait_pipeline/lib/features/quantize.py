@@ -5,11 +5,16 @@ A compact store cannot afford 16 bits per value, and random projections lose NAI
 NAIT-C's per-dimension z-scoring and massive-dimension masks still apply) and turns the error into
 small, independent noise per value, which averages out in the dot products every forward scorer takes.
 
-Each dimension ``j`` of a file gets ``K = 2**bits`` levels fitted on the file's own rows: equal-mass
-bins (quantiles) refined by a few Lloyd iterations (a level is the mean of the values it represents, a
-threshold the midpoint of two levels), so a file is decoded by itself and the same rows always give
-the same codes. A dimension with at most ``K`` distinct values is reconstructed exactly. Codes are
+Each dimension ``j`` of a file gets ``K = 2**bits`` levels fitted on the file's own rows, so a file is
+decoded by itself and the same rows always give the same codes: up to 4 bits equal-mass bins refined by
+Lloyd iterations (a level is the mean of the values it represents, a threshold the midpoint of two
+levels); at 8 bits an even grid from the dimension's minimum to its maximum. A dimension with at most ``K`` distinct values is reconstructed exactly. Codes are
 packed ``8 / bits`` to a byte; decoding looks a whole byte up at once ([bytes, 256, 8 / bits] table).
+
+A few dimensions per layer spread 10-150x wider than the layer's median dimension (the attention sink's
+share of a token mean, which varies as 1/length; SmolLM2-135M has one or two per layer). NAIT's raw
+score rides on them, and a handful of levels cannot order them finely: they are kept exact (float16)
+beside the codes (:func:`outlier_dims`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ import base64
 import numpy as np
 
 BITS = (1, 2, 4, 8)
+# The RDS+ embedding is one layer of a row: 8 bits keep RDS+'s top 10 % (4 bits lost 7 % of it).
+EMBEDDING_BITS = 8
+UNIFORM_BITS = 8  # 256 levels: an even grid from the dimension's minimum to its maximum, no fitting
 LLOYD_ITERATIONS = 40  # each is one binary search per threshold: cheap next to the sort
 DECODE_ROWS = 2048  # rows decoded per step: bounds the [rows, bytes] index array
+OUTLIER_RATIO = 8.0  # a dimension whose SD is this many times its layer's median SD is kept exact
+OUTLIER_SHARE = 0.01  # at most this share of a layer's dimensions (and at least one) kept exact
 FIT_DIMS = 4096  # dimensions fitted per step: bounds the float64 cumulative sums
 
 
@@ -40,6 +50,10 @@ def fit_levels(values: np.ndarray, bits: int, iterations: int = LLOYD_ITERATIONS
     values = np.asarray(values)
     if values.ndim != 2 or len(values) == 0:
         raise QuantizationError(f"expected a non-empty [rows, dims] array, got shape {values.shape}")
+    if bits == UNIFORM_BITS:
+        if not np.isfinite(values).all():
+            raise QuantizationError("values to quantize hold NaN or inf")
+        return _uniform_grid(values.min(axis=0).astype(np.float32), values.max(axis=0).astype(np.float32))
     return np.concatenate([_fit_block(values[:, start:start + FIT_DIMS], bits, iterations)
                            for start in range(0, values.shape[1], FIT_DIMS)])
 
@@ -137,16 +151,53 @@ def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return pack(encode(values, levels), bits), levels
 
 
+def outlier_dims(values: np.ndarray, groups: int, ratio: float = OUTLIER_RATIO, share: float = OUTLIER_SHARE) -> np.ndarray:
+    """Ascending flat indices of ``values`` [n, groups * d] whose SD is above ``ratio`` x the median SD of
+    their group (a layer), the widest first up to ``share`` of the group's dimensions (at least one)."""
+    n, dims = values.shape
+    if dims % groups:
+        raise QuantizationError(f"{dims} dimensions do not split into {groups} layers")
+    width = dims // groups
+    sd = np.asarray(values, np.float32).reshape(n, groups, width).std(axis=0, dtype=np.float64)
+    cap = max(1, int(share * width))
+    chosen = []
+    for group, row in enumerate(sd):
+        wide = np.flatnonzero(row > ratio * np.median(row))
+        wide = wide[np.argsort(-row[wide], kind="stable")[:cap]]
+        chosen.append(group * width + np.sort(wide))
+    return np.concatenate(chosen).astype(np.int64)
+
+
 def levels_to_metadata(levels: np.ndarray, bits: int) -> dict:
-    """The codebook as a file's JSON metadata records it (float32, base64)."""
-    return {"bits": bits, "dims": int(levels.shape[0]),
-            "levels": base64.b64encode(np.ascontiguousarray(levels, "<f4").tobytes()).decode("ascii")}
+    """The codebook as a file's JSON metadata records it (base64): up to 4 bits the levels in float16 (a
+    decoded token mean is float16 anyway; float32 where a level does not fit), at 8 bits the uniform grid's
+    ends (a codebook of 256 levels per dimension would outweigh a small shard's codes)."""
+    if bits == UNIFORM_BITS:
+        ends = np.stack([levels[:, 0], levels[:, -1]]).astype("<f4")
+        return {"bits": bits, "dims": int(levels.shape[0]), "grid_ends": _b64(ends)}
+    dtype = "<f2" if np.abs(levels).max(initial=0.0) < 60_000 else "<f4"
+    return {"bits": bits, "dims": int(levels.shape[0]), "levels_dtype": np.dtype(dtype).name, "levels": _b64(levels.astype(dtype))}
 
 
 def levels_from_metadata(meta: dict) -> tuple[np.ndarray, int]:
     bits, dims = int(meta["bits"]), int(meta["dims"])
     _check_bits(bits)
-    levels = np.frombuffer(base64.b64decode(meta["levels"]), "<f4")
+    if bits == UNIFORM_BITS:
+        ends = np.frombuffer(base64.b64decode(meta["grid_ends"]), "<f4")
+        if ends.size != 2 * dims:
+            raise QuantizationError(f"a grid of {ends.size // 2} dims does not hold {dims}")
+        return _uniform_grid(ends[:dims], ends[dims:]), bits
+    levels = np.frombuffer(base64.b64decode(meta["levels"]), np.dtype(meta.get("levels_dtype", "float32")).newbyteorder("<"))
     if levels.size != dims * 2 ** bits:
         raise QuantizationError(f"a codebook of {levels.size} values does not hold {dims} dims x {2 ** bits} levels")
-    return levels.reshape(dims, 2 ** bits), bits
+    return levels.astype(np.float32).reshape(dims, 2 ** bits), bits
+
+
+def _uniform_grid(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[D, 256] evenly spaced levels from ``low`` to ``high`` per dimension."""
+    steps = np.arange(2 ** UNIFORM_BITS, dtype=np.float32) / (2 ** UNIFORM_BITS - 1)
+    return (low[:, None] + (high - low)[:, None] * steps[None, :]).astype(np.float32)
+
+
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values).tobytes()).decode("ascii")

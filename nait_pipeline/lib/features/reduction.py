@@ -41,7 +41,8 @@ MASSIVE_RATIO = 1000.0
 # pool's median flags (one per layer in layers 3-29; NAIT-C two in some of them).
 FIRST_STATE_RATIO = 100.0
 # Up to this many values per row (layers x width) a store keeps every layer: SmolLM2-135M has 30 x 576 =
-# 17,280 and a 1B Llama 16 x 2,048 = 32,768; wider models keep every 4th layer (bench/compact_store.py).
+# 17,280 and a 1B Llama 16 x 2,048 = 32,768; wider models keep every 3rd layer as 4-bit codes
+# (bench/compact_store.py).
 FULL_WIDTH_MAX_VALUES = 32_768
 
 
@@ -85,7 +86,12 @@ class StoreReduction:
     def identity(self) -> dict | None:
         """What a store's identity records (None at full width: stores made before reductions existed
         keep their identity)."""
-        return None if self.is_full else {**asdict(self), "layers": list(self.layers), "version": REDUCTION_VERSION}
+        if self.is_full:
+            return None
+        identity = {**asdict(self), "layers": list(self.layers), "version": REDUCTION_VERSION}
+        if not self.bits:
+            del identity["bits"]  # stores reduced before codes existed keep their identity
+        return identity
 
     def kept_layers(self, num_layers: int) -> list[int]:
         if not self.layers:
@@ -142,13 +148,13 @@ class StoreReduction:
 
     @classmethod
     def default_for(cls, num_layers: int, width: int) -> StoreReduction:
-        """Full width where it is cheap; for wide models every 4th layer at full width, the one reduction
-        bench/compact_store.py measured to keep NAIT, NAIT-C and RDS+ (top-10 % overlap >= 0.94 on every
-        capability, README "Scaling"). A projection (``dim``) is an explicit choice: measured, it keeps
-        NAIT (unmasked) but not NAIT-C or RDS+."""
+        """Full width where it is cheap; for wide models every 3rd layer as 4-bit codes, the smallest setting
+        bench/compact_store.py measured to keep NAIT, NAIT-C and RDS+ at a top-10 % overlap >= 0.95 on every
+        capability (27 KiB per row at 32 x 4,096, 20x smaller than full; README "Scaling"). A projection
+        (``dim``) is an explicit choice: measured, it keeps NAIT (unmasked) but not NAIT-C or RDS+."""
         if num_layers * width <= FULL_WIDTH_MAX_VALUES:
             return cls()
-        return cls(layers=tuple(range(num_layers, 0, -4))[::-1])
+        return cls(layers=tuple(range(num_layers, 0, -3))[::-1], bits=4)
 
 
 def resolve(layers: str, dim: int, seed: int, float_width: str, num_layers: int, width: int,

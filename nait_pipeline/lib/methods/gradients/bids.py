@@ -59,9 +59,17 @@ def _select(inp: SelectionInput, params: BidsParams) -> list[Chosen]:
                        "target_columns": int(z.shape[1]), "score_versions": versions}, r, expected_size=k)
 
     out = [chosen(c, z, {c: inp.score_versions[c]}) for c, z in normalised.items()]
-    columns = [normalised[c] for c in sorted(normalised)]
-    return out + [chosen(ALL, columns[0] if len(columns) == 1 else np.concatenate(columns, axis=1),
-                         inp.score_versions)]
+    if len(normalised) == 1:
+        return out + [chosen(ALL, next(iter(normalised.values())), inp.score_versions)]
+    # All capabilities' columns side by side; each capability's array is freed once copied, so this holds
+    # one copy of the z-scores, not two.
+    widths = {c: z.shape[1] for c, z in normalised.items()}
+    combined = np.empty((len(inp.ids), sum(widths.values())), np.float32)
+    start = 0
+    for capability in sorted(widths):
+        combined[:, start:start + widths[capability]] = normalised.pop(capability)
+        start += widths[capability]
+    return out + [chosen(ALL, combined, inp.score_versions)]
 
 
 METHOD = Method(
