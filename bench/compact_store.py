@@ -38,6 +38,7 @@ SCALARS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "respons
 SETTINGS = [
     ("pool first-token state dropped", "all", 0, True, 0),
     ("every 2nd layer", "every:2", 0, True, 0),
+    ("every 3rd layer", "every:3", 0, True, 0),
     ("every 4th layer", "every:4", 0, True, 0),
     ("every 4th layer, d/16", "every:4", "/16", True, 0),
     ("every 4th layer, d/4", "every:4", "/4", True, 0),

@@ -8,11 +8,12 @@ the SQL join), one forward store file per 2,048-row shard written by ``write_fea
 token means, the float32 RDS+ embedding, the scalars), a 256-row in-domain set, the template prefix and the
 capability's directions fitted by the pipeline's own ``write_directions``. Widths: ``embedded`` is the
 embedded model's full width (30 x 576); ``wide_compact`` is what the compact default keeps of a 32-layer,
-4,096-wide model (every 4th layer at full width: 8 x 4,096). Pool rows hold no first-token state: the
-compact stores drop it and the scorers never read it, so the full-width store's read is the same (its disk
-twice this). Stored values repeat one seeded block per shard (shifted per shard): scoring costs do not
-depend on the values. Each lake is deleted after it is measured (1M rows at 8 x 4,096 is 80 GB: over this
-machine's disk, so that cell is skipped with the reason).
+4,096-wide model (every 3rd layer as 4-bit codes: 11 x 4,096, the embedding at 8 bits, ~28 KiB per row).
+Pool rows hold no first-token state: the compact stores drop it and the scorers never read it, so the
+full-width store's read is the same (its disk twice this). Stored values repeat one seeded block per shard
+(shifted per shard; a coded store's shards are the first shard's codes under their own ids): scoring
+costs do not depend on the values. Each lake is deleted after it is measured; a cell over this machine's
+disk is skipped with the reason.
 
 Each stage runs in its own process (peak RSS is that process's high-water mark). A lake smaller than the
 page cache (24 GiB here) is read warm, as the build left it; a larger one (1M rows) from disk, as a real run
@@ -48,7 +49,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-CONFIGS = {"embedded": (30, 576), "wide_compact": (8, 4096)}
+CONFIGS = {"embedded": (30, 576, 0), "wide_compact": (11, 4096, 4)}  # layers, width, bits per value
 SHARD, TARGETS, CAPABILITY = 2048, 256, "math"
 STAGES = ("raw read", "nait", "nait_c", "nait_c moments kept", "nait_c moments kept, no nearest", "rds", "select nait", "select rds_round_robin", "select rds_top_b", "sql top-k",
           "raw read gradients", "less", "select less", "select bids")
@@ -60,11 +61,14 @@ def gradient_bytes(rows: int) -> int:
     return rows * CHECKPOINTS * GRADIENT_DIM * 4
 
 
-def lake_bytes(rows: int, layers: int, width: int) -> int:
+def lake_bytes(rows: int, layers: int, width: int, bits: int = 0) -> int:
+    if bits:  # codes, the embedding at 8 bits, outlier dimensions, each shard's codebook
+        return rows * (layers * width * bits // 8 + width + (layers + 1) * width // 50 + 64) + \
+            -(-rows // SHARD) * layers * width * 2 ** bits * 2 * 3
     return rows * (layers * width * 2 + width * 4 + 64)
 
 
-def build(root: Path, rows: int, layers: int, width: int, gradients: bool) -> None:
+def build(root: Path, rows: int, layers: int, width: int, gradients: bool, bits: int = 0) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -72,7 +76,7 @@ def build(root: Path, rows: int, layers: int, width: int, gradients: bool) -> No
     from nait_pipeline.lib.features.featurize import Features
     from nait_pipeline.lib.io.contract import CONTAMINATION_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA, ensure_contract_tables
     from nait_pipeline.lib.io.hashing import sha256_lines
-    from nait_pipeline.lib.io.lake import write_json, write_parquet
+    from nait_pipeline.lib.io.lake import read_metadata, read_table, write_json, write_parquet
     from nait_pipeline.lib.io.layout import LakeLayout
     from nait_pipeline.lib.io.pool_view import shard_input_version
     from nait_pipeline.lib.methods.nait.nait_method import write_directions
@@ -109,9 +113,19 @@ def build(root: Path, rows: int, layers: int, width: int, gradients: bool) -> No
                             rds_embedding=embedding[:n] + np.float32(0.01 * number),
                             response_loss=np.full(n, 1.5), n_tokens=lengths[:n], n_response_tokens=lengths[:n] // 2,
                             full_length=lengths[:n], truncated=np.zeros(n, bool), layers=list(range(1, layers + 1)))
-        write_features(layout.pool_activations(shard), ids[start:start + n], features,
-                       {**identity, "store_version": shard,
-                        "input_version": shard_input_version(ids[start:start + n], hashes[start:start + n])})
+        meta = {**identity, "store_version": shard,
+                "input_version": shard_input_version(ids[start:start + n], hashes[start:start + n])}
+        if bits and number:
+            # Fitting codes costs seconds per wide shard: later shards reuse the first one's under their own ids.
+            table = read_table(layout.pool_activations(shards[0])).slice(0, n)
+            table = table.set_column(0, "example_id", pa.array(ids[start:start + n], pa.string()))
+            first_meta = read_metadata(layout.pool_activations(shards[0]))
+            write_parquet(table.replace_schema_metadata(None), layout.pool_activations(shard), {**first_meta, **meta},
+                          use_dictionary=["example_id"],
+                          compression={c: "none" if c.endswith(("_codes", "_exact")) else "zstd"
+                                       for c in table.column_names})
+            continue
+        write_features(layout.pool_activations(shard), ids[start:start + n], features, meta, quantize_bits=bits)
     shift = rng.standard_normal((1, layers, width), dtype=np.float32)
     target = Features(layer_mean=base[:TARGETS] + shift, first_token=base[:TARGETS] * 3, last_token=None,
                       rds_embedding=embedding[:TARGETS] + shift[:, -1], response_loss=np.full(TARGETS, 1.0),
@@ -256,12 +270,12 @@ def main() -> None:
     out_path = RESULTS / "scale.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else []
     for config in args.configs:
-        layers, width = CONFIGS[config]
+        layers, width, bits = CONFIGS[config]
         for rows in args.sizes:
             root = Path(args.dir) / f"{config}-{rows}"
             # The gradient kind is the same at any model width (1,024-d projections): built with the first config.
             gradients = config == args.configs[0] and any(s in GRADIENT_STAGES for s in args.stages)
-            need = lake_bytes(rows, layers, width) + (gradient_bytes(rows) if gradients else 0)
+            need = lake_bytes(rows, layers, width, bits) + (gradient_bytes(rows) if gradients else 0)
             free = shutil.disk_usage(Path(args.dir).parent if not Path(args.dir).exists() else args.dir).free
             if need > 0.8 * free:
                 print(f"{config} {rows:,}: skipped, the lake needs {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
@@ -270,7 +284,7 @@ def main() -> None:
                 continue
             shutil.rmtree(root, ignore_errors=True)
             started = time.perf_counter()
-            build(root, rows, layers, width, gradients)
+            build(root, rows, layers, width, gradients, bits)
             print(f"{config} {rows:,}: lake built in {time.perf_counter() - started:.0f} s "
                   f"({sum(p.stat().st_size for p in (root / 'lake').rglob('*.parquet')) / 2**30:.1f} GiB)", flush=True)
             for what in [s for s in args.stages if gradients or s not in GRADIENT_STAGES]:
@@ -280,7 +294,7 @@ def main() -> None:
                     record = {"stage": what, "error": done.stderr.strip().splitlines()[-1]}
                 else:
                     record = json.loads(done.stdout.strip().splitlines()[-1])
-                record.update(config=config, rows=rows, layers=layers, width=width)
+                record.update(config=config, rows=rows, layers=layers, width=width, bits=bits)
                 results = [r for r in results if (r.get("config"), r.get("rows"), r.get("stage")) !=
                            (config, rows, what)] + [record]
                 print(f"  {what}: {record.get('seconds', '-')} s, peak {record.get('peak_rss_mb', '-')} MB"

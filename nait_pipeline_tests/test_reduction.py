@@ -137,6 +137,14 @@ def test_a_compact_store_is_the_full_store_reduced(model_and_template, shared_da
     np.testing.assert_allclose(stored.vectors["layer_mean"], compact.layer_mean, rtol=2e-3, atol=2e-3)
     with pytest.raises(ReductionMismatchError):
         read_features([small, big])
+    # As 4-bit codes: 8 rows have at most 8 distinct values per dimension, so a shard's own codebook
+    # reconstructs every value (to float16), outlier dimensions included.
+    coded = write_features(tmp_path / "coded.parquet", ids, compact, {"model_id": "m"}, quantize_bits=4)
+    assert read_metadata(coded)["vector_dtypes"] == {"layer_mean": "q4", "rds_embedding": "q8"}
+    decoded = read_features([coded], vectors=("layer_mean", "rds_embedding"))
+    np.testing.assert_allclose(decoded.vectors["layer_mean"], compact.layer_mean, rtol=1e-3, atol=1e-3)
+    half_step = np.ptp(compact.rds_embedding, axis=0) / 255 / 2  # the embedding: an even 8-bit grid
+    assert np.all(np.abs(decoded.vectors["rds_embedding"] - compact.rds_embedding) <= half_step * 1.001 + 1e-6)
 
 
 def _compact_lake(layout, reduction: StoreReduction, layers: int = 3, width: int = 8, targets: bool = True) -> dict:
