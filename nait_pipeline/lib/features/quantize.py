@@ -28,7 +28,7 @@ BITS = (1, 2, 4, 8)
 EMBEDDING_BITS = 8
 UNIFORM_BITS = 8  # 256 levels: an even grid from the dimension's minimum to its maximum, no fitting
 LLOYD_ITERATIONS = 40  # each is one binary search per threshold: cheap next to the sort
-DECODE_ROWS = 512  # rows decoded per step: bounds the [rows, bytes] int32 index array
+DECODE_BYTES = 512  # byte positions decoded per step: their [512, 256] table records stay in cache
 OUTLIER_RATIO = 8.0  # a dimension whose SD is this many times its layer's median SD is kept exact
 OUTLIER_SHARE = 0.01  # at most this share of a layer's dimensions (and at least one) kept exact
 FIT_DIMS = 4096  # dimensions fitted per step: bounds the float64 cumulative sums
@@ -131,21 +131,21 @@ def byte_table(levels: np.ndarray, bits: int, dtype=np.float16) -> np.ndarray:
 
 
 def decode(packed: np.ndarray, table: np.ndarray, dims: int) -> np.ndarray:
-    """[n, bytes] packed codes -> [n, dims] values (the table's dtype), ``DECODE_ROWS`` rows at a time. Each
-    byte's values are one fixed-size record of the table, so a byte costs one ``take`` (3x faster than
-    indexing the values one by one)."""
+    """[n, bytes] packed codes -> [n, dims] values (the table's dtype). Each byte's values are one fixed-size
+    record of the table, so a byte costs one ``take``; ``DECODE_BYTES`` byte positions at a time, so the part
+    of the table they look up stays in cache (4x faster than row blocks over the whole table)."""
     n, width = packed.shape
     if table.shape[0] != width:
         raise QuantizationError(f"{width} bytes per row do not match a codebook for {table.shape[0]}")
     per_byte = table.shape[2]
     record = np.dtype(f"V{per_byte * table.dtype.itemsize}")
     records = np.ascontiguousarray(table).reshape(width * 256, per_byte).view(record).ravel()
-    base = (np.arange(width, dtype=np.int32) * 256)[None, :]
     out = np.empty((n, width), record)
-    for start in range(0, n, DECODE_ROWS):
-        index = packed[start:start + DECODE_ROWS].astype(np.int32)
-        index += base
-        np.take(records, index, out=out[start:start + len(index)])
+    for start in range(0, width, DECODE_BYTES):
+        stop = min(width, start + DECODE_BYTES)
+        index = packed[:, start:stop].astype(np.int32)
+        index += (np.arange(start, stop, dtype=np.int32) * 256)[None, :]
+        out[:, start:stop] = np.take(records, index)
     return out.view(table.dtype).reshape(n, width * per_byte)[:, :dims]
 
 
