@@ -125,3 +125,31 @@ def test_a_quantized_pool_shard_reads_back_decoded(tmp_path):
     # Same rows, same codes: a shard written again is the same file content.
     again = write_features(tmp_path / "q2b.parquet", ids, features, {"model_id": "m"}, quantize_bits=2)
     assert read_metadata(again)["codebooks"] == meta["codebooks"]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_dot_products_from_the_codes_equal_decoding_first(bits):
+    """A coded block's per-layer dot products (byte tables, no decoded array) equal decode-then-multiply,
+    outlier dimensions included; NAIT's projections take this path for a quantized shard."""
+    from nait_pipeline.lib.methods.nait import nait_math
+
+    rng = np.random.default_rng(bits)
+    n, layers, width = 300, 3, 24
+    values = rng.standard_normal((n, layers, width)).astype(np.float32)
+    values[:, 2, 5] *= 80  # an outlier dimension, kept exact
+    flat = values.reshape(n, -1)
+    packed, levels = q.quantize(flat, bits)
+    exact = q.outlier_dims(flat, layers)
+    block = q.CodedBlock(packed=packed, levels=levels, bits=bits, exact_dims=exact.tolist(),
+                         exact=flat[:, exact].astype(np.float16), row_shape=(layers, width))
+    assert exact.tolist() == [2 * width + 5]
+    directions = rng.standard_normal((layers, width)).astype(np.float32)
+    decoded = block.decode().astype(np.float64)
+    np.testing.assert_allclose(block.layer_dots(directions), np.einsum("nld,ld->nl", decoded, directions),
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(nait_math.layer_projections(block, directions),
+                               nait_math.layer_projections(block.decode(), directions), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(q.unpack_codes(packed, [0, 7, 70], bits), q.encode(flat, levels)[:, [0, 7, 70]])
+    several = rng.standard_normal((4, layers, width)).astype(np.float32)  # NAIT-C's folds: [F, L, d]
+    np.testing.assert_allclose(block.layer_dots(several), np.einsum("nld,fld->nfl", decoded, several),
+                               rtol=1e-5, atol=1e-4)

@@ -72,22 +72,26 @@ def _column_values(table: pa.Table, name: str, metadata: dict) -> np.ndarray:
     file's codebook), whatever layout wrote it."""
     dtype = (metadata.get("vector_dtypes") or {}).get(name, "float16")
     if dtype.startswith("q"):
-        codebook = (metadata.get("codebooks") or {})[name]
-        levels, bits = quantize.levels_from_metadata(codebook)
-        wide = name == "rds_embedding" or np.abs(levels).max(initial=0.0) >= FLOAT16_SAFE
-        table_values = quantize.byte_table(levels, bits, np.float32 if wide else np.float16)
-        values = quantize.decode(_binary_to_numpy(table.column(f"{name}{CODES_SUFFIX}"), "uint8"), table_values,
-                                 levels.shape[0])
-        if codebook["exact_dims"]:
-            exact = _binary_to_numpy(table.column(f"{name}{EXACT_SUFFIX}"), codebook["exact_dtype"])
-            values[:, codebook["exact_dims"]] = exact
-        return values
+        block = _coded_block(table, name, metadata)
+        return block.decode().reshape(len(block), -1)
     column = table.column(name)
     if pa.types.is_fixed_size_binary(column.type):
         return _binary_to_numpy(column, dtype)
     # Earlier stores: fixed-size or variable-size lists.
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(len(table), -1)
+
+
+def _coded_block(table: pa.Table, name: str, metadata: dict) -> quantize.CodedBlock:
+    """A quantized column as stored: its codes, the file's codebook and its exact outlier dimensions."""
+    codebook = (metadata.get("codebooks") or {})[name]
+    levels, bits = quantize.levels_from_metadata(codebook)
+    wide = name == "rds_embedding" or np.abs(levels).max(initial=0.0) >= FLOAT16_SAFE
+    exact = _binary_to_numpy(table.column(f"{name}{EXACT_SUFFIX}"), codebook["exact_dtype"]) \
+        if codebook["exact_dims"] else None
+    return quantize.CodedBlock(packed=_binary_to_numpy(table.column(f"{name}{CODES_SUFFIX}"), "uint8"),
+                               levels=levels, bits=bits, exact_dims=list(codebook["exact_dims"]), exact=exact,
+                               row_shape=_shape(name, 0, metadata)[1:], dtype=np.float32 if wide else np.float16)
 
 
 def stored_columns(name: str, metadata: dict) -> list[str]:
@@ -230,17 +234,21 @@ class PoolStore:
         """The rows of the pool (of ``ids``, ``scalars``) shard ``number`` holds."""
         return slice(self.shard_starts[number], self.shard_starts[number] + self.shard_sizes[number])
 
-    def blocks(self, name: str, shards: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    def blocks(self, name: str, shards: Sequence[int] | None = None,
+               coded: bool = False) -> Iterator[np.ndarray | quantize.CodedBlock]:
         """Each shard's ``name`` vectors as stored (float16 or float32), shaped [n, L, d] or [n, d]; only the
-        shards numbered in ``shards`` when given, in that order. A reader thread loads the next shard while the
-        caller computes on this one, so a store read from disk costs the larger of reading and computing, not
-        their sum."""
+        shards numbered in ``shards`` when given, in that order. ``coded``: a quantized shard comes as its
+        :class:`~quantize.CodedBlock` (for scorers that take dot products from the codes), not decoded. A
+        reader thread loads the next shard while the caller computes on this one, so a store read from disk
+        costs the larger of reading and computing, not their sum."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def load(number: int) -> np.ndarray:
+        def load(number: int) -> np.ndarray | quantize.CodedBlock:
             path = self.paths[number]
             metadata = read_metadata(path)
             table = read_table(path, columns=stored_columns(name, metadata))  # into memory in the reader thread
+            if coded and str((metadata.get("vector_dtypes") or {}).get(name, "")).startswith("q"):
+                return _coded_block(table, name, metadata)
             values = _column_values(table, name, metadata)
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))
 
@@ -257,10 +265,11 @@ class PoolStore:
         return np.concatenate([to_float32(block) for block in self.blocks(name)])
 
 
-def row_blocks(store, name: str) -> Iterator[tuple[slice, np.ndarray]]:
-    """A store's ``blocks(name)``, each with the rows of the pool (its ``ids``, ``scalars``) it holds."""
+def row_blocks(store, name: str, coded: bool = False) -> Iterator[tuple[slice, np.ndarray | quantize.CodedBlock]]:
+    """A store's ``blocks(name)``, each with the rows of the pool (its ``ids``, ``scalars``) it holds
+    (``coded``: quantized shards as their codes)."""
     offset = 0
-    for block in store.blocks(name):
+    for block in (store.blocks(name, coded=True) if coded else store.blocks(name)):
         yield slice(offset, offset + len(block)), block
         offset += len(block)
 

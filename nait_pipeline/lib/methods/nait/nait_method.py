@@ -102,10 +102,10 @@ def _load_target(layout: LakeLayout, capability: str, params: NaitScoreParams):
 def _score(pool, directions: np.ndarray, params: NaitScoreParams) -> Scored:
     # Shard by shard in the stored dtype: only [N, L] projections are kept for the whole pool.
     projections, norms = [], []
-    for block in pool.blocks("layer_mean"):
+    for block in pool.blocks("layer_mean", coded=True):
         projections.append(nait.layer_projections(block, directions))
         if params.aggregation == "cosine":
-            norms.append(nait.layer_norms(block))
+            norms.append(nait.layer_norms(block if isinstance(block, np.ndarray) else block.decode()))
     projections = np.concatenate(projections)
     nait.require_finite_layers(projections, pool.ids, "pool activations (projection on the direction)")
     scores = nait.aggregate(projections, params.aggregation, params.layers,
@@ -118,7 +118,8 @@ def _pooled_scores(layout: LakeLayout, capabilities: list[str], drift: str) -> t
     drifts = [target_drifts(layout, capability, drift)[0] for capability in capabilities]
     fitted = nait.fit_directions(np.concatenate(drifts), capability="all (pooled)")
     pool, _ = read_pool_store(layout, ("layer_mean",))
-    projections = np.concatenate([nait.layer_projections(b, fitted.vectors) for b in pool.blocks("layer_mean")])
+    projections = np.concatenate([nait.layer_projections(b, fitted.vectors)
+                                  for b in pool.blocks("layer_mean", coded=True)])
     return nait.aggregate(projections), pool.ids
 
 
