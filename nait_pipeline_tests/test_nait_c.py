@@ -86,26 +86,6 @@ def test_projections_folded_into_the_stored_means_equal_cleaning_then_standardis
     np.testing.assert_allclose(in_place, standardise(cleaned), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("width", [6, 5])  # 5 dims at 4 bits do not fill whole bytes: decoded instead
-def test_projections_from_a_quantized_shards_codes_equal_those_of_its_decoded_means(width):
-    from nait_pipeline.lib.features import quantize
-
-    rng = np.random.default_rng(5)
-    lengths = rng.integers(8, 120, 200)
-    means = rng.normal(size=(200, 3, width)).astype(np.float32)
-    packed, levels = quantize.quantize(means.reshape(200, -1), 4)
-    coded = quantize.CodedBlock(packed=packed, levels=levels, bits=4, exact_dims=[], exact=None, row_shape=(3, width))
-    decoded = coded.decode()
-    prefix = nc.PrefixStates(4, rng.normal(size=(3, width)) * 4, rng.normal(size=(3, width)))
-    moments = nc.PoolMoments(3, width)
-    moments.add(nc.clean_means(decoded, lengths, prefix), lengths)
-    standardise = nc.standardiser(moments, np.zeros((3, width), bool))
-    directions = rng.normal(size=(4, 3, width))
-    np.testing.assert_allclose(nc.folded_projections(coded, lengths, prefix, standardise, directions),
-                               nc.folded_projections(decoded, lengths, prefix, standardise, directions),
-                               rtol=1e-4, atol=1e-3)
-
-
 def test_contrastive_direction_has_its_sign_by_construction():
     # In-domain rows: mean +e1, spread mostly along e2 (the within-set axis PCA would pick).
     z = np.array([[[1.0, 5.0]], [[1.0, -5.0]], [[1.2, 4.0]], [[0.8, -4.0]]], np.float32)
@@ -176,7 +156,7 @@ class ArrayPool:
     def shard_rows(self, number: int) -> slice:
         return slice(number * 64, min(len(self.ids), (number + 1) * 64))
 
-    def blocks(self, name: str, shards=None, coded: bool = False):  # PoolStore's interface; nothing is coded
+    def blocks(self, name: str, shards=None):
         for number in range(len(self.paths)) if shards is None else shards:
             yield getattr(self, name)[self.shard_rows(number)]
 

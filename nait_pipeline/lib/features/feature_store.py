@@ -265,11 +265,10 @@ class PoolStore:
         return np.concatenate([to_float32(block) for block in self.blocks(name)])
 
 
-def row_blocks(store, name: str, coded: bool = False) -> Iterator[tuple[slice, np.ndarray | quantize.CodedBlock]]:
-    """A store's ``blocks(name)``, each with the rows of the pool (its ``ids``, ``scalars``) it holds
-    (``coded``: quantized shards as their codes)."""
+def row_blocks(store, name: str) -> Iterator[tuple[slice, np.ndarray]]:
+    """A store's ``blocks(name)``, each with the rows of the pool (its ``ids``, ``scalars``) it holds."""
     offset = 0
-    for block in (store.blocks(name, coded=True) if coded else store.blocks(name)):
+    for block in store.blocks(name):
         yield slice(offset, offset + len(block)), block
         offset += len(block)
 

@@ -171,9 +171,8 @@ def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: Pre
     ``z = (a·m + b·S - mean) ⊙ s`` with ``a = K / (K - P)``, ``b = -1 / (K - P)`` and ``s`` the kept dimensions'
     1 / SD, so ``z · v = a (m · (s ⊙ v)) + b (S · (s ⊙ v)) - mean · (s ⊙ v)``: one batched product on the stored
     means. ``prefix`` None: no cleaning (a = 1, b = 0). Dropped dimensions have s = 0, so the massive ones add
-    nothing. A quantized shard (a ``CodedBlock``) takes ``m · (s ⊙ v)`` from its codes."""
+    nothing."""
     from nait_pipeline.lib.features.feature_store import to_float32
-    from nait_pipeline.lib.features.quantize import CodedBlock
 
     weights = directions.astype(np.float64) * standardise.scale[None]  # [F, L, d]
     offset = -(weights * standardise.mean[None]).sum(-1)  # [F, L]
@@ -182,13 +181,10 @@ def folded_projections(layer_mean: np.ndarray, n_tokens: np.ndarray, prefix: Pre
     import torch
 
     w = torch.from_numpy(weights.astype(np.float32))
-    if isinstance(layer_mean, CodedBlock):
-        out = layer_mean.layer_dots(w.numpy()).astype(np.float32)
-    else:
-        out = np.empty((len(layer_mean), len(w), layer_mean.shape[1]), np.float32)
-        for start in range(0, len(layer_mean), CHUNK_ROWS):
-            m = torch.from_numpy(to_float32(layer_mean[start : start + CHUNK_ROWS]))
-            out[start : start + CHUNK_ROWS] = torch.einsum("nld,fld->nfl", m, w).numpy()  # batched GEMMs per layer
+    out = np.empty((len(layer_mean), len(w), layer_mean.shape[1]), np.float32)
+    for start in range(0, len(layer_mean), CHUNK_ROWS):
+        m = torch.from_numpy(to_float32(layer_mean[start : start + CHUNK_ROWS]))
+        out[start : start + CHUNK_ROWS] = torch.einsum("nld,fld->nfl", m, w).numpy()  # batched GEMMs per layer
     out *= a[:, None, None].astype(np.float32)
     out += (b[:, None, None] * prefix_term[None] + offset[None]).astype(np.float32)
     return out
