@@ -243,5 +243,6 @@ def test_ray_workers_compute_the_gradient_stores_of_the_run(pipeline, local_ray)
     assert len({line.split("|")[2].strip() for line in metadata["checkpoints"].value.splitlines()[2:]}) == 2
     for path, (version, vectors) in before.items():
         assert read_metadata(path)["store_version"] == version
-        # One thread per worker against the run's two: the same values up to float32 summation order.
-        np.testing.assert_allclose(gr.read_gradient_stores([path]).vectors, vectors, rtol=1e-4, atol=1e-6)
+        # One thread per worker against the run's two: the same values up to float32 summation order, which
+        # through 30 layers moves entries of these unit rows (~0.03) by up to ~5e-6 on some CPUs (AVX-512).
+        np.testing.assert_allclose(gr.read_gradient_stores([path]).vectors, vectors, rtol=1e-4, atol=2e-5)
