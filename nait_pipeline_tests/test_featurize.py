@@ -232,3 +232,41 @@ def test_the_gpu_path_matches_the_cpu_path():
     for name in ("layer_mean", "first_token", "last_token", "rds_embedding"):
         np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=1e-4, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(gpu.response_loss, cpu.response_loss, rtol=1e-4)
+
+
+def test_a_coded_store_setting_codes_pool_shards_and_keeps_targets_at_float_width(tmp_path):
+    """``[forward_store] bits``: the featurizer's pool shard holds codes (and reads back as the features it
+    computed: five rows have at most 16 distinct values per dimension), the target set the float width; both
+    record the same reduction, so they are compared."""
+    from nait_pipeline.lib.features import forward
+    from nait_pipeline.lib.features.feature_store import read_features
+    from nait_pipeline.lib.features.reduction import StoreReduction
+    from nait_pipeline.lib.io.lake import read_metadata
+    from nait_pipeline.lib.models.model_io import ModelInfo
+
+    model = tiny_llama()
+    rng = np.random.default_rng(1)
+    token_rows = [rng.integers(1, 128, size=n).tolist() for n in (5, 9, 3, 12, 7)]
+    rows, ids = [{"index": i} for i in range(5)], [f"r{i}" for i in range(5)]
+    info = ModelInfo(model_id="tiny", path="unused", architecture="LlamaForCausalLM", num_layers=4, hidden_size=32,
+                     vocab_size=128, template_hash="t", has_chat_template=False)
+    reduction = StoreReduction(layers=(2, 4), bits=4)
+    pool_spec = fz.FeaturizerSpec(dtype="float32", reduction=reduction)
+    target_spec = fz.FeaturizerSpec(dtype="float32", reduction=reduction, keep_last_token=True)
+    load = lambda: (model, TokenRows(token_rows))  # noqa: E731
+    pool = forward.featurize_into(tmp_path / "pool.parquet", info, rows, ids, pool_spec, "in-1", load)
+    target = forward.featurize_into(tmp_path / "target.parquet", info, rows, ids, target_spec, "in-1", load)
+    assert read_metadata(pool.path)["vector_dtypes"] == {"layer_mean": "q4", "rds_embedding": "q8"}
+    assert read_metadata(target.path)["vector_dtypes"]["layer_mean"] == "float16"
+    assert read_metadata(pool.path)["reduction"] == read_metadata(target.path)["reduction"]
+    assert read_metadata(pool.path)["reduction"]["bits"] == 4
+    computed = fz.featurize(model, TokenRows(token_rows), rows, pool_spec, ids)
+    stored = read_features([pool.path], vectors=("layer_mean",))
+    np.testing.assert_allclose(stored.vectors["layer_mean"], computed.layer_mean, rtol=2e-3, atol=2e-3)
+    again = forward.featurize_into(tmp_path / "pool.parquet", info, rows, ids, pool_spec, "in-1", load)
+    assert again.reused and again.version == pool.version  # resumed by store identity, bits included
+    float_width = forward.featurize_into(tmp_path / "pool.parquet", info, rows, ids,
+                                         fz.FeaturizerSpec(dtype="float32", reduction=StoreReduction(layers=(2, 4))),
+                                         "in-1", load)
+    assert not float_width.reused and float_width.version != pool.version  # another setting, another store
+    assert read_metadata(float_width.path)["vector_dtypes"]["layer_mean"] == "float16"
