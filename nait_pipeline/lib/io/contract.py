@@ -62,7 +62,8 @@ TARGET_SCHEMA = pa.schema(
 )
 
 # The forward feature store (one file per pool shard or capability). The per-layer vectors are one
-# fixed-size binary value per row (float16 or float32, see the file's `vector_dtypes`).
+# fixed-size binary value per row (float16 or float32, see the file's `vector_dtypes`); a coded store's pool
+# shards hold `<name>_codes` and `<name>_exact` columns instead (feature_store.py, quantize.py).
 FEATURES_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
