@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 
 from nait_pipeline.lib.features import quantize
+from nait_pipeline.lib.features.quantize import FLOAT16_SAFE
 from nait_pipeline.lib.features.featurize import Features
 from nait_pipeline.lib.features.reduction import check_same_reduction
 from nait_pipeline.lib.io.lake import read_metadata, read_table, write_parquet
 
-FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 VECTOR_COLUMNS = ("layer_mean", "first_token", "last_token")
 SCALAR_COLUMNS = ("n_tokens", "n_response_tokens", "full_length", "truncated", "response_loss")
 BINARY_VECTORS = ("layer_mean", "first_token", "last_token")
@@ -70,21 +70,25 @@ def _binary_to_numpy(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
 def _column_values(table: pa.Table, name: str, metadata: dict) -> np.ndarray:
     """A vector column as stored ([n, values per row], float16 or float32; a quantized one decoded with the
     file's codebook), whatever layout wrote it."""
-    dtype = (metadata.get("vector_dtypes") or {}).get(name, "float16")
-    if dtype.startswith("q"):
+    if _codebook(name, metadata):
         block = _coded_block(table, name, metadata)
         return block.decode().reshape(len(block), -1)
     column = table.column(name)
     if pa.types.is_fixed_size_binary(column.type):
-        return _binary_to_numpy(column, dtype)
+        return _binary_to_numpy(column, (metadata.get("vector_dtypes") or {}).get(name, "float16"))
     # Earlier stores: fixed-size or variable-size lists.
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(len(table), -1)
 
 
+def _codebook(name: str, metadata: dict) -> dict | None:
+    """The codebook of vector ``name`` where the file holds it as codes."""
+    return (metadata.get("codebooks") or {}).get(name)
+
+
 def _coded_block(table: pa.Table, name: str, metadata: dict) -> quantize.CodedBlock:
     """A quantized column as stored: its codes, the file's codebook and its exact outlier dimensions."""
-    codebook = (metadata.get("codebooks") or {})[name]
+    codebook = _codebook(name, metadata)
     levels, bits = quantize.levels_from_metadata(codebook)
     wide = name == "rds_embedding" or np.abs(levels).max(initial=0.0) >= FLOAT16_SAFE
     exact = _binary_to_numpy(table.column(f"{name}{EXACT_SUFFIX}"), codebook["exact_dtype"]) \
@@ -97,7 +101,7 @@ def _coded_block(table: pa.Table, name: str, metadata: dict) -> quantize.CodedBl
 def stored_columns(name: str, metadata: dict) -> list[str]:
     """The file columns holding vector ``name``: itself, or where quantized its codes (and its outlier
     dimensions' exact values)."""
-    codebook = (metadata.get("codebooks") or {}).get(name)
+    codebook = _codebook(name, metadata)
     if not codebook:
         return [name]
     return [f"{name}{CODES_SUFFIX}", *([f"{name}{EXACT_SUFFIX}"] if codebook.get("exact_dims") else [])]
@@ -247,7 +251,7 @@ class PoolStore:
             path = self.paths[number]
             metadata = read_metadata(path)
             table = read_table(path, columns=stored_columns(name, metadata))  # into memory in the reader thread
-            if coded and str((metadata.get("vector_dtypes") or {}).get(name, "")).startswith("q"):
+            if coded and _codebook(name, metadata):
                 return _coded_block(table, name, metadata)
             values = _column_values(table, name, metadata)
             return values.reshape(_shape(name, self.shard_sizes[number], self.metadata))

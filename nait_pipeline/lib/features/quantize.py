@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BITS = (1, 2, 4, 8)
+FLOAT16_SAFE = 60_000.0  # float16 tops out at 65,504
 # The RDS+ embedding is one layer of a row: 8 bits keep RDS+'s top 10 % (4 bits lost 7 % of it).
 EMBEDDING_BITS = 8
 UNIFORM_BITS = 8  # 256 levels: an even grid from the dimension's minimum to its maximum, no fitting
@@ -83,10 +84,16 @@ def _fit_block(values: np.ndarray, bits: int, iterations: int) -> np.ndarray:
         levels = np.maximum.accumulate(levels, axis=1)  # an empty bin keeps its neighbour's level: still ascending
         if step == iterations:
             break
-        thresholds = torch.from_numpy(np.ascontiguousarray((levels[:, 1:] + levels[:, :-1]) / 2, np.float32))
-        inner = torch.searchsorted(torch.from_numpy(ordered), thresholds, right=True).numpy()
+        inner = torch.searchsorted(torch.from_numpy(ordered), _thresholds(levels), right=True).numpy()
         edges = np.concatenate([np.zeros((len(ordered), 1), np.int64), inner, np.full((len(ordered), 1), n)], axis=1)
     return levels.astype(np.float32)
+
+
+def _thresholds(levels: np.ndarray):
+    """[D, K - 1] float32 torch tensor: the midpoints between a dimension's adjacent levels."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray((levels[:, 1:] + levels[:, :-1]) / 2, np.float32))
 
 
 def encode(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -98,9 +105,8 @@ def encode(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
         raise QuantizationError(f"values of shape {values.shape} do not match a codebook of {levels.shape[0]} dims")
     if not np.isfinite(values).all():
         raise QuantizationError("values to quantize hold NaN or inf")
-    thresholds = torch.from_numpy(np.ascontiguousarray((levels[:, 1:] + levels[:, :-1]) / 2, np.float32))
     by_dim = torch.from_numpy(np.ascontiguousarray(values.T))  # [D, n]
-    codes = torch.searchsorted(thresholds, by_dim, right=False)
+    codes = torch.searchsorted(_thresholds(levels), by_dim, right=False)
     return codes.T.numpy().astype(np.uint8)
 
 
@@ -145,10 +151,16 @@ def decode(packed: np.ndarray, table: np.ndarray, dims: int) -> np.ndarray:
     out = np.empty((n, width), record)
     for start in range(0, width, DECODE_BYTES):
         stop = min(width, start + DECODE_BYTES)
-        index = packed[:, start:stop].astype(np.int32)
-        index += (np.arange(start, stop, dtype=np.int32) * 256)[None, :]
-        out[:, start:stop] = np.take(records, index)
+        out[:, start:stop] = _look_up(packed, records, start, stop)
     return out.view(table.dtype).reshape(n, width * per_byte)[:, :dims]
+
+
+def _look_up(packed: np.ndarray, records: np.ndarray, start: int, stop: int, first: int = 0) -> np.ndarray:
+    """[n, stop - start]: the table record of each row's byte at positions ``first + start .. first + stop``;
+    ``records`` holds 256 records per byte position, counted from ``first``."""
+    index = packed[:, first + start:first + stop].astype(np.int32)
+    index += (np.arange(start, stop, dtype=np.int32) * 256)[None, :]
+    return np.take(records, index)
 
 
 def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +193,7 @@ def levels_to_metadata(levels: np.ndarray, bits: int) -> dict:
     if bits == UNIFORM_BITS:
         ends = np.stack([levels[:, 0], levels[:, -1]]).astype("<f4")
         return {"bits": bits, "dims": int(levels.shape[0]), "grid_ends": _b64(ends)}
-    dtype = "<f2" if np.abs(levels).max(initial=0.0) < 60_000 else "<f4"
+    dtype = "<f2" if np.abs(levels).max(initial=0.0) < FLOAT16_SAFE else "<f4"
     return {"bits": bits, "dims": int(levels.shape[0]), "levels_dtype": np.dtype(dtype).name, "levels": _b64(levels.astype(dtype))}
 
 
@@ -272,9 +284,8 @@ class CodedBlock:
             first = layer * layer_bytes
             for start in range(0, layer_bytes, DECODE_BYTES):
                 stop = min(layer_bytes, start + DECODE_BYTES)
-                index = self.packed[:, first + start:first + stop].astype(np.int32)
-                index += (np.arange(start, stop, dtype=np.int32) * 256)[None, :]
-                looked_up = np.take(records, index).view(np.float32).reshape(len(self), stop - start, count)
+                looked_up = _look_up(self.packed, records, start, stop, first)
+                looked_up = looked_up.view(np.float32).reshape(len(self), stop - start, count)
                 out[:, :, layer] += looked_up.sum(axis=1, dtype=np.float64)
         if self.exact_dims:
             # The outlier dimensions hold their exact values, not their codes' levels.
